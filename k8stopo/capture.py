@@ -1,0 +1,215 @@
+"""Packet capture on the underlay, decoded in Python.
+
+The SPEC fixes what each CNI variant must look like on the wire between nodes
+(VXLAN on 8472 with VNI 1, IP-in-IP, raw IP in UDP 8285, plain pod IPs, ...).
+:class:`Capture` records that wire with tcpdump inside a node's namespace and
+:func:`read_pcap` decodes outer and inner headers, so tests can assert the
+encapsulation without tshark.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import select
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Iterable, Sequence
+
+from .node import Endpoint
+from .proc import CommandError
+
+VXLAN_PORTS = (4789, 8472, 6784)  # IANA/calico/docker, flannel, weave fastdp
+IP_IN_UDP_PORTS = (8285,)  # flannel's udp backend
+LINKTYPE_ETHERNET = 1
+ETH_P_IP = 0x0800
+ETH_HLEN = 14
+IPPROTO_IPIP = 4
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+VXLAN_HLEN = 8
+VXLAN_FLAG_VNI = 0x08
+
+# Classic libpcap magics (microsecond and nanosecond variants) -> struct byte order.
+_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",  # microseconds
+    b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">",  # nanoseconds
+}
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One IPv4 frame seen on the wire: outer headers and, if encapsulated, the inner IP."""
+
+    src: str
+    dst: str
+    proto: int
+    sport: int | None
+    dport: int | None
+    vni: int | None
+    inner_src: str | None
+    inner_dst: str | None
+    inner_proto: int | None
+
+
+def _ipv4(data: bytes) -> tuple[str, str, int, bytes] | None:
+    """(src, dst, proto, L4 payload) of an IPv4 header; payload is empty for non-first fragments."""
+    if len(data) < 20 or data[0] >> 4 != 4:
+        return None
+    ihl = (data[0] & 0x0F) * 4
+    if ihl < 20 or len(data) < ihl:
+        return None
+    total = struct.unpack_from("!H", data, 2)[0]
+    end = total if total >= ihl else len(data)  # BIG TCP GSO packets carry total length 0
+    frag_offset = struct.unpack_from("!H", data, 6)[0] & 0x1FFF
+    payload = data[ihl:end] if frag_offset == 0 else b""
+    return (str(ipaddress.IPv4Address(data[12:16])), str(ipaddress.IPv4Address(data[16:20])),
+            data[9], payload)
+
+
+def _ethernet_ipv4(frame: bytes) -> bytes | None:
+    """The IPv4 packet inside an Ethernet II frame, None for ARP, IPv6, ..."""
+    if len(frame) < ETH_HLEN or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:
+        return None
+    return frame[ETH_HLEN:]
+
+
+def _decode(frame: bytes, vxlan_ports: frozenset[int],
+            ip_in_udp_ports: frozenset[int]) -> Packet | None:
+    ip = _ethernet_ipv4(frame)
+    outer = _ipv4(ip) if ip is not None else None
+    if outer is None:
+        return None
+    src, dst, proto, l4 = outer
+    sport = dport = vni = None
+    inner_ip: bytes | None = None
+    if proto in (IPPROTO_TCP, IPPROTO_UDP) and len(l4) >= 4:
+        sport, dport = struct.unpack_from("!HH", l4, 0)
+        if proto == IPPROTO_UDP:
+            udp_payload = l4[8:]
+            if (dport in vxlan_ports and len(udp_payload) >= VXLAN_HLEN
+                    and udp_payload[0] & VXLAN_FLAG_VNI):
+                vni = int.from_bytes(udp_payload[4:7], "big")
+                inner_ip = _ethernet_ipv4(udp_payload[VXLAN_HLEN:])
+            elif dport in ip_in_udp_ports:
+                inner_ip = udp_payload
+    elif proto == IPPROTO_IPIP:
+        inner_ip = l4
+    inner = _ipv4(inner_ip) if inner_ip is not None else None
+    return Packet(src, dst, proto, sport, dport, vni,
+                  inner[0] if inner else None, inner[1] if inner else None,
+                  inner[2] if inner else None)
+
+
+def read_pcap(path: Path, vxlan_ports: Iterable[int] = VXLAN_PORTS,
+              ip_in_udp_ports: Iterable[int] = IP_IN_UDP_PORTS) -> list[Packet]:
+    """Decode the IPv4 frames of a classic libpcap file (Ethernet link type).
+
+    Encapsulation is recognised by the UDP destination port the caller names
+    (``vxlan_ports``: a VXLAN header; ``ip_in_udp_ports``: a bare IPv4 packet)
+    and by IP protocol 4, never guessed from the payload. Non-IPv4 frames are
+    skipped.
+    """
+    data = Path(path).read_bytes()
+    order = _MAGICS.get(data[:4])
+    if order is None or len(data) < 24:
+        raise ValueError(f"{path}: not a classic libpcap file")
+    linktype = struct.unpack_from(order + "I", data, 20)[0] & 0x0FFFFFFF
+    if linktype != LINKTYPE_ETHERNET:
+        raise ValueError(f"{path}: link type {linktype}, only Ethernet (1) is decoded")
+    vx, iu = frozenset(vxlan_ports), frozenset(ip_in_udp_ports)
+    packets: list[Packet] = []
+    offset = 24
+    while offset + 16 <= len(data):
+        caplen = struct.unpack_from(order + "I", data, offset + 8)[0]
+        frame = data[offset + 16:offset + 16 + caplen]
+        offset += 16 + caplen
+        packet = _decode(frame, vx, iu)
+        if packet is not None:
+            packets.append(packet)
+    return packets
+
+
+class Capture:
+    """tcpdump on one interface of an endpoint's namespace, as a context manager.
+
+    Entering returns once tcpdump reports "listening on", so nothing sent
+    inside the block is missed; leaving waits until tcpdump has drained its
+    capture ring, stops it by pid and fills :attr:`packets`.
+    """
+
+    def __init__(self, endpoint: Endpoint, iface: str, path: Path,
+                 bpf_filter: Sequence[str] = (), vxlan_ports: Iterable[int] = VXLAN_PORTS,
+                 ip_in_udp_ports: Iterable[int] = IP_IN_UDP_PORTS,
+                 ready_timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.iface = iface
+        self.path = Path(path)
+        self.bpf_filter = tuple(bpf_filter)
+        self.vxlan_ports = tuple(vxlan_ports)
+        self.ip_in_udp_ports = tuple(ip_in_udp_ports)
+        self.ready_timeout = ready_timeout
+        self.packets: list[Packet] = []
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Capture:
+        argv = ["tcpdump", "-U", "--immediate-mode", "-n", "-i", self.iface,
+                "-w", str(self.path), *self.bpf_filter]
+        self._proc = self.endpoint.spawn(argv, what=f"tcpdump {self.iface}@{self.endpoint.name}")
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.endpoint.stop(self._proc)
+            raise
+        return self
+
+    def _wait_listening(self) -> None:
+        """Read tcpdump's stderr until it says "listening on"; CommandError if it dies or stalls.
+
+        Raw reads on the descriptor: a buffered readline could block past the deadline.
+        """
+        p = self._proc
+        fd = p.stderr.fileno()
+        seen = b""
+        deadline = time.monotonic() + self.ready_timeout
+        while b"listening on" not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CommandError(p.args, -1, "", seen.decode(errors="replace")
+                                   + f"\nnot listening after {self.ready_timeout}s")
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 4096)
+                if not chunk:  # tcpdump exited: bad interface, filter, ...
+                    raise CommandError(p.args, p.wait(), "", seen.decode(errors="replace"))
+                seen += chunk
+
+    def _wait_drained(self, timeout: float = 2.0) -> None:
+        """Wait until tcpdump sleeps, i.e. it is blocked in poll() on an empty ring.
+
+        On SIGTERM tcpdump breaks its loop and drops whatever is still queued,
+        so the last reply of a ping would often be missing. A packet seen on the
+        interface wakes tcpdump synchronously (state R), so once the block's
+        traffic is done, state S means everything has been written (``-U``
+        writes per packet; ``--immediate-mode`` hands over every packet at once
+        instead of in blocks).
+        """
+        stat = Path(f"/proc/{self._proc.pid}/stat")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:  # exited on its own
+                return
+            if state == "S":
+                return
+            time.sleep(0.001)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._wait_drained()
+        self.endpoint.stop(self._proc)
+        if exc_type is None:  # on failure the pcap stays on disk; don't mask the error
+            self.packets = read_pcap(self.path, self.vxlan_ports, self.ip_in_udp_ports)

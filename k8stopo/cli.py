@@ -1,0 +1,196 @@
+"""The ``k8stopo`` command line (SPEC: doctor, up, bench, plot, clean).
+
+Bad input exits with status 2 and one line, before anything is created.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from . import __version__
+from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
+
+log = logging.getLogger("k8stopo")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, status 2
+        self.exit(2, f"k8stopo: error: {message} (see {self.prog} --help)\n")
+
+
+def _cluster_args(p: argparse.ArgumentParser, nodes: int, pods: int) -> None:
+    p.add_argument("--nodes", type=int, default=nodes, help=f"Kubernetes nodes (default {nodes})")
+    p.add_argument("--pods-per-node", type=int, default=pods, help=f"pods per node (default {pods})")
+    p.add_argument("--mtu", type=int, default=1500, help="underlay MTU (default 1500)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="k8stopo", description="Kubernetes networking emulated with Mininet.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v progress, -vv commands")
+    p.add_argument("--version", action="version", version=f"k8stopo {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("doctor", help="what this kernel and machine can run")
+
+    up = sub.add_parser("up", help="build a cluster, print it, hold it (or open the Mininet CLI)")
+    up.add_argument("--cni", required=True, help="CNI variant (see `k8stopo doctor`)")
+    _cluster_args(up, 2, 2)
+    up.add_argument("--cli", action="store_true", help="drop into the Mininet CLI")
+
+    bench = sub.add_parser("bench", help="measure variants × scenarios × protocols into a CSV")
+    bench.add_argument("--cni", default="all", help="comma list of variants, or all")
+    bench.add_argument("--scenarios", default="host-to-host,pod-to-pod-same-node,"
+                       "pod-to-pod-cross-node,node-to-pod")
+    bench.add_argument("--protocols", default="tcp,udp,icmp")
+    _cluster_args(bench, 2, 2)
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    bench.add_argument("--repeat", type=int, default=3, help="repeats, interleaved across variants")
+    bench.add_argument("--streams", type=int, default=1, help="parallel iperf3 streams (-P)")
+    bench.add_argument("--udp-bandwidth", default="0",
+                       help="iperf3 -b for UDP (default 0: unlimited, as published benchmarks)")
+    bench.add_argument("--out", type=Path, required=True, help="CSV to append the rows to")
+    bench.add_argument("--plots", type=Path, help="also draw the charts of this run into DIR")
+
+    plot = sub.add_parser("plot", help="charts and a summary table from result CSVs")
+    plot.add_argument("csv", type=Path, nargs="+")
+    plot.add_argument("--out", type=Path, required=True, help="directory for PNG/SVG/summary")
+
+    sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
+    return p
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise SpecError("k8stopo creates network namespaces and must run as root")
+
+
+def _runnable(names: tuple[str, ...], all_requested: bool) -> tuple[str, ...]:
+    """Drop (for ``all``) or refuse (when named) variants this kernel cannot run."""
+    from . import doctor
+    from .cni import VARIANTS
+    probes = doctor.probe_all()
+    keep = []
+    for name in names:
+        missing = [r for r in VARIANTS[name].requires if not probes[r].ok]
+        if not missing:
+            keep.append(name)
+        elif all_requested:
+            print(f"k8stopo: skipping {name}: this machine lacks {', '.join(missing)}",
+                  file=sys.stderr)
+        else:
+            raise SpecError(f"{name} cannot run here: missing {', '.join(missing)} "
+                            "(see `k8stopo doctor`)")
+    if not keep:
+        raise SpecError("none of the requested variants can run here (see `k8stopo doctor`)")
+    return tuple(keep)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+    from .cni import VARIANTS
+    print(doctor.report(doctor.probe_all(), {n: c.requires for n, c in VARIANTS.items()}))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .cluster import Cluster
+    _require_root()
+    cni = pick(args.cni, tuple(_variants()), "CNI variant")[0]
+    cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
+                                  mtu=args.mtu))
+    _runnable((cni,), False)
+    with cluster:
+        print(cluster.describe(), flush=True)
+        if args.cli:
+            from mininet.cli import CLI
+            CLI(cluster.net)
+        else:
+            print("cluster is up; Ctrl-C (or SIGTERM) tears it down", flush=True)
+            signal.pause()
+    return 0
+
+
+def _variants() -> dict:
+    from .cni import VARIANTS
+    return VARIANTS
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench, plots, results
+    from .cluster import Cluster
+    _require_root()
+    all_requested = args.cni.strip() == "all"
+    names = tuple(_variants()) if all_requested else pick(args.cni, tuple(_variants()),
+                                                          "CNI variant")
+    spec = BenchSpec(cnis=names, scenarios=pick(args.scenarios, SCENARIOS, "scenario"),
+                     protocols=pick(args.protocols, PROTOCOLS, "protocol"), nodes=args.nodes,
+                     pods_per_node=args.pods_per_node, duration=args.duration,
+                     repeat=args.repeat, streams=args.streams, mtu=args.mtu,
+                     udp_bandwidth=args.udp_bandwidth)
+    spec.check()
+    for cni in names:
+        Cluster(spec.cluster(cni))  # checks the cluster shape for every variant
+    results.check_appendable(args.out)
+    spec = dataclasses.replace(spec, cnis=_runnable(names, all_requested))
+    run_id, failures = bench.run(spec, args.out)
+    print(f"run {run_id}: rows in {args.out}")
+    if args.plots:
+        df = results.load([args.out])
+        for path in plots.plot_all(df[df.run_id == run_id], args.plots):
+            print(f"  {path}")
+    if failures:
+        print(f"k8stopo: {failures} measurement(s) failed; see the log above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import plots, results
+    for path in args.csv:
+        if not path.is_file():
+            raise SpecError(f"no such CSV file: {path}")
+    try:
+        df = results.load(args.csv)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    for path in plots.plot_all(df, args.out):
+        print(path)
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from . import runstate
+    _require_root()
+    removed = runstate.clean()
+    print("\n".join(removed) if removed else "nothing left behind by k8stopo runs")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from mininet.log import setLogLevel
+    setLogLevel({0: "error", 1: "warning"}.get(args.verbose, "info"))
+    # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench,
+               "plot": cmd_plot, "clean": cmd_clean}[args.command]
+    try:
+        return handler(args)
+    except SpecError as exc:
+        print(f"k8stopo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("k8stopo: interrupted; everything this run created was removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

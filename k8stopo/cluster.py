@@ -1,0 +1,187 @@
+"""Cluster lifecycle: spec -> underlay -> node agents -> pods -> converged, and back.
+
+:class:`Cluster` is a context manager. Entering builds everything under a fresh
+run prefix (see :mod:`k8stopo.runstate`); leaving, by return, exception or
+Ctrl-C, tears down in a fixed order so nothing is deleted while in use:
+agent daemons, CNI DEL for every pod, Mininet (links, bridge, shells), then
+whatever the manifest still lists.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import resource
+import signal
+import threading
+from typing import Any, Iterator
+
+from mininet.net import Mininet
+from mininet.node import Host
+from mininet.nodelib import LinuxBridge
+
+from . import pods
+from .cni import variant as variant_class
+from .node import Node, Pod
+from .runstate import RunState
+from .spec import ClusterSpec, ipv4_network
+from .topo import K8sTopo, node_name
+
+log = logging.getLogger("k8stopo.cluster")
+
+READY_TIMEOUT = 90.0
+
+
+class _Tracked:
+    """Mixin for Mininet nodes: record each shell's pid the moment it exists."""
+
+    run_state: RunState
+
+    def startShell(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802 (Mininet's name)
+        super().startShell(*args, **kwargs)  # type: ignore[misc]
+        self.run_state.track_pid(self.pid, f"mininet shell {self.name}")  # type: ignore[attr-defined]
+
+
+def pod_name(node: Node, index: int) -> str:
+    return f"pod-{node.name}-{index}"
+
+
+class Cluster:
+    """An emulated Kubernetes cluster running one CNI variant."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        spec.check_basics()
+        self.spec = spec
+        self.variant_cls = variant_class(spec.cni)
+        self.ranges = self.variant_cls.check(spec)  # SpecError before anything exists
+        self.pod_cidr = (None if self.variant_cls.host_network
+                         else ipv4_network(spec.pod_cidr or self.variant_cls.pod_cidr, "pod CIDR"))
+        self.underlay = ipv4_network(spec.underlay_cidr, "underlay CIDR")
+        self.state: RunState | None = None
+        self.net: Mininet | None = None
+        self.variant = None
+        self.nodes: list[Node] = []
+
+    # -- lookup ---------------------------------------------------------------------
+    @property
+    def pods(self) -> list[Pod]:
+        return [pod for node in self.nodes for pod in node.pods]
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def pod(self, name: str) -> Pod:
+        return next(p for p in self.pods if p.name == name)
+
+    def endpoints(self) -> Iterator[Node | Pod]:
+        yield from self.nodes
+        yield from self.pods
+
+    def describe(self) -> str:
+        """A table of the cluster's nodes and pods with their addresses."""
+        lines = [f"cluster {self.state.prefix if self.state else '-'}: {self.spec.cni}, "
+                 f"{len(self.nodes)} nodes on {self.underlay}"]
+        for node in self.nodes:
+            lines.append(f"  {node.name:<8} {str(node.ip):<15} pod range "
+                         f"{node.pod_cidr or 'hostNetwork'}")
+            lines += [f"    {pod.name:<14} {str(pod.ip):<15} mtu {pod.mtu}" for pod in node.pods]
+        return "\n".join(lines)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def __enter__(self) -> "Cluster":
+        self.state = RunState("cluster")
+        try:
+            self._build()
+        except BaseException:
+            self._teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._teardown()
+
+    def _build(self) -> None:
+        assert self.state is not None
+        prefix = self.state.prefix
+        log.info("building %s cluster %s: %d nodes, %d pods each", self.spec.cni, prefix,
+                 self.spec.nodes, self.spec.pods_per_node)
+        # Mininet.init() would retune the host's TCP buffers and ARP tables
+        # (fixLimits); measure on the kernel's defaults instead, and only lift
+        # this process's own open-file limit (every Mininet node holds a pty).
+        Mininet.inited = True
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+        tracked = {"run_state": self.state}
+        self.state.track_link(prefix)  # the underlay bridge, named after the run
+        self.net = Mininet(topo=K8sTopo(nodes=self.spec.nodes, switch=prefix,
+                                        cidr=self.spec.underlay_cidr),
+                           host=type("K8sHost", (_Tracked, Host), tracked),
+                           switch=type("K8sBridge", (_Tracked, LinuxBridge), tracked),
+                           controller=None, build=False, waitConnected=False)
+        self.net.build()
+        self.net.start()
+        gateway = self.underlay[-2]  # the segment's router address (absent, as no packet may leave)
+        for i in range(self.spec.nodes):
+            mn = self.net[node_name(i)]
+            node = Node(name=mn.name, ip=ipaddress.IPv4Address(mn.IP()), pid=mn.pid,
+                        state=self.state, index=i, intf=mn.defaultIntf().name, mn=mn,
+                        pod_cidr=self.ranges[i] if self.ranges else None)
+            self.nodes.append(node)
+            self._prepare_node(node, gateway)
+        self.variant = self.variant_cls(self)
+        for node in self.nodes:
+            self.variant.setup_node(node)
+        self.variant.connect()
+        for node in self.nodes:
+            for j in range(self.spec.pods_per_node):
+                self._add_pod(node, pod_name(node, j))
+        self.variant.wait_ready(READY_TIMEOUT)
+        log.info("cluster %s ready", prefix)
+
+    def _prepare_node(self, node: Node, gateway: ipaddress.IPv4Address) -> None:
+        """What every Kubernetes node has, whatever its CNI."""
+        if self.spec.mtu != 1500:
+            node.run(["ip", "link", "set", node.intf, "mtu", self.spec.mtu])
+            intf = node.mn.defaultIntf()
+            peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
+            peer.cmd("ip", "link", "set", peer.name, "mtu", self.spec.mtu)
+        node.sysctl("net.ipv4.ip_forward", 1)
+        # Real nodes have a default route; Calico's proxy-ARP gateway relies on it.
+        node.run(["ip", "route", "replace", "default", "via", gateway, "dev", node.intf])
+
+    def _add_pod(self, node: Node, name: str) -> Pod:
+        assert self.net is not None and self.variant is not None
+        if self.variant.host_network:
+            return pods.host_network(node, name)
+        pause = self.net.addHost(name, ip=None)
+        pod = pods.add(node, name, self.variant.netconf(node), pause)
+        self.variant.pod_added(pod)
+        return pod
+
+    def _teardown(self) -> None:
+        """Remove everything of the run, whatever state the build reached."""
+        # A second Ctrl-C or a SIGTERM must not cut the teardown short.
+        main = threading.current_thread() is threading.main_thread()
+        previous = ({sig: signal.signal(sig, signal.SIG_IGN)
+                     for sig in (signal.SIGINT, signal.SIGTERM)} if main else {})
+        try:
+            self._stop_step("stop agents", self.variant.stop if self.variant else None)
+            for pod in reversed(self.pods):
+                if not pod.host_network:
+                    self._stop_step(f"CNI DEL {pod.name}", lambda p=pod: pods.delete(p))
+            self._stop_step("stop Mininet", self.net.stop if self.net else None)
+            if self.state is not None:
+                leftovers = self.state.remove_all()
+                if leftovers:
+                    log.debug("removed after Mininet: %s", ", ".join(leftovers))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @staticmethod
+    def _stop_step(what: str, step: Any) -> None:
+        if step is None:
+            return
+        try:
+            step()
+        except Exception as exc:  # keep tearing down; the manifest catches the rest
+            log.warning("teardown: %s failed: %s", what, exc)

@@ -1,0 +1,106 @@
+"""Flannel: a cni0 bridge per node, and flanneld's backends between nodes.
+
+flanneld writes /run/flannel/subnet.env; the flannel CNI plugin turns it into
+a delegated ``bridge`` + ``host-local`` config (cni0, isGateway, hairpinMode,
+the backend's MTU, a route to the whole cluster CIDR). That plugin is not in
+Debian's containernetworking-plugins, so we render the delegate exactly as it
+would and hand it to the real bridge plugin.
+
+Backends (as flanneld programs them, from flannel's backend/vxlan and
+backend/hostgw):
+
+* vxlan: a ``flannel.1`` VXLAN device (VNI 1, UDP 8472, learning off, MTU =
+  underlay - 50) holding the node's subnet network address /32; per peer one
+  route ``<podCIDR> via <peer net addr> dev flannel.1 onlink``, one permanent
+  neighbour entry (peer net addr -> peer VTEP MAC) and one FDB entry (peer VTEP
+  MAC -> peer node IP). No multicast, no learning.
+* host-gw: per peer one route ``<podCIDR> via <peer node IP>``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..node import Node
+from .base import Variant
+
+FLANNEL_NETWORK = "10.244.0.0/16"
+
+
+class Flannel(Variant):
+    """What every flannel backend shares: cni0 + subnet.env + delegated bridge config."""
+
+    pod_cidr = FLANNEL_NETWORK
+    node_prefixlen = 24
+    requires = Variant.requires + ("bridge", "cni:bridge", "cni:host-local", "cni:loopback")
+
+    def setup_node(self, node: Node) -> None:
+        assert node.pod_cidr is not None
+        env = (f"FLANNEL_NETWORK={self.cluster.pod_cidr}\nFLANNEL_SUBNET={node.pod_cidr[1]}/"
+               f"{node.pod_cidr.prefixlen}\nFLANNEL_MTU={self.pod_mtu}\nFLANNEL_IPMASQ=true\n")
+        self.cluster.state.path(node.name, "run", "flannel", "subnet.env").write_text(env)
+
+    def netconf(self, node: Node) -> dict[str, Any]:
+        """The flannel CNI plugin's delegate for the bridge plugin."""
+        assert node.pod_cidr is not None
+        return {
+            "cniVersion": "0.3.1",
+            "name": "cbr0",
+            "type": "bridge",
+            "bridge": "cni0",
+            "mtu": self.pod_mtu,
+            "hairpinMode": True,
+            "isGateway": True,
+            "isDefaultGateway": True,
+            "ipMasq": False,  # FLANNEL_IPMASQ=true: flanneld masquerades, not the plugin
+            "ipam": {
+                "type": "host-local",
+                "dataDir": str(self.cluster.state.directory("ipam", node.name)),
+                "ranges": [[{"subnet": str(node.pod_cidr)}]],
+                "routes": [{"dst": str(self.cluster.pod_cidr)}],
+            },
+        }
+
+
+class FlannelVXLAN(Flannel):
+    name = "flannel-vxlan"
+    wire = "UDP dst 8472, VXLAN VNI 1, inner pod IPs"
+    overhead = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+    requires = Flannel.requires + ("vxlan",)
+    DEVICE = "flannel.1"
+    VNI = 1
+    PORT = 8472
+
+    def setup_node(self, node: Node) -> None:
+        super().setup_node(node)
+        node.run(["ip", "link", "add", self.DEVICE, "type", "vxlan", "id", self.VNI,
+                  "local", node.ip, "dev", node.intf, "dstport", self.PORT, "nolearning"])
+        node.run(["ip", "link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"])
+        node.run(["ip", "addr", "add", f"{node.pod_cidr.network_address}/32",
+                  "dev", self.DEVICE])
+
+    def connect(self) -> None:
+        # flanneld publishes its VTEP MAC as a node annotation; peers read it there.
+        macs = {n.name: n.link(self.DEVICE)["address"] for n in self.cluster.nodes}
+        for node in self.cluster.nodes:
+            for peer in self.cluster.nodes:
+                if peer is node:
+                    continue
+                gw = peer.pod_cidr.network_address
+                node.run(["ip", "neigh", "replace", gw, "lladdr", macs[peer.name],
+                          "dev", self.DEVICE, "nud", "permanent"])
+                node.run(["bridge", "fdb", "replace", macs[peer.name], "dev", self.DEVICE,
+                          "dst", peer.ip, "self", "permanent"])
+                node.run(["ip", "route", "replace", peer.pod_cidr, "via", gw,
+                          "dev", self.DEVICE, "onlink"])
+
+
+class FlannelHostGW(Flannel):
+    name = "flannel-host-gw"
+    wire = "plain IP with pod IPs, no encapsulation"
+
+    def connect(self) -> None:
+        for node in self.cluster.nodes:
+            for peer in self.cluster.nodes:
+                if peer is not node:
+                    node.run(["ip", "route", "replace", peer.pod_cidr, "via", peer.ip,
+                              "dev", node.intf])

@@ -1,0 +1,79 @@
+"""Things that execute: cluster nodes and pods, both seen as network endpoints.
+
+An endpoint is a network namespace named by a process living in it (a Mininet
+host shell). Commands run in it through :mod:`k8stopo.proc`; processes started
+in it are recorded in the run's manifest so that teardown and ``k8stopo clean``
+stop exactly them.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from . import proc
+from .runstate import RunState
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """A network namespace with an address: a node's stack or a pod."""
+
+    name: str
+    ip: ipaddress.IPv4Address
+    pid: int  # a process in the endpoint's network namespace
+    state: RunState
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return proc.run(argv, self.pid, **kwargs)
+
+    def output(self, argv: Sequence[str], **kwargs: Any) -> str:
+        return proc.output(argv, self.pid, **kwargs)
+
+    def spawn(self, argv: Sequence[str], what: str | None = None,
+              **kwargs: Any) -> subprocess.Popen[str]:
+        """Start a process in this namespace, recorded in the run's manifest."""
+        p = proc.spawn(argv, self.pid, **kwargs)
+        self.state.track_pid(p.pid, what or f"{argv[0]}@{self.name}")
+        return p
+
+    def stop(self, p: subprocess.Popen[str]) -> None:
+        """Stop a process started with :meth:`spawn` and forget it."""
+        proc.stop(p)
+        self.state.untrack_pid(p.pid)
+
+    def sysctl(self, key: str, value: str | int) -> None:
+        self.run(["sysctl", "-qw", f"{key}={value}"])
+
+    def link(self, dev: str) -> dict[str, Any]:
+        """``ip -j link show dev`` in this namespace (sysfs would show the root's)."""
+        return json.loads(self.output(["ip", "-j", "link", "show", "dev", dev]))[0]
+
+
+@dataclass(eq=False)
+class Node(Endpoint):
+    """A Kubernetes node: a Mininet host on the underlay."""
+
+    index: int = 0  # 0-based
+    intf: str = ""  # underlay interface, e.g. n1-eth0
+    pod_cidr: ipaddress.IPv4Network | None = None
+    mn: Any = None  # the mininet Host
+    pods: list["Pod"] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Pod(Endpoint):
+    """A pod: its own network namespace (or its node's, with hostNetwork)."""
+
+    node: Node | None = None
+    mn: Any = None  # the mininet Host holding the pod's namespace (None: hostNetwork)
+    ifname: str = "eth0"
+    mtu: int = 1500
+    netconf: dict = field(default_factory=dict)  # what the CNI plugin was given
+    cni_result: dict = field(default_factory=dict)  # what it answered
+
+    @property
+    def host_network(self) -> bool:
+        return self.mn is None

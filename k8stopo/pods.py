@@ -1,0 +1,83 @@
+"""Pods, attached by the real CNI reference plugins exactly as kubelet/containerd would.
+
+A pod's network namespace is held by a Mininet host shell (the "pause
+container"), so the Mininet CLI can address pods by name. The plugin binary runs
+inside the *node's* network namespace (where it creates cni0 / the host end of
+the veth) with CNI_NETNS=/proc/<pod pid>/ns/net, the config JSON on stdin and
+CNI_COMMAND=ADD/DEL in the environment (CNI spec), after the loopback plugin.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from typing import Any
+
+from mininet.link import Intf
+
+from .node import Node, Pod
+
+log = logging.getLogger("k8stopo.pods")
+
+CNI_PATH = "/usr/lib/cni"
+POD_IFNAME = "eth0"
+LOOPBACK_CONF = {"cniVersion": "0.4.0", "name": "cni-loopback", "type": "loopback"}
+
+
+class CNIError(RuntimeError):
+    """A CNI plugin returned an error (its code and message are kept)."""
+
+
+def invoke(node: Node, command: str, netconf: dict[str, Any], container_id: str,
+           netns: str, ifname: str) -> dict[str, Any]:
+    """Run one CNI plugin per the CNI spec from the node's network namespace."""
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
+           "CNI_IFNAME": ifname, "CNI_PATH": CNI_PATH}
+    plugin = f"{CNI_PATH}/{netconf['type']}"
+    result = node.run([plugin], input=json.dumps(netconf), env=env, check=False)
+    if result.returncode != 0:
+        try:
+            err = json.loads(result.stdout)
+            why = f"code {err.get('code')}: {err.get('msg')} {err.get('details', '')}".strip()
+        except ValueError:
+            why = (result.stderr or result.stdout).strip()
+        raise CNIError(f"CNI {command} {netconf['type']} for {container_id} on {node.name}: {why}")
+    return json.loads(result.stdout) if result.stdout.strip() else {}
+
+
+def container_id(pod_name: str, prefix: str) -> str:
+    return f"{prefix}-{pod_name}"
+
+
+def add(node: Node, name: str, netconf: dict[str, Any], pause: Any) -> Pod:
+    """Attach a new pod whose namespace is held by ``pause`` (a Mininet host)."""
+    netns = f"/proc/{pause.pid}/ns/net"
+    cid = container_id(name, node.state.prefix)
+    node.state.path("cni", node.name, f"{name}.json").write_text(json.dumps(netconf, indent=2))
+    invoke(node, "ADD", LOOPBACK_CONF, cid, netns, "lo")
+    result = invoke(node, "ADD", netconf, cid, netns, POD_IFNAME)
+    address = ipaddress.IPv4Interface(result["ips"][0]["address"])
+    # Let Mininet know the interface so that the CLI can substitute pod names by IPs.
+    Intf(POD_IFNAME, node=pause, moveIntfFn=lambda *_: True)
+    pod = Pod(name=name, ip=address.ip, pid=pause.pid, state=node.state, node=node, mn=pause,
+              mtu=int(netconf.get("mtu", 1500)), netconf=netconf, cni_result=result)
+    node.pods.append(pod)
+    log.info("pod %s on %s: %s", name, node.name, address)
+    return pod
+
+
+def host_network(node: Node, name: str) -> Pod:
+    """A hostNetwork pod: the node's own namespace and address."""
+    pod = Pod(name=name, ip=node.ip, pid=node.pid, state=node.state, node=node, mn=None,
+              mtu=int(node.link(node.intf)["mtu"]))
+    node.pods.append(pod)
+    return pod
+
+
+def delete(pod: Pod) -> None:
+    """CNI DEL, as kubelet does when a pod goes (releases the IPAM lease)."""
+    assert pod.node is not None and pod.mn is not None
+    cid = container_id(pod.name, pod.state.prefix)
+    netns = f"/proc/{pod.pid}/ns/net"
+    invoke(pod.node, "DEL", pod.netconf, cid, netns, POD_IFNAME)
+    invoke(pod.node, "DEL", LOOPBACK_CONF, cid, netns, "lo")

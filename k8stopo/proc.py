@@ -1,0 +1,107 @@
+"""The one place where k8stopo runs other programs.
+
+Every command is an argv list (never a shell string), is logged, may run inside
+another process's network namespace (``nsenter --net=/proc/PID/ns/net``: unlike
+``mnexec -a`` it leaves the mount namespace alone, so CNI plugins still see
+/var/run/netns), and fails with a :class:`CommandError` that carries stderr.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from typing import Mapping, Sequence
+
+log = logging.getLogger("k8stopo.proc")
+
+
+class CommandError(RuntimeError):
+    """A command exited non-zero; ``stderr`` says why."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        detail = (stderr or stdout).strip().splitlines()
+        tail = " | ".join(detail[-3:]) if detail else "no output"
+        super().__init__(f"{' '.join(self.argv)} exited {returncode}: {tail}")
+
+
+def in_netns(argv: Sequence[str], netns_pid: int | None) -> list[str]:
+    """argv prefixed so that it runs in the network namespace of ``netns_pid``."""
+    argv = [str(a) for a in argv]
+    if netns_pid is None:
+        return argv
+    return ["nsenter", f"--net=/proc/{netns_pid}/ns/net", "--", *argv]
+
+
+def run(
+    argv: Sequence[str],
+    netns_pid: int | None = None,
+    *,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float | None = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion and return it; raise CommandError on failure."""
+    full = in_netns(argv, netns_pid)
+    log.debug("run: %s", " ".join(full))
+    merged_env = {**os.environ, **env} if env else None
+    try:
+        proc = subprocess.run(full, input=input, capture_output=True, text=True,
+                              env=merged_env, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(full, -1, "", f"timed out after {timeout}s") from exc
+    if proc.returncode != 0:
+        log.debug("failed (%d): %s", proc.returncode, proc.stderr.strip())
+        if check:
+            raise CommandError(full, proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
+def output(argv: Sequence[str], netns_pid: int | None = None, **kwargs) -> str:
+    """Run a command and return its stdout."""
+    return run(argv, netns_pid, **kwargs).stdout
+
+
+def spawn(
+    argv: Sequence[str],
+    netns_pid: int | None = None,
+    *,
+    stdout: int | object = subprocess.DEVNULL,
+    stderr: int | object = subprocess.PIPE,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start a long-running command (a daemon kept in the foreground, a server).
+
+    Callers own the handle: register it with the run (``RunState.track``) so
+    that teardown and ``k8stopo clean`` can stop it by pid.
+    """
+    full = in_netns(argv, netns_pid)
+    log.debug("spawn: %s", " ".join(full))
+    merged_env = {**os.environ, **env} if env else None
+    # nsenter execs the command, so the pid we get is the command's own pid.
+    return subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            text=True, env=merged_env, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Terminate a spawned process, then kill it if it does not go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def which(tool: str) -> str | None:
+    """Path of a tool on PATH (or in /usr/sbin, which root's PATH may lack)."""
+    return shutil.which(tool) or shutil.which(tool, path="/usr/local/sbin:/usr/sbin:/sbin")

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Idempotent install: Debian packages that are missing, then the package into .venv.
+# The venv uses Debian's /usr/bin/python3 with system site-packages, because
+# Mininet's Python library comes from Debian's mininet package, matching its mnexec.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  mininet bridge-utils iproute2 iptables iputils-ping ethtool kmod util-linux
+  iperf3 containernetworking-plugins bird2 dnsmasq-base socat tcpdump sockperf
+  python3 python3-venv python3-pip
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "apt-get: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # --no-install-recommends: mininet recommends openvswitch-switch, whose kernel
+  # datapath this project does not use.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.k8stopo-installed
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
+ln -sfn "$(pwd)/.venv/bin/k8stopo" /usr/local/bin/k8stopo

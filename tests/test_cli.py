@@ -1,0 +1,84 @@
+"""The command line as users meet it: bad input, up with the Mininet CLI, clean after a crash."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from k8stopo import runstate
+
+from conftest import REPO, assert_gone, k8stopo, run_dirs
+
+
+@pytest.mark.parametrize("args, message", [
+    (["up", "--cni", "weave-nope"], "unknown CNI variant 'weave-nope'"),
+    (["up", "--cni", "calico-bgp", "--pods-per-node", "500"], "do not fit"),
+    (["up", "--cni", "flannel-vxlan", "--mtu", "600"], "leaves no room"),
+    (["up", "--cni", "host", "--nodes", "0"], "--nodes"),
+    (["up", "--cni", "host", "--nodes", "two"], "invalid int value"),
+    (["bench", "--cni", "host", "--scenarios", "pod-to-moon", "--out", "x.csv"],
+     "unknown scenario 'pod-to-moon'"),
+    (["bench", "--cni", "host", "--protocols", "sctp", "--out", "x.csv"],
+     "unknown protocol 'sctp'"),
+    (["bench", "--cni", "host", "--duration", "0", "--out", "x.csv"], "--duration"),
+    (["bench", "--cni", "flannel-vxlan", "--pods-per-node", "300", "--out", "x.csv"],
+     "do not fit"),
+    (["plot", "no-such.csv", "--out", "plots"], "no such CSV file"),
+])
+def test_bad_input_exits_2_with_one_line_and_creates_nothing(args, message, tmp_path) -> None:
+    links, dirs = set(runstate.root_links()), run_dirs()
+    result = k8stopo(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert set(runstate.root_links()) == links and run_dirs() == dirs
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_up_cli_pings_a_pod_on_another_node_by_name() -> None:
+    script = "pod-n1-0 ping -n -c 2 -W 2 pod-n3-1\nexit\n"
+    result = k8stopo("up", "--cni", "calico-bgp", "--nodes", "3", "--pods-per-node", "2",
+                     "--cli", input=script)
+    assert result.returncode == 0, result.stderr
+    pod_ip = next(l.split()[1] for l in result.stdout.splitlines() if l.strip().startswith("pod-n3-1"))
+    assert f"PING {pod_ip}" in result.stdout
+    assert "2 received" in result.stdout
+
+
+def test_clean_removes_what_a_killed_run_left() -> None:
+    before = run_dirs()
+    proc = subprocess.Popen([sys.executable, "-m", "k8stopo", "up", "--cni", "calico-bgp"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if "cluster is up" in line:
+                break
+        (prefix,) = run_dirs() - before
+        manifest = json.loads((runstate.STATE_ROOT / prefix / "manifest.json").read_text())
+        proc.kill()  # no teardown at all: a crash
+        proc.wait(10)
+        assert any(runstate.alive(p["pid"], p["start"]) for p in manifest["pids"])
+        result = k8stopo("clean")
+        assert result.returncode == 0 and prefix in result.stdout, result
+        assert_gone(prefix, manifest["pids"])
+        assert "nothing left" in k8stopo("clean").stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_tears_the_cluster_down() -> None:
+    before = run_dirs()
+    proc = subprocess.Popen([sys.executable, "-m", "k8stopo", "up", "--cni", "flannel-vxlan"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "cluster is up" in line:
+            break
+    (prefix,) = run_dirs() - before
+    manifest = json.loads((runstate.STATE_ROOT / prefix / "manifest.json").read_text())
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    assert_gone(prefix, manifest["pids"])

@@ -1,0 +1,161 @@
+"""Behaviour of real clusters: addressing, reachability, no NAT, wire format, BGP, teardown."""
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from k8stopo import measure, runstate
+from k8stopo.capture import Capture
+from k8stopo.cluster import Cluster
+from k8stopo.cni import VARIANTS
+from k8stopo.cni.calico import Calico, cali_name
+from k8stopo.node import Node, Pod
+from k8stopo.spec import ClusterSpec
+
+from conftest import assert_gone
+
+ALL = list(VARIANTS)
+
+
+@pytest.fixture(scope="module", params=ALL)
+def cluster(request: pytest.FixtureRequest):
+    with Cluster(ClusterSpec(cni=request.param, nodes=3, pods_per_node=2)) as c:
+        yield c
+
+
+def ping(src: Node | Pod, dst: Node | Pod) -> bool:
+    return src.run(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", dst.ip],
+                   check=False).returncode == 0
+
+
+def test_pod_ips_are_unique_and_inside_their_node_range(cluster: Cluster) -> None:
+    ips = [pod.ip for pod in cluster.pods]
+    assert len(ips) == 6
+    if not cluster.variant.host_network:
+        assert len(set(ips)) == 6
+    for node in cluster.nodes:
+        for pod in node.pods:
+            if cluster.variant.host_network:
+                assert pod.ip == node.ip
+            else:
+                assert pod.ip in node.pod_cidr
+                assert pod.ip != node.pod_cidr.network_address
+
+
+def test_every_pod_reaches_every_pod_and_node(cluster: Cluster) -> None:
+    a = cluster.pod("pod-n1-0")
+    for other in [*cluster.pods, *cluster.nodes]:
+        if other is not a:
+            assert ping(a, other), f"{a.name} -> {other.name} ({other.ip})"
+    assert ping(cluster.node("n2"), cluster.pod("pod-n3-1"))
+
+
+def test_server_sees_the_client_pods_own_ip(cluster: Cluster) -> None:
+    client, server = cluster.pod("pod-n1-0"), cluster.pod("pod-n2-1")
+    m = measure.iperf3(client, server, "tcp", duration=1)
+    assert m.peer_seen_by_server == str(client.ip)
+
+
+def test_containers_of_a_pod_share_localhost(cluster: Cluster, tmp_path: Path) -> None:
+    pod, other = cluster.pod("pod-n2-0"), cluster.pod("pod-n3-0")
+    got = tmp_path / "received"
+    server = pod.spawn(["socat", "-u", "TCP-LISTEN:8080,bind=127.0.0.1,reuseaddr",
+                        f"CREATE:{got}"], what="container web")
+    try:
+        pod.run(["socat", "-u", "STDIN", "TCP:127.0.0.1:8080,retry=20,interval=0.05"],
+                input="hello from the sidecar\n")
+        server.wait(5)
+        assert got.read_text() == "hello from the sidecar\n"
+    finally:
+        pod.stop(server)
+    if not cluster.variant.host_network:  # another pod has a localhost of its own
+        assert other.run(["socat", "-u", "STDIN", "TCP:127.0.0.1:8080"], input="x",
+                         check=False).returncode != 0
+
+
+def test_same_node_pods_share_the_bridge_or_have_host_routes(cluster: Cluster) -> None:
+    if cluster.variant.host_network:
+        pytest.skip("hostNetwork pods have no pod network")
+    node = cluster.node("n1")
+    if isinstance(cluster.variant, Calico):
+        assert node.output(["ip", "-o", "link", "show", "type", "bridge"]).strip() == ""
+        for pod in node.pods:
+            route = node.output(["ip", "-4", "route", "show", f"{pod.ip}/32"])
+            assert f"dev {cali_name('default', pod.name)}" in route
+            assert pod.output(["ip", "-4", "route", "show", "default"]).startswith(
+                "default via 169.254.1.1 dev eth0")
+            assert f"{pod.ip}/32" in pod.output(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+    else:
+        ports = json.loads(node.output(["ip", "-j", "link", "show", "master", "cni0"]))
+        assert len(ports) == len(node.pods) == 2
+        conf = node.pods[0].netconf
+        assert conf["bridge"] == "cni0" and conf["isGateway"] and conf["hairpinMode"]
+        assert ipaddress.IPv4Interface(
+            json.loads(node.output(["ip", "-j", "addr", "show", "cni0"]))[0]["addr_info"][0]
+            ["local"] + "/24").ip == node.pod_cidr[1]
+
+
+WIRE = {
+    "flannel-vxlan": lambda p, a, b: p.proto == 17 and p.dport == 8472 and p.vni == 1
+    and (p.inner_src, p.inner_dst) == (a, b),
+    "flannel-host-gw": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
+    "calico-bgp": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
+    "host": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
+}
+
+
+def test_cross_node_traffic_has_the_variants_wire_format(cluster: Cluster,
+                                                         tmp_path: Path) -> None:
+    a, b = cluster.pod("pod-n1-0"), cluster.pod("pod-n2-0")
+    n1 = cluster.node("n1")
+    with Capture(n1, n1.intf, tmp_path / "underlay.pcap", ["not", "arp"]) as cap:
+        assert ping(a, b)
+    matching = [p for p in cap.packets if WIRE[cluster.spec.cni](p, str(a.ip), str(b.ip))]
+    assert len(matching) >= 2, cap.packets[:5]
+    if cluster.spec.cni == "flannel-vxlan":  # nothing leaks unencapsulated
+        assert not [p for p in cap.packets if p.proto == 1 and p.src == str(a.ip)]
+
+
+def test_bird_sessions_establish_and_every_node_learns_every_block(cluster: Cluster) -> None:
+    if not isinstance(cluster.variant, Calico):
+        pytest.skip("BGP is Calico's")
+    for node in cluster.nodes:
+        protocols = cluster.variant.birdc(node, "show", "protocols")
+        sessions = [l for l in protocols.splitlines() if l.startswith("Mesh_")]
+        assert len(sessions) == 2 and all("Established" in l for l in sessions), protocols
+        routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])
+        for peer in cluster.nodes:
+            if peer is not node:
+                assert f"{peer.pod_cidr} via {peer.ip}" in routes
+        assert f"blackhole {node.pod_cidr}" in routes
+        assert (cluster.variant.birds[node.name].poll() is None)
+
+
+@pytest.mark.parametrize("cni", ALL)
+def test_teardown_leaves_nothing(cni: str) -> None:
+    with Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=2)) as c:
+        prefix, pids = c.state.prefix, list(c.state.data["pids"])
+        assert len(pids) >= 5  # bridge shell, 2 node shells, 2 pod shells
+        assert any(l.startswith(prefix) for l in runstate.root_links())
+    assert_gone(prefix, pids)
+
+
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp"])
+def test_a_build_that_fails_midway_leaves_nothing(cni: str, monkeypatch) -> None:
+    seen: dict = {}
+    original = VARIANTS[cni].pod_added
+
+    def fail_on_second_pod(self, pod):
+        original(self, pod)
+        seen["prefix"], seen["pids"] = self.cluster.state.prefix, list(self.cluster.state.data["pids"])
+        if len(self.cluster.pods) == 2:
+            raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(VARIANTS[cni], "pod_added", fail_on_second_pod)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        with Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=2)):
+            pass
+    assert_gone(seen["prefix"], seen["pids"])
