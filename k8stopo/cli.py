@@ -156,10 +156,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise SpecError(f"no such CSV file: {path}")
     try:
-        df = results.load(args.csv)
+        written = plots.plot_all(results.load(args.csv), args.out)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
-    for path in plots.plot_all(df, args.out):
+    for path in written:
         print(path)
     return 0
 

@@ -31,7 +31,7 @@ BASELINE = "host-to-host"
 CNI_ORDER = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
              "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",
              "docker-overlay")
-# One hue per project, darker for the in-kernel datapath, so families read together.
+# One hue per project, a shade per variant, so families read together across charts.
 CNI_COLORS = {
     "host": "#525252",
     "flannel-vxlan": "#08519c", "flannel-host-gw": "#4292c6", "flannel-udp": "#9ecae1",
@@ -44,6 +44,14 @@ KEYS = ["cni", "scenario"]
 PAIR = ["run_id", "cni", "repeat"]  # same cluster, minutes apart
 BIT_PER_GBIT = 1e9
 US_PER_MS = 1e3
+# (protocol, metric) -> (unit in the CSV per SPEC, factor to the unit shown: Gbit/s, µs, %)
+SHOWN = {
+    ("tcp", "throughput_bps"): ("bit/s", 1 / BIT_PER_GBIT),
+    ("udp", "throughput_bps"): ("bit/s", 1 / BIT_PER_GBIT),
+    ("udp", "loss_pct"): ("%", 1.0),
+    ("icmp", "rtt_p50_ms"): ("ms", US_PER_MS),
+    ("icmp", "rtt_p99_ms"): ("ms", US_PER_MS),
+}
 DOT_COLOR = "#222222"
 P99_COLOR = "#d62728"
 
@@ -78,27 +86,15 @@ def tcp_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """
     tcp = _metric(df, "tcp", "throughput_bps", "bit/s")
     base = tcp[tcp["scenario"] == BASELINE][PAIR + ["value"]].rename(columns={"value": "baseline"})
-    paired = tcp[PAIR + ["scenario", "value"]].merge(base, on=PAIR, how="inner")
+    paired = tcp.merge(base, on=PAIR, how="inner")
     return paired.assign(ratio=paired["value"] / paired["baseline"])
 
 
-def _tcp_gbps(df: pd.DataFrame) -> pd.DataFrame:
-    tcp = _metric(df, "tcp", "throughput_bps", "bit/s")
-    return tcp.assign(value=tcp["value"] / BIT_PER_GBIT)
-
-
-def _rtt_us(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    rtt = _metric(df, "icmp", metric, "ms")
-    return rtt.assign(value=rtt["value"] * US_PER_MS)
-
-
-def _udp_gbps(df: pd.DataFrame) -> pd.DataFrame:
-    udp = _metric(df, "udp", "throughput_bps", "bit/s")
-    return udp.assign(value=udp["value"] / BIT_PER_GBIT)
-
-
-def _udp_loss(df: pd.DataFrame) -> pd.DataFrame:
-    return _metric(df, "udp", "loss_pct", "%")
+def _shown(df: pd.DataFrame, protocol: str, metric: str) -> pd.DataFrame:
+    """The rows of one metric with ``value`` converted to the unit the charts show."""
+    unit, factor = SHOWN[(protocol, metric)]
+    rows = _metric(df, protocol, metric, unit)
+    return rows.assign(value=rows["value"] * factor)
 
 
 def _repeats(df: pd.DataFrame) -> pd.Series:
@@ -119,8 +115,10 @@ def _span(counts: pd.Series) -> str:
 
 def _setup(df: pd.DataFrame) -> list[str]:
     """The parameters of the rows, as short phrases for subtitles and table headers."""
+    iperf = df[df["protocol"] != "icmp"]  # ping has no streams (bench records 1)
+    streams = [f"streams {_values(iperf, 'streams')}"] if not iperf.empty else []
     return [f"nodes {_values(df, 'nodes')}", f"pods/node {_values(df, 'pods_per_node')}",
-            f"duration {_values(df, 'duration_s')} s", f"streams {_values(df, 'streams')}",
+            f"duration {_values(df, 'duration_s')} s", *streams,
             f"MTU {_values(df, 'mtu')}", f"kernel {_values(df, 'kernel')}"]
 
 
@@ -180,10 +178,10 @@ def _figure(layout: _Layout, rows: int, title: str, subtitle: str) -> tuple[Figu
     return fig, axes
 
 
-def _subtitle(df: pd.DataFrame, shown: pd.DataFrame) -> str:
-    width = 150
-    line = " · ".join(_setup(df) + [f"repeats {_span(_repeats(shown))}"])
-    return "\n".join(textwrap.wrap(line, width) +
+def _subtitle(shown: pd.DataFrame) -> str:
+    """What the drawn rows were measured with, and how to read the marks."""
+    line = " · ".join(_setup(shown) + [f"repeats {_span(_repeats(shown))}"])
+    return "\n".join(textwrap.wrap(line, 150) +
                      ["bar = median over repeats, whisker = min–max, dot = one repeat"])
 
 
@@ -197,13 +195,12 @@ def _legend(fig: Figure, layout: _Layout, extra: Sequence[Artist] = ()) -> None:
 
 def _tcp_normalised(df: pd.DataFrame) -> Figure | None:
     ratios = tcp_ratios(df)
-    ratios = (ratios[ratios["scenario"] != BASELINE].drop(columns=["value", "baseline"])
-              .rename(columns={"ratio": "value"}))
+    ratios = ratios[ratios["scenario"] != BASELINE].assign(value=lambda r: r["ratio"])
     if ratios.empty:
         return None
     layout = _Layout.of([ratios])
     fig, (ax,) = _figure(layout, 1, "TCP throughput relative to host-to-host (higher is better)",
-                         _subtitle(df, ratios))
+                         _subtitle(ratios))
     ax.axhline(1.0, color="#555555", linestyle="--", linewidth=1, zorder=1)
     _bars(ax, ratios, layout, "{:.2f}")
     ax.set_ylabel("ratio to host-to-host TCP throughput\n(same variant, run and repeat)")
@@ -213,11 +210,11 @@ def _tcp_normalised(df: pd.DataFrame) -> Figure | None:
 
 
 def _tcp_absolute(df: pd.DataFrame) -> Figure | None:
-    tcp = _tcp_gbps(df)
+    tcp = _shown(df, "tcp", "throughput_bps")
     if tcp.empty:
         return None
     layout = _Layout.of([tcp])
-    fig, (ax,) = _figure(layout, 1, "TCP throughput (higher is better)", _subtitle(df, tcp))
+    fig, (ax,) = _figure(layout, 1, "TCP throughput (higher is better)", _subtitle(tcp))
     _bars(ax, tcp, layout, "{:.2f}")
     ax.set_ylabel("TCP throughput (Gbit/s)")
     _legend(fig, layout)
@@ -225,12 +222,12 @@ def _tcp_absolute(df: pd.DataFrame) -> Figure | None:
 
 
 def _rtt(df: pd.DataFrame) -> Figure | None:
-    p50, p99 = _rtt_us(df, "rtt_p50_ms"), _rtt_us(df, "rtt_p99_ms")
+    p50, p99 = _shown(df, "icmp", "rtt_p50_ms"), _shown(df, "icmp", "rtt_p99_ms")
     if p50.empty:
         return None
     layout = _Layout.of([p50, p99])
     fig, (ax,) = _figure(layout, 1, "ICMP round-trip time: p50 bars, p99 markers (lower is better)",
-                         _subtitle(df, p50))
+                         _subtitle(p50))
     _bars(ax, p50, layout, "{:.0f}")
     tails = p99.groupby(KEYS)["value"].median()
     ax.scatter([layout.x[k] for k in tails.index], tails, marker="D", s=16, color=P99_COLOR,
@@ -242,12 +239,12 @@ def _rtt(df: pd.DataFrame) -> Figure | None:
 
 
 def _udp(df: pd.DataFrame) -> Figure | None:
-    rate, loss = _udp_gbps(df), _udp_loss(df)
+    rate, loss = _shown(df, "udp", "throughput_bps"), _shown(df, "udp", "loss_pct")
     if rate.empty and loss.empty:
         return None
     layout = _Layout.of([rate, loss])
     fig, (top, bottom) = _figure(layout, 2, "UDP: receiver throughput (higher is better) and "
-                                 "loss (lower is better)", _subtitle(df, pd.concat([rate, loss])))
+                                 "loss (lower is better)", _subtitle(pd.concat([rate, loss])))
     _bars(top, rate, layout, "{:.2f}")
     top.set_ylabel("UDP receiver throughput (Gbit/s)")
     _bars(bottom, loss, layout, "{:.1f}")
@@ -260,29 +257,26 @@ CHARTS = {"tcp_throughput_normalised": _tcp_normalised, "tcp_throughput": _tcp_a
           "rtt": _rtt, "udp": _udp}
 
 
-def _median(long: pd.DataFrame) -> pd.Series:
-    return long.groupby(KEYS)["value"].median()
-
-
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per cni × scenario: TCP Gbit/s (median, min, max), paired ratio to host-to-host,
     RTT p50/p99 in µs, UDP receiver Gbit/s and loss %, all medians over repeats."""
-    tcp = _tcp_gbps(df).groupby(KEYS)["value"]
+    def median(protocol: str, metric: str) -> pd.Series:
+        return _shown(df, protocol, metric).groupby(KEYS)["value"].median()
+
+    tcp = _shown(df, "tcp", "throughput_bps").groupby(KEYS)["value"]
+    repeats = _repeats(df)
     table = pd.DataFrame({
         "tcp_gbps_median": tcp.median(), "tcp_gbps_min": tcp.min(), "tcp_gbps_max": tcp.max(),
         "tcp_ratio_to_host": tcp_ratios(df).groupby(KEYS)["ratio"].median(),
-        "rtt_p50_us": _median(_rtt_us(df, "rtt_p50_ms")),
-        "rtt_p99_us": _median(_rtt_us(df, "rtt_p99_ms")),
-        "udp_gbps_median": _median(_udp_gbps(df)),
-        "udp_loss_pct_median": _median(_udp_loss(df)),
-        "repeats": _repeats(df),
-    }, index=_repeats(df).index)
-    table = table.reset_index()
-    rank = {name: i for i, name in enumerate(_ordered(table["cni"], CNI_ORDER))}
-    srank = {name: i for i, name in enumerate(_ordered(table["scenario"], SCENARIOS))}
-    order = sorted(table.index, key=lambda i: (rank[table.at[i, "cni"]],
-                                               srank[table.at[i, "scenario"]]))
-    return table.loc[order].reset_index(drop=True)
+        "rtt_p50_us": median("icmp", "rtt_p50_ms"), "rtt_p99_us": median("icmp", "rtt_p99_ms"),
+        "udp_gbps_median": median("udp", "throughput_bps"),
+        "udp_loss_pct_median": median("udp", "loss_pct"),
+        "repeats": repeats,
+    }, index=repeats.index).reset_index()
+    rank = {"cni": _ordered(table["cni"], CNI_ORDER),
+            "scenario": _ordered(table["scenario"], SCENARIOS)}
+    return table.sort_values(KEYS, key=lambda col: col.map(rank[col.name].index),
+                             ignore_index=True)
 
 
 def _cell(value: float, fmt: str) -> str:
@@ -295,9 +289,8 @@ def summary_markdown(df: pd.DataFrame) -> str:
     started = df["started_at"].dropna()
     head = " · ".join([
         f"run(s) {_values(df, 'run_id')}", f"measured {started.min()} to {started.max()}",
-        *_setup(df),
-        f"repeats {_span(table['repeats'])}" if not table.empty else "no rows",
-    ])
+        *_setup(df), f"repeats {_span(table['repeats'])}",
+    ]) if not table.empty else "no measurements"
     columns = ["CNI", "scenario", "TCP Gbit/s (median)", "TCP Gbit/s min–max",
                "TCP ratio to host-to-host (paired, median)", "RTT p50 µs", "RTT p99 µs",
                "UDP Gbit/s (receiver)", "UDP loss %", "repeats"]

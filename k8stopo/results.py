@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
+from .spec import SpecError
+
 if TYPE_CHECKING:  # pandas is only needed to read results back, not to measure
     import pandas
 
@@ -78,17 +80,30 @@ def rows(ctx: Context, started_at: str, samples: Iterable[Sample]) -> list[dict[
     return out
 
 
-def _header_problem(found: list[str]) -> str | None:
-    """Why a header is not COLUMNS, in a few words; None when it is."""
+def _check_header(path: Path, line: bytes) -> None:
+    """Refuse to append under a header other than COLUMNS: the rows would be misread."""
+    found = next(csv.reader([line.decode("utf-8").rstrip("\r\n")]))
     if tuple(found) == COLUMNS:
-        return None
+        return
     missing = [c for c in COLUMNS if c not in found]
     extra = [c for c in found if c not in COLUMNS]
-    if not missing and not extra:
-        return "same columns in another order"
     parts = [f"missing {', '.join(missing)}" if missing else "",
              f"unexpected {', '.join(extra)}" if extra else ""]
-    return "; ".join(p for p in parts if p)
+    problem = "; ".join(p for p in parts if p) or "same columns in another order"
+    raise SpecError(f"{path}: header is not k8stopo's results columns ({problem}); "
+                    "refusing to append, use another file")
+
+
+def check_appendable(path: Path) -> None:
+    """Refuse, before a run creates anything, an output file that CsvSink would refuse."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory, not a CSV file")
+    if path.is_file():
+        with path.open("rb") as f:
+            header = f.readline()
+        if header:
+            _check_header(path, header)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -104,7 +119,7 @@ class CsvSink:
     """Appends result rows to a CSV; every write is flushed and fsynced before it returns.
 
     An existing file is never overwritten: it is appended to, and only if its header is
-    exactly COLUMNS, since rows of another layout under that header would be misread.
+    exactly COLUMNS (else :class:`SpecError`, a ValueError).
     A last line cut short by a crash (no newline) is dropped on reopen, because the
     next row would otherwise be glued onto it; complete rows are never touched.
     """
@@ -116,14 +131,11 @@ class CsvSink:
         self._file = self.path.open("a+b")  # "a": every write lands at the end
         try:
             self._file.seek(0)
-            header = self._file.readline().decode("utf-8").rstrip("\r\n")
+            header = self._file.readline()
             if not header:
                 self._append(",".join(COLUMNS) + "\n")
             else:
-                problem = _header_problem(next(csv.reader([header])))
-                if problem:
-                    raise ValueError(f"{self.path}: header is not k8stopo's results columns "
-                                     f"({problem}); refusing to append, use another file")
+                _check_header(self.path, header)
                 self._drop_torn_tail()
         except BaseException:
             self._file.close()

@@ -103,10 +103,19 @@ def test_sink_writes_header_into_empty_file(tmp_path: Path) -> None:
 def test_sink_refuses_other_header(tmp_path: Path) -> None:
     path = tmp_path / "other.csv"
     path.write_text("a,b,c\n1,2,3\n")
-    with pytest.raises(ValueError, match="other.csv.*refusing") as err:
-        results.CsvSink(path)
-    assert "\n" not in str(err.value)
+    for attempt in (results.check_appendable, results.CsvSink):
+        with pytest.raises(ValueError, match="other.csv.*refusing") as err:
+            attempt(path)
+        assert "\n" not in str(err.value)
     assert path.read_text() == "a,b,c\n1,2,3\n"  # untouched
+
+
+def test_check_appendable_accepts_new_and_own_files(tmp_path: Path) -> None:
+    results.check_appendable(tmp_path / "new.csv")
+    results.check_appendable(write_csv(tmp_path / "own.csv", fixture_rows(("tcp",))))
+    assert not (tmp_path / "new.csv").exists()  # checking creates nothing
+    with pytest.raises(ValueError, match="directory"):
+        results.check_appendable(tmp_path)
 
 
 def test_sink_refuses_reordered_header(tmp_path: Path) -> None:
@@ -167,8 +176,7 @@ def test_paired_normalisation_divides_by_same_run_and_repeat(df: pd.DataFrame) -
     assert len(ratios) == 2 * len(TCP_GBPS)
     for r in ratios.itertuples():
         host = TCP_GBPS[(r.cni, "host-to-host", r.repeat)] * (2 if r.run_id == "run-2" else 1)
-        own = TCP_GBPS[(r.cni, r.scenario, r.repeat)] * (2 if r.run_id == "run-2" and
-                                                         r.scenario == "host-to-host" else 1)
+        own = host if r.scenario == "host-to-host" else TCP_GBPS[(r.cni, r.scenario, r.repeat)]
         assert r.ratio == pytest.approx(own / host, rel=1e-12)
 
 
