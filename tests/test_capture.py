@@ -120,9 +120,6 @@ def test_rejects_other_link_types_and_non_pcap(tmp_path: Path) -> None:
 
 # --- live: tcpdump in namespaces this test creates -------------------------------------
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
-
-
 def _processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains ``text``."""
     found = []
@@ -182,7 +179,6 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         state.remove_all()
 
 
-@needs_root
 def test_capture_sees_vxlan_encapsulation(pair, tmp_path: Path) -> None:
     a, b, veth_b = pair
     pcap = tmp_path / "live.pcap"
@@ -197,7 +193,6 @@ def test_capture_sees_vxlan_encapsulation(pair, tmp_path: Path) -> None:
     assert [e["what"] for e in b.state.data["pids"]] == ["sleep@" + a.name, "sleep@" + b.name]
 
 
-@needs_root
 def test_capture_filter_and_plain_traffic(pair, tmp_path: Path) -> None:
     a, b, veth_b = pair
     with Capture(b, veth_b, tmp_path / "icmp.pcap", ["icmp"]) as cap:
@@ -207,7 +202,6 @@ def test_capture_filter_and_plain_traffic(pair, tmp_path: Path) -> None:
     assert all(p.proto == 1 and p.vni is None and p.inner_src is None for p in cap.packets)
 
 
-@needs_root
 def test_capture_on_missing_interface_fails_cleanly(pair, tmp_path: Path) -> None:
     _, b, _ = pair
     pcap = tmp_path / "x.pcap"

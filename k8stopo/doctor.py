@@ -1,0 +1,288 @@
+"""What this kernel and machine can do, and so which CNI variants run here.
+
+Kernel features are tested for real, not guessed from config files: each one
+is created and deleted again inside one scratch network namespace, so the
+answer is exactly what a cluster build would meet, and nothing touches the
+root namespace. The scratch namespace carries a fresh run prefix and is listed
+in a RunState manifest while it exists, so ``k8stopo clean`` removes it if the
+doctor dies half-way. Kernel modules for OVS and IPVS are only asked about
+(``modprobe -n``), never loaded.
+
+Creating a device may make the kernel autoload its module, which is the point;
+note that loading ``ipip``/``ip_gre`` also creates their fallback devices
+(tunl0, gre0, ...) in every namespace, the root one included, which the doctor
+cannot prevent or delete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import proc
+from .proc import CommandError
+from .runstate import RunState
+
+FEATURES = ("netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem",
+            "htb", "tbf", "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf",
+            "policy-routing")
+# tool -> arguments that make it print its version (None: it has no such option)
+TOOLS: dict[str, tuple[str, ...] | None] = {
+    "iperf3": ("--version",), "ping": ("-V",), "tcpdump": ("--version",),
+    "bird": ("--version",), "birdc": None, "mnexec": None, "brctl": ("-V",),
+    "dnsmasq": ("--version",), "socat": ("-V",), "sockperf": ("--version",),
+    "nsenter": ("--version",),
+}
+CNI_BIN_DIR = Path("/usr/lib/cni")
+CNI_PLUGINS = ("bridge", "host-local", "ptp", "loopback", "macvlan")
+TEST_NET = ("192.0.2.1", "192.0.2.2", "192.0.2.0/24")  # RFC 5737: never routed anywhere
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One capability: whether it works here and, briefly, why (version, path, error)."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def _why(exc: CommandError) -> str:
+    """The last line of a failed command's output: the kernel's or the tool's error."""
+    lines = (exc.stderr or exc.stdout).strip().splitlines()
+    return lines[-1].strip() if lines else f"exit status {exc.returncode}"
+
+
+def _in_ns(ns: str, argv: Sequence[str]) -> list[str]:
+    """argv run inside the named netns (tools resolved also in /usr/sbin)."""
+    return ["nsenter", f"--net=/run/netns/{ns}", "--", proc.which(argv[0]) or argv[0], *argv[1:]]
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """Commands that create a feature's object, and those that remove it again."""
+
+    label: str
+    create: tuple[tuple[str, ...], ...]
+    delete: tuple[tuple[str, ...], ...]
+
+
+def _feature_steps(p: str) -> dict[str, _Steps]:
+    """What each namespaced feature probe does; object names carry the run prefix ``p``."""
+    local, remote, net = TEST_NET
+
+    def link_del(name: str) -> tuple[str, ...]:
+        return ("ip", "link", "del", name)
+
+    def veth(a: str, b: str) -> tuple[str, ...]:
+        return ("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+
+    def tunnel(name: str, kind: str) -> tuple[str, ...]:
+        return ("ip", "link", "add", name, "type", kind, "local", local, "remote", remote)
+
+    def qdisc(*spec: str) -> tuple[str, ...]:
+        return ("tc", "qdisc", "add", "dev", "lo", "root", *spec)
+
+    root_qdisc_del = (("tc", "qdisc", "del", "dev", "lo", "root"),)
+    masq = ("-t", "nat", "POSTROUTING", "-s", net, "-j", "MASQUERADE")
+    ct = ("INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+    rule = ("from", net, "table", "100", "priority", "100")
+    return {
+        "veth": _Steps("ip link add type veth", (veth(f"{p}v0", f"{p}v1"),),
+                       (link_del(f"{p}v0"),)),
+        "bridge": _Steps("ip link add type bridge",
+                         (("ip", "link", "add", f"{p}br", "type", "bridge"),),
+                         (link_del(f"{p}br"),)),
+        "vxlan": _Steps("ip link add type vxlan",
+                        (("ip", "link", "add", f"{p}vx", "type", "vxlan", "id", "1",
+                          "dstport", "8472", "local", local),),
+                        (link_del(f"{p}vx"),)),
+        "macvlan": _Steps("ip link add type macvlan",
+                          (veth(f"{p}m0", f"{p}m1"),
+                           ("ip", "link", "add", f"{p}mv", "link", f"{p}m0", "type", "macvlan",
+                            "mode", "bridge")),
+                          (link_del(f"{p}mv"), link_del(f"{p}m0"))),
+        "tun": _Steps("ip tuntap add mode tun",
+                      (("ip", "tuntap", "add", "dev", f"{p}tun", "mode", "tun"),),
+                      (("ip", "tuntap", "del", "dev", f"{p}tun", "mode", "tun"),)),
+        "ipip": _Steps("ip link add type ipip", (tunnel(f"{p}ipip", "ipip"),),
+                       (link_del(f"{p}ipip"),)),
+        "gre": _Steps("ip link add type gre", (tunnel(f"{p}gre", "gre"),),
+                      (link_del(f"{p}gre"),)),
+        "wireguard": _Steps("ip link add type wireguard",
+                            (("ip", "link", "add", f"{p}wg", "type", "wireguard"),),
+                            (link_del(f"{p}wg"),)),
+        "netem": _Steps("tc qdisc add netem", (qdisc("netem", "delay", "1ms"),),
+                        root_qdisc_del),
+        "htb": _Steps("tc qdisc add htb", (qdisc("handle", "1:", "htb", "default", "10"),),
+                      root_qdisc_del),
+        "tbf": _Steps("tc qdisc add tbf",
+                      (qdisc("tbf", "rate", "1mbit", "burst", "32kbit", "latency", "50ms"),),
+                      root_qdisc_del),
+        "tc-bpf": _Steps("tc qdisc add clsact",
+                         (("tc", "qdisc", "add", "dev", "lo", "clsact"),),
+                         (("tc", "qdisc", "del", "dev", "lo", "clsact"),)),
+        "iptables-nat": _Steps("iptables nat MASQUERADE",
+                               (("iptables", "-t", "nat", "-L", "-n"),
+                                ("iptables", *masq[:2], "-A", *masq[2:])),
+                               (("iptables", *masq[:2], "-D", *masq[2:]),)),
+        "conntrack": _Steps("iptables -m conntrack",
+                            (("iptables", "-A", *ct),), (("iptables", "-D", *ct),)),
+        "policy-routing": _Steps("ip rule add", (("ip", "rule", "add", *rule),),
+                                 (("ip", "rule", "del", *rule),)),
+    }
+
+
+def _run_steps(ns: str, name: str, steps: _Steps) -> Probe:
+    """Create the object, then delete it whatever happened (deleting the absent is harmless)."""
+    try:
+        for argv in steps.create:
+            proc.run(_in_ns(ns, argv), timeout=30)
+        return Probe(name, True, f"{steps.label}: ok")
+    except CommandError as exc:
+        return Probe(name, False, f"{steps.label}: {_why(exc)}")
+    finally:
+        for argv in steps.delete:
+            proc.run(_in_ns(ns, argv), check=False, timeout=30)
+
+
+def _module(name: str, module: str) -> Probe:
+    """A kernel module that is loaded or loadable, asked without loading it."""
+    if Path(f"/sys/module/{module}").is_dir():
+        return Probe(name, True, f"module {module} loaded")
+    modprobe = proc.which("modprobe")
+    if modprobe is None:
+        return Probe(name, False, f"module {module} not loaded and no modprobe to check")
+    try:
+        proc.run([modprobe, "-n", module], timeout=30)
+    except CommandError as exc:
+        return Probe(name, False, f"module {module}: {_why(exc)}")
+    return Probe(name, True, f"module {module} loadable (not loaded)")
+
+
+def _with_note(probe: Probe, note: str) -> Probe:
+    return Probe(probe.name, probe.ok, f"{probe.detail}; {note}")
+
+
+def _tool_note(tool: str, missing: str) -> str:
+    path = proc.which(tool)
+    return f"{tool} at {path}" if path else missing
+
+
+def _iptables_version() -> str:
+    iptables = proc.which("iptables")
+    if iptables is None:
+        return "iptables not installed"
+    return proc.run([iptables, "-V"], check=False, timeout=10).stdout.strip() or iptables
+
+
+def _probe_features() -> dict[str, Probe]:
+    """All kernel feature probes, inside one scratch netns that is always removed."""
+    state = RunState("doctor")
+    ns = f"{state.prefix}doctor"
+    probes: dict[str, Probe] = {}
+    try:
+        state.track_netns(ns)  # before creating it: a crash in between still gets it cleaned
+        try:
+            proc.run(["ip", "netns", "add", ns], timeout=30)
+            probes["netns"] = Probe("netns", True, f"ip netns add: ok (scratch {ns})")
+        except CommandError as exc:
+            probes["netns"] = Probe("netns", False, f"ip netns add: {_why(exc)}")
+        for name, steps in _feature_steps(state.prefix).items():
+            if not probes["netns"].ok:
+                probes[name] = Probe(name, False, "no scratch network namespace to test in")
+                continue
+            probes[name] = _guarded(name, _run_steps, ns, name, steps)
+        probes["ovs"] = _guarded("ovs", _module, "ovs", "openvswitch")
+        probes["ipvs"] = _guarded("ipvs", _module, "ipvs", "ip_vs")
+    finally:
+        state.remove_all()
+    notes = {"ovs": _tool_note("ovs-vsctl", "OVS userspace not installed"),
+             "tc-bpf": _tool_note("clang", "no clang: BPF programs cannot be built here"),
+             "iptables-nat": _iptables_version(),
+             "conntrack": _tool_note("conntrack", "conntrack tool not installed")}
+    for name, note in notes.items():
+        probes[name] = _with_note(probes[name], note)
+    return {name: probes[name] for name in FEATURES}
+
+
+def _guarded(name: str, probe: Callable[..., Probe], *args: str | _Steps) -> Probe:
+    """Run one probe; an unexpected error fails that probe only."""
+    try:
+        return probe(*args)
+    except Exception as exc:  # noqa: BLE001 - one broken probe must not hide the others
+        return Probe(name, False, f"probe error: {exc}")
+
+
+def _first_version_line(text: str) -> str:
+    """The first output line with a digit in it (where tools put their version), shortened."""
+    line = next((l.strip() for l in text.splitlines() if re.search(r"\d", l)), "")
+    return line if len(line) <= 60 else line[:57] + "..."
+
+
+def _probe_tool(tool: str, version_args: tuple[str, ...] | None) -> Probe:
+    path = proc.which(tool)
+    if path is None:
+        return Probe(tool, False, "not installed (not on PATH, /usr/sbin, /sbin)")
+    if version_args is None:
+        return Probe(tool, True, path)
+    out = proc.run([path, *version_args], check=False, timeout=10)
+    version = _first_version_line(out.stdout + "\n" + out.stderr)
+    if tool == "bird" and not re.search(r"\bversion 2\.", version):
+        return Probe(tool, False, f"{path}: BIRD 2 needed, found {version or 'unknown version'}")
+    return Probe(tool, True, f"{path} ({version})" if version else path)
+
+
+def _probe_cni_plugin(plugin: str) -> Probe:
+    """A CNI plugin binary that answers CNI_COMMAND=VERSION, as kubelet would ask it."""
+    name = f"cni:{plugin}"
+    path = CNI_BIN_DIR / plugin
+    if not os.access(path, os.X_OK):
+        return Probe(name, False, f"missing {path} (Debian package containernetworking-plugins)")
+    try:
+        out = proc.output([str(path)], input="{}", env={"CNI_COMMAND": "VERSION"}, timeout=10)
+        versions = sorted(json.loads(out)["supportedVersions"],
+                          key=lambda v: tuple(int(x) for x in v.split(".")))
+        span = f"{versions[0]}..{versions[-1]}"
+    except (CommandError, ValueError, KeyError, IndexError) as exc:
+        return Probe(name, False, f"{path} does not answer VERSION: {exc!r}")
+    return Probe(name, True, f"{path} (CNI spec {span})")
+
+
+def probe_all() -> dict[str, Probe]:
+    """Every feature, tool and CNI plugin probe, keyed by probe name; leaves nothing behind."""
+    probes = _probe_features()
+    for tool, version_args in TOOLS.items():
+        probes[tool] = _guarded(tool, _probe_tool, tool, version_args)
+    for plugin in CNI_PLUGINS:
+        probes[f"cni:{plugin}"] = _guarded(f"cni:{plugin}", _probe_cni_plugin, plugin)
+    return probes
+
+
+def _table(title: str, probes: list[Probe]) -> list[str]:
+    width = max((len(p.name) for p in probes), default=0)
+    return [title] + [f"  {'yes' if p.ok else 'NO ':3}  {p.name:<{width}}  {p.detail}"
+                      for p in probes]
+
+
+def report(probes: dict[str, Probe], variants: dict[str, tuple[str, ...]]) -> str:
+    """Features, then tools, then whether each variant runs here.
+
+    ``variants`` maps a variant to the probe names it needs; a name that was
+    never probed counts as missing, so a variant is never said to run untested.
+    """
+    features = [p for p in probes.values() if p.name in FEATURES]
+    tools = [p for p in probes.values() if p.name not in FEATURES]
+    lines = [f"kernel {os.uname().release}", ""]
+    lines += _table("Kernel features", features) + [""]
+    lines += _table("Tools", tools) + [""]
+    lines.append("Variants")
+    width = max((len(v) for v in variants), default=0)
+    for variant, needs in variants.items():
+        missing = [n for n in needs if not (n in probes and probes[n].ok)]
+        verdict = f"cannot run: missing {', '.join(missing)}" if missing else "runs"
+        lines.append(f"  {variant:<{width}}  {verdict}")
+    return "\n".join(lines) + "\n"
