@@ -49,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
                        "pod-to-pod-cross-node,node-to-pod")
     bench.add_argument("--protocols", default="tcp,udp,icmp")
     _cluster_args(bench, 2, 2)
-    bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    bench.add_argument("--duration", type=int, default=10,
+                       help="whole seconds per measurement (iperf3 -t)")
     bench.add_argument("--repeat", type=int, default=3, help="repeats, interleaved across variants")
     bench.add_argument("--streams", type=int, default=1, help="parallel iperf3 streams (-P)")
     bench.add_argument("--udp-bandwidth", default="0",
@@ -108,12 +109,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     with cluster:
         print(cluster.describe(), flush=True)
         if args.cli:
-            from mininet.cli import CLI
-            CLI(cluster.net)
+            _mininet_cli(cluster.net)
         else:
             print("cluster is up; Ctrl-C (or SIGTERM) tears it down", flush=True)
             signal.pause()
     return 0
+
+
+def _mininet_cli(net: object) -> None:
+    """Mininet's CLI, taught that '-' belongs in a node name (pod-n1-0)."""
+    from mininet.cli import CLI
+    from mininet.log import lg, setLogLevel
+
+    class K8sCLI(CLI):
+        identchars = CLI.identchars + "-"
+
+    if lg.getEffectiveLevel() > 25:  # Mininet prints command output at its "output" level
+        setLogLevel("output")
+    K8sCLI(net)
 
 
 def _variants() -> dict:
@@ -176,8 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from mininet.log import setLogLevel
+    from mininet.log import lg, setLogLevel
     setLogLevel({0: "error", 1: "warning"}.get(args.verbose, "info"))
+    lg.propagate = False  # Mininet has its own handler; ours would print everything twice
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench,

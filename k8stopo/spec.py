@@ -76,7 +76,7 @@ class BenchSpec:
     protocols: tuple[str, ...]
     nodes: int = 2
     pods_per_node: int = 2
-    duration: float = 10.0
+    duration: int = 10  # iperf3 -t takes whole seconds
     repeat: int = 3
     streams: int = 1
     mtu: int = 1500

@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from mininet.log import setLogLevel
 
 from k8stopo import runstate
+
+setLogLevel("error")  # Mininet's LinuxBridge warns about bridge-nf-call-iptables on every build
 
 if os.geteuid() != 0:
     pytest.exit("k8stopo's tests build network namespaces: run them as root", returncode=2)
@@ -18,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def k8stopo(*args: str, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run the command line as a user would (same interpreter as the tests)."""
+    kwargs.setdefault("cwd", REPO)
     return subprocess.run([sys.executable, "-m", "k8stopo", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, **kwargs)
+                          text=True, timeout=timeout, **kwargs)
 
 
 def run_dirs() -> set[str]:

@@ -44,8 +44,8 @@ def test_up_cli_pings_a_pod_on_another_node_by_name() -> None:
                      "--cli", input=script)
     assert result.returncode == 0, result.stderr
     pod_ip = next(l.split()[1] for l in result.stdout.splitlines() if l.strip().startswith("pod-n3-1"))
-    assert f"PING {pod_ip}" in result.stdout
-    assert "2 received" in result.stdout
+    shown = result.stdout + result.stderr  # Mininet's CLI prints on stderr
+    assert f"PING {pod_ip}" in shown and "2 received" in shown, shown
 
 
 def test_clean_removes_what_a_killed_run_left() -> None:

@@ -138,7 +138,7 @@ def test_bird_sessions_establish_and_every_node_learns_every_block(cluster: Clus
 def test_teardown_leaves_nothing(cni: str) -> None:
     with Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=2)) as c:
         prefix, pids = c.state.prefix, list(c.state.data["pids"])
-        assert len(pids) >= 5  # bridge shell, 2 node shells, 2 pod shells
+        assert len(pids) >= 3  # bridge shell and 2 node shells at least
         assert any(l.startswith(prefix) for l in runstate.root_links())
     assert_gone(prefix, pids)
 
