@@ -114,9 +114,11 @@ def run(spec: BenchSpec, out: Path, clusters_factory: Callable[[str], Cluster] |
                           step.protocol, step.repeat, exc)
                 bar.done += 1
                 continue
-            raw = raw_dir / (f"{step.cni}_{step.scenario}_{step.protocol}_r{step.repeat}"
-                             + (".txt" if step.protocol == "icmp" else ".json"))
+            stem = f"{step.cni}_{step.scenario}_{step.protocol}_r{step.repeat}"
+            raw = raw_dir / (stem + (".txt" if step.protocol == "icmp" else ".json"))
             raw.write_text(m.raw)
+            if m.server_raw:  # the iperf3 server's own view of the same test
+                (raw_dir / f"{stem}.server.json").write_text(m.server_raw)
             ctx = results.Context(
                 run_id=run_id, cni=step.cni, scenario=step.scenario, protocol=step.protocol,
                 repeat=step.repeat, nodes=spec.nodes, pods_per_node=spec.pods_per_node,

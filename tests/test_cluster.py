@@ -59,6 +59,12 @@ def test_server_sees_the_client_pods_own_ip(cluster: Cluster) -> None:
     assert m.peer_seen_by_server == str(client.ip)
 
 
+def test_pod_traffic_leaving_the_pod_network_is_masqueraded(cluster: Cluster) -> None:
+    """flanneld's and Felix's natOutgoing rules: pod -> another node shows the node's IP."""
+    m = measure.iperf3(cluster.pod("pod-n1-0"), cluster.node("n2"), "tcp", duration=1)
+    assert m.peer_seen_by_server == str(cluster.node("n1").ip)
+
+
 def test_containers_of_a_pod_share_localhost(cluster: Cluster, tmp_path: Path) -> None:
     pod, other = cluster.pod("pod-n2-0"), cluster.pod("pod-n3-0")
     got = tmp_path / "received"

@@ -18,6 +18,8 @@ Life of a cluster (driven by :class:`k8stopo.cluster.Cluster`)::
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
+from string import Template
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import ipam
@@ -26,6 +28,13 @@ from ..spec import MIN_MTU, ClusterSpec, SpecError, ipv4_network
 if TYPE_CHECKING:
     from ..cluster import Cluster
     from ..node import Node, Pod
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def render(template: str, **values: object) -> str:
+    """Fill one of k8stopo/templates (daemon configs and rule sets live there, not in code)."""
+    return Template((TEMPLATES / template).read_text()).substitute(values)
 
 
 class Variant:
@@ -79,6 +88,13 @@ class Variant:
 
     def setup_node(self, node: "Node") -> None:
         """Per-node agent set-up; ip_forward is already on."""
+
+    def install_rules(self, node: "Node", template: str) -> None:
+        """Load the agent's iptables rules into the node (kept as a file in the run's state)."""
+        rules = render(template, node=node.name, network=self.cluster.pod_cidr,
+                       subnet=node.pod_cidr)
+        self.cluster.state.path(node.name, template).write_text(rules)
+        node.run(["iptables-restore", "--noflush"], input=rules)
 
     def connect(self) -> None:
         """Program every node for its peers (all nodes exist now)."""

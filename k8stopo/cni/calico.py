@@ -13,6 +13,8 @@ What calico-node does on each node, and how this emulation does it:
   rendered from templates/bird.conf (Calico's template): a static blackhole for
   the node's block, exported to every other node over an iBGP full mesh in
   AS 64512, peers' blocks imported into the kernel table.
+* Felix's natOutgoing rule for the pool (templates/calico-iptables.rules):
+  pod traffic leaving the pool is masqueraded, pod-to-pod never is.
 """
 from __future__ import annotations
 
@@ -20,15 +22,13 @@ import hashlib
 import ipaddress
 import time
 from pathlib import Path
-from string import Template
 from typing import Any
 
 from ..node import Node, Pod
-from .base import Variant
+from .base import Variant, render
 
 CALICO_POOL = "192.168.0.0/16"
 GATEWAY = ipaddress.IPv4Address("169.254.1.1")
-TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "bird.conf"
 
 
 def cali_name(namespace: str, pod: str) -> str:
@@ -41,7 +41,8 @@ class Calico(Variant):
 
     pod_cidr = CALICO_POOL
     node_prefixlen = 26
-    requires = Variant.requires + ("cni:ptp", "cni:host-local", "cni:loopback", "bird", "birdc")
+    requires = Variant.requires + ("iptables-nat", "cni:ptp", "cni:host-local", "cni:loopback",
+                                   "bird", "birdc")
     ASN = 64512
     NAMESPACE = "default"
 
@@ -91,14 +92,17 @@ class Calico(Variant):
             f"protocol bgp Mesh_{str(p.ip).replace('.', '_')} from bgp_template {{\n"
             f"  neighbor {p.ip} as {self.ASN};\n}}\n"
             for p in self.cluster.nodes if p is not node)
-        return Template(TEMPLATE.read_text()).substitute(
-            node=node.name, router_id=node.ip, node_ip=node.ip, block=node.pod_cidr,
+        return render(
+            "bird.conf", node=node.name, router_id=node.ip, node_ip=node.ip, block=node.pod_cidr,
             pool=self.cluster.pod_cidr, asn=self.ASN, peers=peers,
             kernel_programming=self.kernel_programming())
 
     def _paths(self, node: Node) -> tuple[Path, Path]:
         base = self.cluster.state.directory(node.name, "bird")
         return base / "bird.conf", base / "bird.ctl"
+
+    def setup_node(self, node: Node) -> None:
+        self.install_rules(node, "calico-iptables.rules")
 
     def connect(self) -> None:
         for node in self.cluster.nodes:

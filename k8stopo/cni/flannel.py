@@ -15,6 +15,9 @@ backend/hostgw):
   neighbour entry (peer net addr -> peer VTEP MAC) and one FDB entry (peer VTEP
   MAC -> peer node IP). No multicast, no learning.
 * host-gw: per peer one route ``<podCIDR> via <peer node IP>``.
+
+Every backend also gets flanneld's iptables rules (templates/flannel-iptables.rules):
+traffic from pods to outside the cluster CIDR is masqueraded, pod-to-pod never is.
 """
 from __future__ import annotations
 
@@ -31,13 +34,15 @@ class Flannel(Variant):
 
     pod_cidr = FLANNEL_NETWORK
     node_prefixlen = 24
-    requires = Variant.requires + ("bridge", "cni:bridge", "cni:host-local", "cni:loopback")
+    requires = Variant.requires + ("bridge", "iptables-nat", "cni:bridge", "cni:host-local",
+                                   "cni:loopback")
 
     def setup_node(self, node: Node) -> None:
         assert node.pod_cidr is not None
         env = (f"FLANNEL_NETWORK={self.cluster.pod_cidr}\nFLANNEL_SUBNET={node.pod_cidr[1]}/"
                f"{node.pod_cidr.prefixlen}\nFLANNEL_MTU={self.pod_mtu}\nFLANNEL_IPMASQ=true\n")
         self.cluster.state.path(node.name, "run", "flannel", "subnet.env").write_text(env)
+        self.install_rules(node, "flannel-iptables.rules")
 
     def netconf(self, node: Node) -> dict[str, Any]:
         """The flannel CNI plugin's delegate for the bridge plugin."""
