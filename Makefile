@@ -15,6 +15,9 @@ REPEAT    ?= 3
 RUN       := $(shell date -u +%Y%m%dT%H%M%SZ)
 OUT       ?= results/runs/bench-$(RUN).csv
 PLOTS     ?= results/plots
+# Published CNI figures to put our ratios beside, when the shared copy is there.
+PUBLISHED := $(wildcard ../shared/published/cni-benchmarks.csv)
+COMPARE   := $(if $(PUBLISHED),--published $(PUBLISHED))
 
 .PHONY: install test bench plots notebooks clean
 
@@ -30,11 +33,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(K8STOPO) bench --cni $(CNI) --scenarios $(SCENARIOS) --protocols $(PROTOCOLS) \
 	  --nodes $(NODES) --pods-per-node $(PODS) --duration $(DURATION) --repeat $(REPEAT) \
-	  --out $(OUT) --plots $(PLOTS)
+	  --out $(OUT) --plots $(PLOTS) $(COMPARE)
 
 # Charts of the newest run CSV in results/runs (k8stopo plot takes several files too).
 plots: $(STAMP)
-	$(K8STOPO) plot $(lastword $(sort $(wildcard results/runs/*.csv))) --out $(PLOTS)
+	$(K8STOPO) plot $(lastword $(sort $(wildcard results/runs/*.csv))) --out $(PLOTS) $(COMPARE)
 
 notebooks:
 	@echo "notebooks come with a later issue (see README)"; exit 1

@@ -11,10 +11,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from . import __version__
 from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
+
+if TYPE_CHECKING:  # pandas is imported only by the commands that read results
+    import pandas
 
 log = logging.getLogger("k8stopo")
 
@@ -57,10 +60,16 @@ def parser() -> argparse.ArgumentParser:
                        help="iperf3 -b for UDP (default 0: unlimited, as published benchmarks)")
     bench.add_argument("--out", type=Path, required=True, help="CSV to append the rows to")
     bench.add_argument("--plots", type=Path, help="also draw the charts of this run into DIR")
+    bench.add_argument("--published", type=Path, metavar="CSV",
+                       help="with --plots: also write DIR/published_comparison.md, our ratios "
+                       "to host beside these published ones")
 
     plot = sub.add_parser("plot", help="charts and a summary table from result CSVs")
     plot.add_argument("csv", type=Path, nargs="+")
     plot.add_argument("--out", type=Path, required=True, help="directory for PNG/SVG/summary")
+    plot.add_argument("--published", type=Path, metavar="CSV",
+                      help="also write OUT/published_comparison.md, our ratios to host beside "
+                      "these published ones")
 
     sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
     return p
@@ -134,6 +143,25 @@ def _variants() -> dict:
     return VARIANTS
 
 
+def _published(path: Path | None) -> pandas.DataFrame | None:
+    """The published figures to compare with, read up front: a bad file is bad input."""
+    if path is None:
+        return None
+    from . import published
+    try:
+        return published.load_published(path)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _write_comparison(df: pandas.DataFrame, pub: pandas.DataFrame, out_dir: Path) -> Path:
+    """Published figures go to their own file, never into the results or summary."""
+    from . import published
+    path = out_dir / "published_comparison.md"
+    path.write_text(published.comparison_markdown(df, pub))
+    return path
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench, plots, results
     from .cluster import Cluster
@@ -150,12 +178,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for cni in names:
         Cluster(spec.cluster(cni))  # checks the cluster shape for every variant
     results.check_appendable(args.out)
+    if args.published and not args.plots:
+        raise SpecError("--published needs --plots DIR (the comparison is written there)")
+    pub = _published(args.published)
     spec = dataclasses.replace(spec, cnis=_runnable(names, all_requested))
     run_id, failures = bench.run(spec, args.out)
     print(f"run {run_id}: rows in {args.out}")
     if args.plots:
         df = results.load([args.out])
-        for path in plots.plot_all(df[df.run_id == run_id], args.plots):
+        run = df[df.run_id == run_id]
+        written = plots.plot_all(run, args.plots)
+        if pub is not None:
+            written.append(_write_comparison(run, pub, args.plots))
+        for path in written:
             print(f"  {path}")
     if failures:
         print(f"k8stopo: {failures} measurement(s) failed; see the log above", file=sys.stderr)
@@ -168,8 +203,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for path in args.csv:
         if not path.is_file():
             raise SpecError(f"no such CSV file: {path}")
+    pub = _published(args.published)
     try:
-        written = plots.plot_all(results.load(args.csv), args.out)
+        df = results.load(args.csv)
+        written = plots.plot_all(df, args.out)
+        if pub is not None:
+            written.append(_write_comparison(df, pub, args.out))
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     for path in written:

@@ -15,6 +15,7 @@ from . import plots
 
 NEEDED = ("source", "url", "year", "hardware", "link_gbps", "mtu", "cni", "datapath",
           "scenario", "protocol", "streams", "metric", "value", "unit")
+NUMERIC = ("year", "link_gbps", "mtu", "streams", "value")
 RATIO_COLUMNS = ["source", "year", "link_gbps", "mtu", "cni", "datapath", "scenario", "streams",
                  "value_bps", "ratio_to_host"]
 POD_SCENARIOS = ("pod-to-pod-cross-node", "pod-to-service")
@@ -23,8 +24,8 @@ SOURCE_KEYS = ["source", "year"]
 
 
 def load_published(path: Path) -> pd.DataFrame:
-    """The published figures CSV; any problem reading it is a ValueError of one line, so the
-    command line can report it as bad input before it measures or writes anything."""
+    """The published figures CSV. Any problem reading or using it is a ValueError of one line,
+    so the command line can report it as bad input before it measures or writes anything."""
     try:
         pub = pd.read_csv(path)
     except (OSError, ValueError) as exc:  # missing, unreadable, empty, not a CSV, not UTF-8
@@ -33,6 +34,13 @@ def load_published(path: Path) -> pd.DataFrame:
     missing = [c for c in NEEDED if c not in pub.columns]
     if missing:
         raise ValueError(f"{path}: missing published column(s): {', '.join(missing)}")
+    text = [c for c in NUMERIC if not pd.api.types.is_numeric_dtype(pub[c])]
+    if text:
+        raise ValueError(f"{path}: non-numeric published column(s): {', '.join(text)}")
+    try:
+        ratios(pub)  # refuse now what would otherwise fail only after a whole bench run
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return pub
 
 
@@ -76,6 +84,7 @@ def _short(source: str, year: object) -> str:
 
 
 def _num(value: object) -> str:
+    """A number as the CSV means it (8950, not 8950.0), or says that the source gave none."""
     return "not stated" if pd.isna(value) else f"{float(value):g}"
 
 
@@ -105,9 +114,11 @@ def comparison_markdown(ours: pd.DataFrame, pub: pd.DataFrame) -> str:
     if mine.empty:
         return "\n".join([f"No CNI of these results has a published {COMPARED} TCP ratio to "
                           "host-to-host.", *note]) + "\n"
-    medians = mine.groupby(["cni", "streams", "mtu"])["ratio"].agg(["median", "size"])
-    order = plots._ordered(medians.index.get_level_values("cni"), plots.CNI_ORDER)
-    used = theirs[theirs["cni"].isin(medians.index.get_level_values("cni"))]
+    medians = mine.groupby(["cni", "streams", "mtu"])["ratio"].agg(
+        ratio="median", repeats="size").reset_index()
+    order = plots._ordered(medians["cni"], plots.CNI_ORDER)
+    medians = medians.sort_values("cni", key=lambda c: c.map(order.index), kind="stable")
+    used = theirs[theirs["cni"].isin(medians["cni"])]
     sources = pub.drop_duplicates(SOURCE_KEYS).merge(
         used[SOURCE_KEYS].drop_duplicates(), on=SOURCE_KEYS).sort_values("year", ascending=False)
     lines = [
@@ -121,10 +132,10 @@ def comparison_markdown(ours: pd.DataFrame, pub: pd.DataFrame) -> str:
         "streams) |",
         "|" + "---|" * 7,
     ]
-    for (cni, streams, mtu), r in sorted(medians.iterrows(), key=lambda kv: order.index(kv[0][0])):
-        lines.append(f"| {cni} | {COMPARED} | {_num(streams)} | {_num(mtu)} | "
-                     f"{r['median']:.2f} | {int(r['size'])} | "
-                     f"{_published_cell(used[used['cni'] == cni])} |")
+    for r in medians.itertuples():
+        lines.append(f"| {r.cni} | {COMPARED} | {_num(r.streams)} | {_num(r.mtu)} | "
+                     f"{r.ratio:.2f} | {r.repeats} | "
+                     f"{_published_cell(used[used['cni'] == r.cni])} |")
     lines += ["", *note, *([""] if note else []), "Sources:"]
     lines += [f"- {_short(s.source, s.year)}: {s.source}; {s.hardware}; {s.url}"
               for s in sources.itertuples()]
