@@ -19,7 +19,7 @@ from mininet.net import Mininet
 from mininet.node import Host
 from mininet.nodelib import LinuxBridge
 
-from . import pods
+from . import pods, proc
 from .cni import variant as variant_class
 from .node import Node, Pod
 from .runstate import RunState
@@ -142,8 +142,8 @@ class Cluster:
         if self.spec.mtu != 1500:
             node.run(["ip", "link", "set", node.intf, "mtu", self.spec.mtu])
             intf = node.mn.defaultIntf()
-            peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
-            peer.cmd("ip", "link", "set", peer.name, "mtu", self.spec.mtu)
+            port = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
+            proc.run(["ip", "link", "set", port.name, "mtu", self.spec.mtu])  # bridge port
         node.sysctl("net.ipv4.ip_forward", 1)
         # Real nodes have a default route; Calico's proxy-ARP gateway relies on it.
         node.run(["ip", "route", "replace", "default", "via", gateway, "dev", node.intf])

@@ -165,3 +165,14 @@ def test_a_build_that_fails_midway_leaves_nothing(cni: str, monkeypatch) -> None
         with Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=2)):
             pass
     assert_gone(seen["prefix"], seen["pids"])
+
+
+def test_jumbo_underlay_gives_vxlan_pods_mtu_minus_50() -> None:
+    with Cluster(ClusterSpec(cni="flannel-vxlan", nodes=2, pods_per_node=1, mtu=9000)) as c:
+        a, b = c.pod("pod-n1-0"), c.pod("pod-n2-0")
+        assert a.mtu == 8950 and a.link("eth0")["mtu"] == 8950
+        # the largest unfragmented ICMP payload: 8950 - 20 (IP) - 8 (ICMP)
+        assert a.run(["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "8922", b.ip],
+                     check=False).returncode == 0
+        assert a.run(["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "8923", b.ip],
+                     check=False).returncode != 0
