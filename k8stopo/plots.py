@@ -62,6 +62,12 @@ def _ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
     return [v for v in preferred if v in present] + sorted(present - set(preferred))
 
 
+def _tick(scenario: str) -> str:
+    """'pod-to-pod-same-node' on two lines, so neighbouring long names do not touch."""
+    parts = scenario.split("-", 3)
+    return scenario if len(parts) < 4 else "-".join(parts[:3]) + "\n" + parts[3]
+
+
 def _metric(df: pd.DataFrame, protocol: str, metric: str, unit: str) -> pd.DataFrame:
     """The rows of one metric, refusing a unit other than SPEC's (converting it would lie)
     and a measurement present twice (e.g. one CSV passed twice), which would skew medians."""
@@ -160,7 +166,7 @@ def _bars(ax: Axes, long: pd.DataFrame, layout: _Layout, fmt: str) -> None:
                    linewidths=0)
         ax.annotate(fmt.format(med), (x, hi), xytext=(0, 4), textcoords="offset points",
                     rotation=90, ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(layout.scenarios)), layout.scenarios)
+    ax.set_xticks(range(len(layout.scenarios)), [_tick(s) for s in layout.scenarios])
     ax.set_xlim(-0.5, len(layout.scenarios) - 0.5)
     ax.margins(y=0.22)  # room for the written medians; bars keep y=0 as the floor
     ax.grid(axis="y", color="#dddddd", zorder=0)
