@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from . import __version__
+from .cni import names as cni_names
 from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
@@ -87,7 +88,7 @@ def _runnable(names: tuple[str, ...], all_requested: bool) -> tuple[str, ...]:
     probes = doctor.probe_all()
     keep = []
     for name in names:
-        missing = [r for r in VARIANTS[name].requires if not probes[r].ok]
+        missing = [r for r in VARIANTS[name].requires if not (r in probes and probes[r].ok)]
         if not missing:
             keep.append(name)
         elif all_requested:
@@ -103,15 +104,19 @@ def _runnable(names: tuple[str, ...], all_requested: bool) -> tuple[str, ...]:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
-    from .cni import VARIANTS
+    from .cni import NOT_BUILT, VARIANTS
     print(doctor.report(doctor.probe_all(), {n: c.requires for n, c in VARIANTS.items()}))
+    print(f"Not built in this version: {', '.join(NOT_BUILT)}")
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .cluster import Cluster
     _require_root()
-    cni = pick(args.cni, tuple(_variants()), "CNI variant")[0]
+    names = cni_names(args.cni)
+    if len(names) != 1 or args.cni.strip() == "all":
+        raise SpecError("up builds one cluster: give exactly one --cni variant")
+    cni = names[0]
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu))
     _runnable((cni,), False)
@@ -138,11 +143,6 @@ def _mininet_cli(net: object) -> None:
     K8sCLI(net)
 
 
-def _variants() -> dict:
-    from .cni import VARIANTS
-    return VARIANTS
-
-
 def _published(path: Path | None) -> pandas.DataFrame | None:
     """The published figures to compare with, read up front: a bad file is bad input."""
     if path is None:
@@ -167,8 +167,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .cluster import Cluster
     _require_root()
     all_requested = args.cni.strip() == "all"
-    names = tuple(_variants()) if all_requested else pick(args.cni, tuple(_variants()),
-                                                          "CNI variant")
+    names = cni_names(args.cni)
     spec = BenchSpec(cnis=names, scenarios=pick(args.scenarios, SCENARIOS, "scenario"),
                      protocols=pick(args.protocols, PROTOCOLS, "protocol"), nodes=args.nodes,
                      pods_per_node=args.pods_per_node, duration=args.duration,

@@ -47,6 +47,12 @@ class Endpoint:
     def sysctl(self, key: str, value: str | int) -> None:
         self.run(["sysctl", "-qw", f"{key}={value}"])
 
+    def batch(self, tool: str, commands: Sequence[Sequence[object]]) -> None:
+        """Many ``ip``/``bridge`` commands in one process (a node has one per peer)."""
+        if commands:
+            self.run([tool, "-batch", "-"],
+                     input="".join(" ".join(str(a) for a in c) + "\n" for c in commands))
+
     def link(self, dev: str) -> dict[str, Any]:
         """``ip -j link show dev`` in this namespace (sysfs would show the root's)."""
         return json.loads(self.output(["ip", "-j", "link", "show", "dev", dev]))[0]

@@ -25,12 +25,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .spec import SCENARIOS
+from .spec import SCENARIOS, SPEC_VARIANTS
 
 BASELINE = "host-to-host"
-CNI_ORDER = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
-             "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",
-             "docker-overlay")
+CNI_ORDER = SPEC_VARIANTS
 # One hue per project, a shade per variant, so families read together across charts.
 CNI_COLORS = {
     "host": "#525252",

@@ -106,10 +106,6 @@ class RunState:
         self.data["netns"].append(name)
         self._save()
 
-    def untrack_netns(self, name: str) -> None:
-        self.data["netns"].remove(name)
-        self._save()
-
     def owner_alive(self) -> bool:
         owner = self.data["owner"]
         return alive(owner["pid"], owner["start"])
@@ -157,8 +153,15 @@ def clean(include_live: bool = False) -> list[str]:
     removed: list[str] = []
     if not STATE_ROOT.is_dir():
         return removed
-    for manifest in sorted(STATE_ROOT.glob(f"{PREFIX}*/manifest.json")):
-        run = RunState("", prefix=manifest.parent.name)
+    for run_dir in sorted(STATE_ROOT.glob(f"{PREFIX}*")):
+        if not (run_dir / "manifest.json").is_file():
+            # A run that died between creating its directory and writing its first
+            # manifest recorded nothing else; leave a run that may still be starting.
+            if time.time() - run_dir.stat().st_mtime > 60:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                removed.append(f"{run_dir.name}: state directory without manifest")
+            continue
+        run = RunState("", prefix=run_dir.name)
         if include_live or not run.owner_alive():
             removed += [f"{run.prefix}: {what}" for what in run.remove_all()]
             removed.append(f"{run.prefix}: state directory")

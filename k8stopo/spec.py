@@ -9,10 +9,15 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from .topo import UNDERLAY_CIDR
+
+#: every variant SPEC names, in its order (the registry in k8stopo.cni has those built so far)
+SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
+                 "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",
+                 "docker-overlay")
 SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
              "pod-to-service", "node-to-pod")
 PROTOCOLS = ("tcp", "udp", "icmp")
-UNDERLAY_CIDR = "172.20.0.0/16"
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
 
 

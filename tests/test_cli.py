@@ -15,6 +15,9 @@ from conftest import REPO, assert_gone, k8stopo, run_dirs
 
 @pytest.mark.parametrize("args, message", [
     (["up", "--cni", "weave-nope"], "unknown CNI variant 'weave-nope'"),
+    (["up", "--cni", "weave-fastdp"], "'weave-fastdp' is not built in this version"),
+    (["up", "--cni", "host,calico-bgp"], "exactly one --cni"),
+    (["bench", "--cni", "host,macvlan", "--out", "x.csv"], "'macvlan' is not built"),
     (["up", "--cni", "calico-bgp", "--pods-per-node", "500"], "do not fit"),
     (["up", "--cni", "flannel-vxlan", "--mtu", "600"], "leaves no room"),
     (["up", "--cni", "host", "--nodes", "0"], "--nodes"),

@@ -1,7 +1,7 @@
 """The registry of CNI variants: adding one is one module plus one entry here."""
 from __future__ import annotations
 
-from ..spec import SpecError
+from ..spec import SPEC_VARIANTS, SpecError, pick
 from .base import Variant
 from .calico import CalicoBGP
 from .flannel import FlannelHostGW, FlannelVXLAN
@@ -12,9 +12,29 @@ VARIANTS: dict[str, type[Variant]] = {
 }
 
 
+NOT_BUILT = tuple(name for name in SPEC_VARIANTS if name not in VARIANTS)
+
+
+def _refuse(name: str) -> SpecError:
+    if name in NOT_BUILT:
+        return SpecError(f"CNI variant {name!r} is not built in this version "
+                         f"(available: {', '.join(VARIANTS)})")
+    return SpecError(f"unknown CNI variant {name!r} (known: {', '.join(VARIANTS)})")
+
+
 def variant(name: str) -> type[Variant]:
-    """The class of a variant by name; SpecError naming the known ones otherwise."""
+    """The class of a variant by name; SpecError naming the available ones otherwise."""
     try:
         return VARIANTS[name]
     except KeyError:
-        raise SpecError(f"unknown CNI variant {name!r} (known: {', '.join(VARIANTS)})") from None
+        raise _refuse(name) from None
+
+
+def names(value: str) -> tuple[str, ...]:
+    """A comma list of variants (or ``all``), checked against the registry."""
+    if value.strip() == "all":
+        return tuple(VARIANTS)
+    for name in (v.strip() for v in value.split(",")):
+        if name and name not in VARIANTS:
+            raise _refuse(name)
+    return pick(value, tuple(VARIANTS), "CNI variant")

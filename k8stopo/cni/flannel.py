@@ -87,16 +87,14 @@ class FlannelVXLAN(Flannel):
         # flanneld publishes its VTEP MAC as a node annotation; peers read it there.
         macs = {n.name: n.link(self.DEVICE)["address"] for n in self.cluster.nodes}
         for node in self.cluster.nodes:
-            for peer in self.cluster.nodes:
-                if peer is node:
-                    continue
-                gw = peer.pod_cidr.network_address
-                node.run(["ip", "neigh", "replace", gw, "lladdr", macs[peer.name],
-                          "dev", self.DEVICE, "nud", "permanent"])
-                node.run(["bridge", "fdb", "replace", macs[peer.name], "dev", self.DEVICE,
-                          "dst", peer.ip, "self", "permanent"])
-                node.run(["ip", "route", "replace", peer.pod_cidr, "via", gw,
-                          "dev", self.DEVICE, "onlink"])
+            peers = [p for p in self.cluster.nodes if p is not node]
+            node.batch("bridge", [["fdb", "replace", macs[p.name], "dev", self.DEVICE,
+                                   "dst", p.ip, "self", "permanent"] for p in peers])
+            node.batch("ip", [["neigh", "replace", p.pod_cidr.network_address,
+                               "lladdr", macs[p.name], "dev", self.DEVICE, "nud", "permanent"]
+                              for p in peers] +
+                             [["route", "replace", p.pod_cidr, "via", p.pod_cidr.network_address,
+                               "dev", self.DEVICE, "onlink"] for p in peers])
 
 
 class FlannelHostGW(Flannel):
@@ -105,7 +103,5 @@ class FlannelHostGW(Flannel):
 
     def connect(self) -> None:
         for node in self.cluster.nodes:
-            for peer in self.cluster.nodes:
-                if peer is not node:
-                    node.run(["ip", "route", "replace", peer.pod_cidr, "via", peer.ip,
-                              "dev", node.intf])
+            node.batch("ip", [["route", "replace", p.pod_cidr, "via", p.ip, "dev", node.intf]
+                              for p in self.cluster.nodes if p is not node])
