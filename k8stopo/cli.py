@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from . import __version__
 from .cni import names as cni_names
+from .measure import MeasurementError
+from .pods import CNIError
+from .proc import CommandError
 from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
@@ -242,6 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("k8stopo: interrupted; everything this run created was removed", file=sys.stderr)
         return 130
+    except (CommandError, CNIError, MeasurementError, TimeoutError, RuntimeError) as exc:
+        # The run failed (a tool, a plugin, BGP not converging); teardown has already run.
+        log.debug("failure", exc_info=True)
+        print(f"k8stopo: failed: {exc} (run with -vv for the commands and a traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -137,6 +137,10 @@ def test_bird_sessions_establish_and_every_node_learns_every_block(cluster: Clus
             if peer is not node:
                 assert f"{peer.pod_cidr} via {peer.ip}" in routes
         assert f"blackhole {node.pod_cidr}" in routes
+        # the sessions are real TCP connections on port 179 over the underlay
+        bgp = node.output(["ss", "-Htn", "state", "established", "( sport = :179 or dport = :179 )"])
+        peers = {line.split()[-1].rsplit(":", 1)[0] for line in bgp.splitlines()}
+        assert peers == {str(p.ip) for p in cluster.nodes if p is not node}, bgp
         assert (cluster.variant.birds[node.name].poll() is None)
 
 
