@@ -128,7 +128,11 @@ class Calico(Variant):
                 if proc_.poll() is not None:
                     raise RuntimeError(f"bird on {name} exited: {proc_.stderr.read().strip()}")
             time.sleep(0.25)
-        raise TimeoutError(f"BGP did not converge in {timeout:.0f}s; missing routes: {missing}")
+        worst = max(missing, key=lambda n: len(missing[n]))
+        raise TimeoutError(
+            f"BGP did not converge in {timeout:.0f}s: {len(missing)} of {len(self.cluster.nodes)} "
+            f"nodes still lack peer blocks ({worst} lacks {len(missing[worst])}, e.g. "
+            f"{', '.join(missing[worst][:3])}); see `birdc show protocols` on a node")
 
     def _missing_blocks(self, node: Node) -> list[str]:
         routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])
