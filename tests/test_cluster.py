@@ -180,3 +180,21 @@ def test_jumbo_underlay_gives_vxlan_pods_mtu_minus_50() -> None:
                      check=False).returncode == 0
         assert a.run(["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "8923", b.ip],
                      check=False).returncode != 0
+
+
+def test_bgp_that_does_not_converge_in_time_fails_clearly_and_leaves_nothing(monkeypatch) -> None:
+    from k8stopo import cluster as cluster_module
+    monkeypatch.setattr(cluster_module, "READY_TIMEOUT", 0.0)  # BIRD cannot be that quick
+    seen: dict = {}
+    original = Calico.wait_ready
+
+    def record(self, timeout):
+        seen["prefix"], seen["pids"] = self.cluster.state.prefix, list(self.cluster.state.data["pids"])
+        original(self, timeout)
+
+    monkeypatch.setattr(Calico, "wait_ready", record)
+    with pytest.raises(TimeoutError, match=r"BGP did not converge in 0s: \d of 2 nodes"):
+        with Cluster(ClusterSpec(cni="calico-bgp", nodes=2, pods_per_node=1)):
+            pass
+    assert any("bird@" in p["what"] for p in seen["pids"])
+    assert_gone(seen["prefix"], seen["pids"])

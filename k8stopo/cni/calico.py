@@ -118,8 +118,7 @@ class Calico(Variant):
     def wait_ready(self, timeout: float) -> None:
         """Poll every node's kernel table until it holds every peer's block via BIRD."""
         deadline = time.monotonic() + timeout
-        missing: dict[str, list[str]] = {}
-        while time.monotonic() < deadline:
+        while True:
             missing = {n.name: self._missing_blocks(n) for n in self.cluster.nodes}
             missing = {k: v for k, v in missing.items() if v}
             if not missing:
@@ -127,6 +126,8 @@ class Calico(Variant):
             for name, proc_ in self.birds.items():
                 if proc_.poll() is not None:
                     raise RuntimeError(f"bird on {name} exited: {proc_.stderr.read().strip()}")
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.25)
         worst = max(missing, key=lambda n: len(missing[n]))
         raise TimeoutError(
