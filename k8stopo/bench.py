@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from . import __version__, measure, results
 from .cluster import Cluster
@@ -84,11 +84,10 @@ class Progress:
             self.stream.write("\n")
 
 
-def run(spec: BenchSpec, out: Path, clusters_factory: Callable[[str], Cluster] | None = None,
+def run(spec: BenchSpec, out: Path, pending: dict[str, Cluster],
         progress_stream: TextIO = sys.stderr) -> tuple[str, int]:
-    """Run the whole matrix; return (run_id, number of failed measurements)."""
-    factory = clusters_factory or (lambda cni: Cluster(spec.cluster(cni)))
-    pending = {cni: factory(cni) for cni in spec.cnis}  # validates every spec first
+    """Run the whole matrix on ``pending`` (one validated, not yet built cluster per
+    variant); return (run_id, number of failed measurements)."""
     run_id = results.new_run_id()
     raw_dir = out.parent / f"{out.stem}.raw"
     steps = plan(spec)

@@ -177,14 +177,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      repeat=args.repeat, streams=args.streams, mtu=args.mtu,
                      udp_bandwidth=args.udp_bandwidth)
     spec.check()
-    for cni in names:
-        Cluster(spec.cluster(cni))  # checks the cluster shape for every variant
+    clusters = {cni: Cluster(spec.cluster(cni)) for cni in names}  # checks each cluster's shape
     results.check_appendable(args.out)
     if args.published and not args.plots:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
     pub = _published(args.published)
     spec = dataclasses.replace(spec, cnis=_runnable(names, all_requested))
-    run_id, failures = bench.run(spec, args.out)
+    run_id, failures = bench.run(spec, args.out, {cni: clusters[cni] for cni in spec.cnis})
     print(f"run {run_id}: rows in {args.out}")
     if args.plots:
         df = results.load([args.out])

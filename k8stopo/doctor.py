@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from . import proc
 from .proc import CommandError
@@ -54,11 +54,6 @@ def _why(exc: CommandError) -> str:
     """The last line of a failed command's output: the kernel's or the tool's error."""
     lines = (exc.stderr or exc.stdout).strip().splitlines()
     return lines[-1].strip() if lines else f"exit status {exc.returncode}"
-
-
-def _in_ns(ns: str, argv: Sequence[str]) -> list[str]:
-    """argv run inside the named netns (tools resolved also in /usr/sbin)."""
-    return ["nsenter", f"--net=/run/netns/{ns}", "--", proc.which(argv[0]) or argv[0], *argv[1:]]
 
 
 @dataclass(frozen=True)
@@ -140,13 +135,13 @@ def _run_steps(ns: str, name: str, steps: _Steps) -> Probe:
     """Create the object, then delete it whatever happened (deleting the absent is harmless)."""
     try:
         for argv in steps.create:
-            proc.run(_in_ns(ns, argv), timeout=30)
+            proc.run(argv, ns, timeout=30)
         return Probe(name, True, f"{steps.label}: ok")
     except CommandError as exc:
         return Probe(name, False, f"{steps.label}: {_why(exc)}")
     finally:
         for argv in steps.delete:
-            proc.run(_in_ns(ns, argv), check=False, timeout=30)
+            proc.run(argv, ns, check=False, timeout=30)
 
 
 def _module(name: str, module: str) -> Probe:

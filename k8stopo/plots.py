@@ -54,7 +54,7 @@ DOT_COLOR = "#222222"
 P99_COLOR = "#d62728"
 
 
-def _ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
+def ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
     """Known names in their fixed order, then any others alphabetically."""
     present = set(values)
     return [v for v in preferred if v in present] + sorted(present - set(preferred))
@@ -139,8 +139,8 @@ class _Layout:
     @classmethod
     def of(cls, frames: Iterable[pd.DataFrame]) -> _Layout:
         present = {key for f in frames for key in zip(f["cni"], f["scenario"])}
-        scenarios = _ordered((s for _, s in present), SCENARIOS)
-        cnis = _ordered((c for c, _ in present), CNI_ORDER)
+        scenarios = ordered((s for _, s in present), SCENARIOS)
+        cnis = ordered((c for c, _ in present), CNI_ORDER)
         groups = [[c for c in cnis if (c, s) in present] for s in scenarios]
         width = 0.84 / max(len(g) for g in groups)
         x = {(c, s): i + (j - (len(group) - 1) / 2) * width
@@ -277,8 +277,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         "udp_loss_pct_median": median("udp", "loss_pct"),
         "repeats": repeats,
     }, index=repeats.index).reset_index()
-    rank = {"cni": _ordered(table["cni"], CNI_ORDER),
-            "scenario": _ordered(table["scenario"], SCENARIOS)}
+    rank = {"cni": ordered(table["cni"], CNI_ORDER),
+            "scenario": ordered(table["scenario"], SCENARIOS)}
     return table.sort_values(KEYS, key=lambda col: col.map(rank[col.name].index),
                              ignore_index=True)
 

@@ -29,17 +29,21 @@ class CommandError(RuntimeError):
         super().__init__(f"{' '.join(self.argv)} exited {returncode}: {tail}")
 
 
-def in_netns(argv: Sequence[str], netns_pid: int | None) -> list[str]:
-    """argv prefixed so that it runs in the network namespace of ``netns_pid``."""
+Netns = int | str | None  # a pid living in the namespace, a named netns, or None (here)
+
+
+def in_netns(argv: Sequence[str], netns: Netns) -> list[str]:
+    """argv prefixed so that it runs in ``netns``: the namespace of a pid, or a named one."""
     argv = [str(a) for a in argv]
-    if netns_pid is None:
+    if netns is None:
         return argv
-    return ["nsenter", f"--net=/proc/{netns_pid}/ns/net", "--", *argv]
+    path = f"/proc/{netns}/ns/net" if isinstance(netns, int) else f"/run/netns/{netns}"
+    return ["nsenter", f"--net={path}", "--", which(argv[0]) or argv[0], *argv[1:]]
 
 
 def run(
     argv: Sequence[str],
-    netns_pid: int | None = None,
+    netns: Netns = None,
     *,
     input: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -47,7 +51,7 @@ def run(
     timeout: float | None = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion and return it; raise CommandError on failure."""
-    full = in_netns(argv, netns_pid)
+    full = in_netns(argv, netns)
     log.debug("run: %s", " ".join(full))
     merged_env = {**os.environ, **env} if env else None
     try:
@@ -62,14 +66,14 @@ def run(
     return proc
 
 
-def output(argv: Sequence[str], netns_pid: int | None = None, **kwargs) -> str:
+def output(argv: Sequence[str], netns: Netns = None, **kwargs) -> str:
     """Run a command and return its stdout."""
-    return run(argv, netns_pid, **kwargs).stdout
+    return run(argv, netns, **kwargs).stdout
 
 
 def spawn(
     argv: Sequence[str],
-    netns_pid: int | None = None,
+    netns: Netns = None,
     *,
     stdout: int | object = subprocess.DEVNULL,
     stderr: int | object = subprocess.PIPE,
@@ -80,7 +84,7 @@ def spawn(
     Callers own the handle: register it with the run (``RunState.track``) so
     that teardown and ``k8stopo clean`` can stop it by pid.
     """
-    full = in_netns(argv, netns_pid)
+    full = in_netns(argv, netns)
     log.debug("spawn: %s", " ".join(full))
     merged_env = {**os.environ, **env} if env else None
     # nsenter execs the command, so the pid we get is the command's own pid.

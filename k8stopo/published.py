@@ -106,7 +106,7 @@ def comparison_markdown(ours: pd.DataFrame, pub: pd.DataFrame) -> str:
     mine = mine[mine["scenario"] == COMPARED]
     tcp = _tcp_throughput(pub)
     listed = set(tcp[tcp["scenario"] == COMPARED]["cni"])
-    unpaired = plots._ordered(set(mine["cni"]) & (listed - set(theirs["cni"])), plots.CNI_ORDER)
+    unpaired = plots.ordered(set(mine["cni"]) & (listed - set(theirs["cni"])), plots.CNI_ORDER)
     note = ([f"Not compared: {', '.join(unpaired)}: published only by sources without a "
              "host-to-host TCP baseline for the same streams, so no ratio exists."]
             if unpaired else [])
@@ -116,7 +116,7 @@ def comparison_markdown(ours: pd.DataFrame, pub: pd.DataFrame) -> str:
                           "host-to-host.", *note]) + "\n"
     medians = mine.groupby(["cni", "streams", "mtu"])["ratio"].agg(
         ratio="median", repeats="size").reset_index()
-    order = plots._ordered(medians["cni"], plots.CNI_ORDER)
+    order = plots.ordered(medians["cni"], plots.CNI_ORDER)
     medians = medians.sort_values("cni", key=lambda c: c.map(order.index), kind="stable")
     used = theirs[theirs["cni"].isin(medians["cni"])]
     sources = pub.drop_duplicates(SOURCE_KEYS).merge(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .topo import UNDERLAY_CIDR
 
@@ -86,7 +86,6 @@ class BenchSpec:
     streams: int = 1
     mtu: int = 1500
     udp_bandwidth: str = "0"
-    skipped: dict[str, str] = field(default_factory=dict)  # variant -> why it cannot run here
 
     def check(self) -> None:
         if not 1 <= self.duration <= 3600:
