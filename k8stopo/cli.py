@@ -84,14 +84,16 @@ def _require_root() -> None:
         raise SpecError("k8stopo creates network namespaces and must run as root")
 
 
-def _runnable(names: tuple[str, ...], all_requested: bool) -> tuple[str, ...]:
-    """Drop (for ``all``) or refuse (when named) variants this kernel cannot run."""
+def _runnable(needs: dict[str, tuple[str, ...]], all_requested: bool) -> tuple[str, ...]:
+    """Drop (for ``all``) or refuse (when named) variants this kernel cannot run.
+
+    ``needs`` maps each variant to the doctor probes its cluster requires; only those
+    are probed."""
     from . import doctor
-    from .cni import VARIANTS
-    probes = doctor.probe_all()
+    probes = doctor.probe(r for reqs in needs.values() for r in reqs)
     keep = []
-    for name in names:
-        missing = [r for r in VARIANTS[name].requires if not (r in probes and probes[r].ok)]
+    for name, requires in needs.items():
+        missing = doctor.missing(requires, probes)
         if not missing:
             keep.append(name)
         elif all_requested:
@@ -122,7 +124,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     cni = names[0]
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu))
-    _runnable((cni,), False)
+    _runnable({cni: cluster.requires}, False)
     with cluster:
         print(cluster.describe(), flush=True)
         if args.cli:
@@ -182,7 +184,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.published and not args.plots:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
     pub = _published(args.published)
-    spec = dataclasses.replace(spec, cnis=_runnable(names, all_requested))
+    spec = dataclasses.replace(spec, cnis=_runnable({c: clusters[c].requires for c in names},
+                                                    all_requested))
     run_id, failures = bench.run(spec, args.out, {cni: clusters[cni] for cni in spec.cnis})
     print(f"run {run_id}: rows in {args.out}")
     if args.plots:

@@ -3,8 +3,11 @@
 :class:`Cluster` is a context manager. Entering builds everything under a fresh
 run prefix (see :mod:`k8stopo.runstate`); leaving, by return, exception or
 Ctrl-C, tears down in a fixed order so nothing is deleted while in use:
-agent daemons, CNI DEL for every pod, Mininet (links, bridge, shells), then
-whatever the manifest still lists.
+agents' daemons (in reverse order), CNI DEL for every pod, Mininet (links,
+underlay switch, shells), then whatever the manifest still lists.
+
+The agents are the CNI variant first, then any others the caller adds
+(kube-proxy, DNS, NetworkPolicy; see :mod:`k8stopo.agent`).
 """
 from __future__ import annotations
 
@@ -13,18 +16,19 @@ import logging
 import resource
 import signal
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from mininet.net import Mininet
 from mininet.node import Host
-from mininet.nodelib import LinuxBridge
 
 from . import pods, proc
+from .agent import Agent
 from .cni import variant as variant_class
+from .cni.base import Variant
 from .node import Node, Pod
 from .runstate import RunState
-from .spec import ClusterSpec, ipv4_network
-from .topo import K8sTopo, node_name
+from .spec import ClusterSpec, SpecError, ipv4_network
+from .topo import SWITCH, K8sTopo, UnderlaySwitch, node_name
 
 log = logging.getLogger("k8stopo.cluster")
 
@@ -48,18 +52,28 @@ def pod_name(node: Node, index: int) -> str:
 class Cluster:
     """An emulated Kubernetes cluster running one CNI variant."""
 
-    def __init__(self, spec: ClusterSpec) -> None:
+    def __init__(self, spec: ClusterSpec, agents: Sequence[type[Agent]] = ()) -> None:
         spec.check_basics()
         self.spec = spec
         self.variant_cls = variant_class(spec.cni)
         self.ranges = self.variant_cls.check(spec)  # SpecError before anything exists
+        self.agent_classes = tuple(agents)
+        for cls in self.agent_classes:
+            cls.validate(spec)
         self.pod_cidr = (None if self.variant_cls.host_network
                          else ipv4_network(spec.pod_cidr or self.variant_cls.pod_cidr, "pod CIDR"))
         self.underlay = ipv4_network(spec.underlay_cidr, "underlay CIDR")
         self.state: RunState | None = None
         self.net: Mininet | None = None
-        self.variant = None
+        self.variant: Variant | None = None
+        self.agents: list[Agent] = []  # the variant first, then the others, once built
         self.nodes: list[Node] = []
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """The doctor probes this cluster needs (its variant's and its agents')."""
+        needs = [*self.variant_cls.requires, *(r for a in self.agent_classes for r in a.requires)]
+        return tuple(dict.fromkeys(needs))
 
     # -- lookup ---------------------------------------------------------------------
     @property
@@ -67,10 +81,16 @@ class Cluster:
         return [pod for node in self.nodes for pod in node.pods]
 
     def node(self, name: str) -> Node:
-        return next(n for n in self.nodes if n.name == name)
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node {name!r} in this cluster")
 
     def pod(self, name: str) -> Pod:
-        return next(p for p in self.pods if p.name == name)
+        for p in self.pods:
+            if p.name == name:
+                return p
+        raise KeyError(f"no pod {name!r} in this cluster")
 
     def endpoints(self) -> Iterator[Node | Pod]:
         yield from self.nodes
@@ -110,13 +130,13 @@ class Cluster:
         Mininet.inited = True
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-        tracked = {"run_state": self.state}
-        self.state.track_link(prefix)  # the underlay bridge, named after the run
-        self.net = Mininet(topo=K8sTopo(nodes=self.spec.nodes, switch=prefix,
-                                        cidr=self.spec.underlay_cidr),
-                           host=type("K8sHost", (_Tracked, Host), tracked),
-                           switch=type("K8sBridge", (_Tracked, LinuxBridge), tracked),
-                           controller=None, build=False, waitConnected=False)
+        host = type("K8sHost", (_Tracked, Host), {"run_state": self.state})
+        switch = type("K8sUnderlaySwitch", (_Tracked, UnderlaySwitch), {"run_state": self.state})
+        # Every host, the underlay switch included, is a namespace: the run's veths are
+        # created between namespaces and never appear in the root namespace.
+        self.net = Mininet(topo=K8sTopo(nodes=self.spec.nodes, cidr=self.spec.underlay_cidr),
+                           host=host, controller=None, build=False, waitConnected=False)
+        self.net.topo.setNodeInfo(SWITCH, {**self.net.topo.nodeInfo(SWITCH), "cls": switch})
         self.net.build()
         self.net.start()
         gateway = self.underlay[-2]  # the segment's router address (absent, as no packet may leave)
@@ -128,14 +148,22 @@ class Cluster:
             self.nodes.append(node)
             self._prepare_node(node, gateway)
         self.variant = self.variant_cls(self)
+        self.agents = [self.variant, *(cls(self) for cls in self.agent_classes)]
         for node in self.nodes:
-            self.variant.setup_node(node)
-        self.variant.connect()
-        for node in self.nodes:
-            for j in range(self.spec.pods_per_node):
-                self._add_pod(node, pod_name(node, j))
-        self.variant.wait_ready(READY_TIMEOUT)
+            for agent in self.agents:
+                agent.setup_node(node)
+        for agent in self.agents:
+            agent.connect()
+        for node, name, namespace, labels in self.pod_plan():
+            self._add_pod(node, name, namespace, labels)
+        for agent in self.agents:
+            agent.wait_ready(READY_TIMEOUT)
         log.info("cluster %s ready", prefix)
+
+    def pod_plan(self) -> list[tuple[Node, str, str, dict[str, str]]]:
+        """Which pods to create where: (node, name, namespace, labels)."""
+        return [(node, pod_name(node, j), "default", {})
+                for node in self.nodes for j in range(self.spec.pods_per_node)]
 
     def _prepare_node(self, node: Node, gateway: ipaddress.IPv4Address) -> None:
         """What every Kubernetes node has, whatever its CNI."""
@@ -143,18 +171,20 @@ class Cluster:
             node.run(["ip", "link", "set", node.intf, "mtu", self.spec.mtu])
             intf = node.mn.defaultIntf()
             port = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
-            proc.run(["ip", "link", "set", port.name, "mtu", self.spec.mtu])  # bridge port
+            proc.run(["ip", "link", "set", port.name, "mtu", self.spec.mtu], port.node.pid)
         node.sysctl("net.ipv4.ip_forward", 1)
         # Real nodes have a default route; Calico's proxy-ARP gateway relies on it.
         node.run(["ip", "route", "replace", "default", "via", gateway, "dev", node.intf])
 
-    def _add_pod(self, node: Node, name: str) -> Pod:
-        assert self.net is not None and self.variant is not None
-        if self.variant.host_network:
-            return pods.host_network(node, name)
-        pause = self.net.addHost(name, ip=None)
-        pod = pods.add(node, name, self.variant.netconf(node), pause)
-        self.variant.pod_added(pod)
+    def _add_pod(self, node: Node, name: str, namespace: str = "default",
+                 labels: dict[str, str] | None = None) -> Pod:
+        """Attach a pod through the variant, then tell the other agents about it."""
+        assert self.variant is not None
+        if any(p.name == name for p in self.pods):
+            raise SpecError(f"pod name {name!r} is used twice")
+        pod = self.variant.attach_pod(node, name, namespace, labels)
+        for agent in self.agents[1:]:
+            agent.pod_added(pod)
         return pod
 
     def _teardown(self) -> None:
@@ -164,7 +194,8 @@ class Cluster:
         previous = ({sig: signal.signal(sig, signal.SIG_IGN)
                      for sig in (signal.SIGINT, signal.SIGTERM)} if main else {})
         try:
-            self._stop_step("stop agents", self.variant.stop if self.variant else None)
+            for agent in reversed(self.agents):
+                self._stop_step(f"stop {agent.name}", agent.stop)
             for pod in reversed(self.pods):
                 if not pod.host_network:
                     self._stop_step(f"CNI DEL {pod.name}", lambda p=pod: pods.delete(p))

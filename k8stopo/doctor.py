@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from . import proc
 from .proc import CommandError
@@ -174,8 +174,9 @@ def _iptables_version() -> str:
     return proc.run([iptables, "-V"], check=False, timeout=10).stdout.strip() or iptables
 
 
-def _probe_features() -> dict[str, Probe]:
-    """All kernel feature probes, inside one scratch netns that is always removed."""
+def _probe_features(wanted: frozenset[str] | None = None) -> dict[str, Probe]:
+    """Kernel feature probes (all, or those ``wanted``), inside one scratch netns that is
+    always removed."""
     state = RunState("doctor")
     ns = f"{state.prefix}doctor"
     probes: dict[str, Probe] = {}
@@ -187,12 +188,15 @@ def _probe_features() -> dict[str, Probe]:
         except CommandError as exc:
             probes["netns"] = Probe("netns", False, f"ip netns add: {_why(exc)}")
         for name, steps in _feature_steps(state.prefix).items():
+            if wanted is not None and name not in wanted:
+                continue
             if not probes["netns"].ok:
                 probes[name] = Probe(name, False, "no scratch network namespace to test in")
                 continue
             probes[name] = _guarded(name, _run_steps, ns, name, steps)
-        probes["ovs"] = _guarded("ovs", _module, "ovs", "openvswitch")
-        probes["ipvs"] = _guarded("ipvs", _module, "ipvs", "ip_vs")
+        for name, module in (("ovs", "openvswitch"), ("ipvs", "ip_vs")):
+            if wanted is None or name in wanted:
+                probes[name] = _guarded(name, _module, name, module)
     finally:
         state.remove_all()
     notes = {"ovs": _tool_note("ovs-vsctl", "OVS userspace not installed"),
@@ -200,8 +204,9 @@ def _probe_features() -> dict[str, Probe]:
              "iptables-nat": _iptables_version(),
              "conntrack": _tool_note("conntrack", "conntrack tool not installed")}
     for name, note in notes.items():
-        probes[name] = _with_note(probes[name], note)
-    return {name: probes[name] for name in FEATURES}
+        if name in probes:
+            probes[name] = _with_note(probes[name], note)
+    return {name: probes[name] for name in FEATURES if name in probes}
 
 
 def _guarded(name: str, probe: Callable[..., Probe], *args: str | _Steps) -> Probe:
@@ -249,12 +254,27 @@ def _probe_cni_plugin(plugin: str) -> Probe:
 
 def probe_all() -> dict[str, Probe]:
     """Every feature, tool and CNI plugin probe, keyed by probe name; leaves nothing behind."""
-    probes = _probe_features()
+    return probe()
+
+
+def probe(wanted: Iterable[str] | None = None) -> dict[str, Probe]:
+    """The probes named in ``wanted`` (all when None). ``up`` and ``bench`` ask only for
+    what their variants need: creating a device can autoload a module, and some modules
+    (ipip, ip_gre) then leave fallback devices in every namespace, the root one included."""
+    want = None if wanted is None else frozenset(wanted)
+    probes = _probe_features(want)
     for tool, version_args in TOOLS.items():
-        probes[tool] = _guarded(tool, _probe_tool, tool, version_args)
+        if want is None or tool in want:
+            probes[tool] = _guarded(tool, _probe_tool, tool, version_args)
     for plugin in CNI_PLUGINS:
-        probes[f"cni:{plugin}"] = _guarded(f"cni:{plugin}", _probe_cni_plugin, plugin)
+        if want is None or f"cni:{plugin}" in want:
+            probes[f"cni:{plugin}"] = _guarded(f"cni:{plugin}", _probe_cni_plugin, plugin)
     return probes
+
+
+def missing(requires: Iterable[str], probes: dict[str, Probe]) -> list[str]:
+    """The requirements that failed (or were never probed: an unknown name is missing)."""
+    return [r for r in requires if not (r in probes and probes[r].ok)]
 
 
 def _table(title: str, probes: list[Probe]) -> list[str]:
@@ -277,7 +297,7 @@ def report(probes: dict[str, Probe], variants: dict[str, tuple[str, ...]]) -> st
     lines.append("Variants")
     width = max((len(v) for v in variants), default=0)
     for variant, needs in variants.items():
-        missing = [n for n in needs if not (n in probes and probes[n].ok)]
-        verdict = f"cannot run: missing {', '.join(missing)}" if missing else "runs"
+        lacking = missing(needs, probes)
+        verdict = f"cannot run: missing {', '.join(lacking)}" if lacking else "runs"
         lines.append(f"  {variant:<{width}}  {verdict}")
     return "\n".join(lines) + "\n"

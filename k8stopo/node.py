@@ -74,6 +74,8 @@ class Pod(Endpoint):
     """A pod: its own network namespace (or its node's, with hostNetwork)."""
 
     node: Node | None = None
+    namespace: str = "default"  # the Kubernetes namespace
+    labels: dict[str, str] = field(default_factory=dict)
     mn: Any = None  # the mininet Host holding the pod's namespace (None: hostNetwork)
     ifname: str = "eth0"
     mtu: int = 1500

@@ -49,7 +49,8 @@ def container_id(pod_name: str, prefix: str) -> str:
     return f"{prefix}-{pod_name}"
 
 
-def add(node: Node, name: str, netconf: dict[str, Any], pause: Any) -> Pod:
+def add(node: Node, name: str, netconf: dict[str, Any], pause: Any, namespace: str = "default",
+        labels: dict[str, str] | None = None) -> Pod:
     """Attach a new pod whose namespace is held by ``pause`` (a Mininet host)."""
     netns = f"/proc/{pause.pid}/ns/net"
     cid = container_id(name, node.state.prefix)
@@ -60,23 +61,27 @@ def add(node: Node, name: str, netconf: dict[str, Any], pause: Any) -> Pod:
     # Let Mininet know the interface so that the CLI can substitute pod names by IPs.
     Intf(POD_IFNAME, node=pause, moveIntfFn=lambda *_: True)
     pod = Pod(name=name, ip=address.ip, pid=pause.pid, state=node.state, node=node, mn=pause,
-              mtu=int(netconf.get("mtu", 1500)), netconf=netconf, cni_result=result)
+              mtu=int(netconf.get("mtu", 1500)), netconf=netconf, cni_result=result,
+              namespace=namespace, labels=dict(labels or {}))
     node.pods.append(pod)
     log.info("pod %s on %s: %s", name, node.name, address)
     return pod
 
 
-def host_network(node: Node, name: str) -> Pod:
+def host_network(node: Node, name: str, namespace: str = "default",
+                 labels: dict[str, str] | None = None) -> Pod:
     """A hostNetwork pod: the node's own namespace and address."""
     pod = Pod(name=name, ip=node.ip, pid=node.pid, state=node.state, node=node, mn=None,
-              mtu=int(node.link(node.intf)["mtu"]))
+              mtu=int(node.link(node.intf)["mtu"]), namespace=namespace,
+              labels=dict(labels or {}))
     node.pods.append(pod)
     return pod
 
 
 def delete(pod: Pod) -> None:
     """CNI DEL, as kubelet does when a pod goes (releases the IPAM lease)."""
-    assert pod.node is not None and pod.mn is not None
+    if pod.node is None or pod.mn is None:
+        raise ValueError(f"{pod.name} is a hostNetwork pod: there is nothing to CNI DEL")
     cid = container_id(pod.name, pod.state.prefix)
     netns = f"/proc/{pod.pid}/ns/net"
     invoke(pod.node, "DEL", pod.netconf, cid, netns, POD_IFNAME)

@@ -9,7 +9,6 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from .topo import UNDERLAY_CIDR
 
 #: every variant SPEC names, in its order (the registry in k8stopo.cni has those built so far)
 SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
@@ -18,6 +17,7 @@ SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "cal
 SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
              "pod-to-service", "node-to-pod")
 PROTOCOLS = ("tcp", "udp", "icmp")
+UNDERLAY_CIDR = "172.20.0.0/16"  # k8stopo/topo.py repeats it: it must load alone (mn --custom)
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
 
 

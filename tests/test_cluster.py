@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from k8stopo import measure, runstate
+from k8stopo import measure, proc, runstate
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
@@ -90,7 +91,7 @@ def test_same_node_pods_share_the_bridge_or_have_host_routes(cluster: Cluster) -
         assert node.output(["ip", "-o", "link", "show", "type", "bridge"]).strip() == ""
         for pod in node.pods:
             route = node.output(["ip", "-4", "route", "show", f"{pod.ip}/32"])
-            assert f"dev {cali_name('default', pod.name)}" in route
+            assert f"dev {cali_name(pod.namespace, pod.name)}" in route
             assert pod.output(["ip", "-4", "route", "show", "default"]).startswith(
                 "default via 169.254.1.1 dev eth0")
             assert f"{pod.ip}/32" in pod.output(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
@@ -148,8 +149,8 @@ def test_bird_sessions_establish_and_every_node_learns_every_block(cluster: Clus
 def test_teardown_leaves_nothing(cni: str) -> None:
     with Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=2)) as c:
         prefix, pids = c.state.prefix, list(c.state.data["pids"])
-        assert len(pids) >= 3  # bridge shell and 2 node shells at least
-        assert any(l.startswith(prefix) for l in runstate.root_links())
+        assert len(pids) >= 3  # switch shell and 2 node shells at least
+        assert not [l for l in runstate.root_links() if l.startswith(prefix)]
     assert_gone(prefix, pids)
 
 
@@ -198,3 +199,24 @@ def test_bgp_that_does_not_converge_in_time_fails_clearly_and_leaves_nothing(mon
             pass
     assert any("bird@" in p["what"] for p in seen["pids"])
     assert_gone(seen["prefix"], seen["pids"])
+
+
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "flannel-host-gw", "calico-bgp"])
+def test_a_drop_rule_in_the_root_namespace_changes_nothing(cni: str) -> None:
+    """The underlay switch is not in the root namespace, so the host's firewall (here a
+    FORWARD DROP of every underlay and pod address, as a Docker host's policy would be)
+    never sees a frame of the run; before, bridge-netfilter passed them all through it."""
+    drops = [["FORWARD", "-s", net, "-m", "comment", "--comment", f"k8stopo-test-{os.getpid()}",
+              "-j", "DROP"] for net in ("172.20.0.0/16", "10.244.0.0/16", "192.168.0.0/16")]
+    for rule in drops:
+        proc.run(["iptables", "-I", *rule])
+    try:
+        with Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=1)) as c:
+            assert ping(c.pod("pod-n1-0"), c.pod("pod-n2-0"))
+            assert ping(c.node("n1"), c.node("n2"))
+        counters = proc.output(["iptables", "-L", "FORWARD", "-v", "-n", "-x"])
+        hits = [l for l in counters.splitlines() if f"k8stopo-test-{os.getpid()}" in l]
+        assert len(hits) == 3 and all(l.split()[0] == "0" for l in hits), hits
+    finally:
+        for rule in drops:
+            proc.run(["iptables", "-D", *rule], check=False)

@@ -4,25 +4,29 @@ from __future__ import annotations
 import runpy
 
 from mininet.net import Mininet
-from mininet.nodelib import LinuxBridge
 
-from k8stopo.runstate import RunState
+from k8stopo import runstate
 
-from conftest import REPO, assert_gone
+from conftest import REPO
 
 
 def test_mn_custom_topology_builds_nodes_that_reach_each_other() -> None:
     custom = runpy.run_path(str(REPO / "k8stopo" / "topo.py"))  # what mn --custom does
-    state = RunState("test-topo")
-    topo = custom["topos"]["k8s"](3, switch=state.prefix)  # mn: --topo k8s,3
+    topo = custom["topos"]["k8s"](3)  # mn: --topo k8s,3
+    before = set(runstate.root_links())
     Mininet.inited = True  # leave the host's sysctls alone (Mininet's fixLimits)
-    net = Mininet(topo=topo, switch=LinuxBridge, controller=None, waitConnected=False)
+    net = Mininet(topo=topo, controller=None, waitConnected=False)
     try:
         net.start()
-        assert [h.name for h in net.hosts] == ["n1", "n2", "n3"]
-        assert [h.IP() for h in net.hosts] == ["172.20.0.1", "172.20.0.2", "172.20.0.3"]
-        assert net.pingAll(timeout="2") == 0
+        nodes = [h for h in net.hosts if h.name != custom["SWITCH"]]
+        assert [h.name for h in nodes] == ["n1", "n2", "n3"]
+        assert [h.IP() for h in nodes] == ["172.20.0.1", "172.20.0.2", "172.20.0.3"]
+        assert net.ping(nodes, timeout="2") == 0
+        # the underlay switch is a bridge in a namespace of its own: nothing in the root one
+        assert set(runstate.root_links()) == before
+        switch = net[custom["SWITCH"]]
+        assert "br0" in switch.cmd("ip -o link show type bridge")
+        assert switch.cmd("cat /proc/sys/net/bridge/bridge-nf-call-iptables").strip() in ("0", "")
     finally:
         net.stop()
-        state.remove_all()
-    assert_gone(state.prefix, [])
+    assert set(runstate.root_links()) == before

@@ -5,39 +5,45 @@ calico-node with BIRD, weave router) that programs the node's datapath, and the
 *CNI network configuration* that the agent writes for kubelet, which the real
 reference plugins in /usr/lib/cni then execute for every pod.
 
-Life of a cluster (driven by :class:`k8stopo.cluster.Cluster`)::
+It is an :class:`~k8stopo.agent.Agent` (setup_node, connect, pod_added,
+wait_ready, stop) plus what only the pod network has::
 
-    check(spec)            before anything exists: bad input -> SpecError
-    setup_node(node)       per node: devices, sysctls, config files
-    connect()              all nodes known: program peers / start daemons
+    check(spec)            before anything exists: bad input -> SpecError; node ranges
     netconf(node)          CNI config handed to the plugins for each pod
-    pod_added(pod)         per pod, after the plugin ran (agent-side fix-ups)
-    wait_ready(timeout)    block until the datapath has converged
-    stop()                 stop the agent's daemons (before pods are deleted)
+    attach_pod(node, ...)  make a pod's namespace and attach it (default: CNI ADD)
+
+Capabilities (``reaches_own_node``, ``pod_ip_routable``, ``masquerades``,
+``enforces_policy``) say what the real project's datapath does, so tests and the
+bench ask the variant instead of special-casing names.
 """
 from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from string import Template
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import ipam
+import jinja2
+
+from .. import ipam, pods
+from ..agent import Agent
 from ..spec import MIN_MTU, ClusterSpec, SpecError, ipv4_network
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
     from ..node import Node, Pod
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                          keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                          autoescape=False)
 
 
 def render(template: str, **values: object) -> str:
-    """Fill one of k8stopo/templates (daemon configs and rule sets live there, not in code)."""
-    return Template((TEMPLATES / template).read_text()).substitute(values)
+    """Fill one of k8stopo/templates (Jinja2: daemon configs and rule sets live there, not in
+    code); a value the template needs and was not given is an error, never an empty string."""
+    return _ENV.get_template(template).render(**values)
 
 
-class Variant:
+class Variant(Agent):
     """Base class: a hostNetwork-free variant with no encapsulation."""
 
     name: ClassVar[str]
@@ -52,9 +58,14 @@ class Variant:
     requires: ClassVar[tuple[str, ...]] = ("netns", "veth", "mnexec", "nsenter")
     #: pods share the node's namespace (hostNetwork)
     host_network: ClassVar[bool] = False
-
-    def __init__(self, cluster: "Cluster") -> None:
-        self.cluster = cluster
+    #: a node reaches its own pods (macvlan's cannot: the parent NIC does not see its children)
+    reaches_own_node: ClassVar[bool] = True
+    #: a pod IP is reachable from other nodes (docker-bridge's 172.17.x is not)
+    pod_ip_routable: ClassVar[bool] = True
+    #: pod traffic to a node IP (outside the pod network) leaves masqueraded to the node's IP
+    masquerades: ClassVar[bool] = True
+    #: the real project enforces NetworkPolicy
+    enforces_policy: ClassVar[bool] = False
 
     # -- before anything exists -------------------------------------------------
     @classmethod
@@ -86,28 +97,25 @@ class Variant:
     def pod_mtu(self) -> int:
         return self.cluster.spec.mtu - self.overhead
 
-    def setup_node(self, node: "Node") -> None:
-        """Per-node agent set-up; ip_forward is already on."""
-
     def install_rules(self, node: "Node", template: str) -> None:
         """Load the agent's iptables rules into the node (kept as a file in the run's state)."""
         rules = render(template, node=node.name, network=self.cluster.pod_cidr,
                        subnet=node.pod_cidr)
         self.cluster.state.path(node.name, template).write_text(rules)
+        node.run(["iptables-restore", "--test", "--noflush"], input=rules)  # its own parser first
         node.run(["iptables-restore", "--noflush"], input=rules)
-
-    def connect(self) -> None:
-        """Program every node for its peers (all nodes exist now)."""
 
     def netconf(self, node: "Node") -> dict[str, Any]:
         """The CNI network configuration for pods on ``node``."""
         raise NotImplementedError
 
-    def pod_added(self, pod: "Pod") -> None:
-        """Agent-side work after the CNI plugin attached ``pod``."""
-
-    def wait_ready(self, timeout: float) -> None:
-        """Return once the datapath has converged; raise TimeoutError otherwise."""
-
-    def stop(self) -> None:
-        """Stop the agent's daemons (their pids are tracked in any case)."""
+    def attach_pod(self, node: "Node", name: str, namespace: str = "default",
+                   labels: dict[str, str] | None = None) -> "Pod":
+        """Make the pod's namespace and attach it as kubelet would: CNI ADD with
+        :meth:`netconf`, then the agent's :meth:`pod_added`."""
+        assert self.cluster.net is not None
+        pause = self.cluster.net.addHost(name, ip=None)
+        pod = pods.add(node, name, self.netconf(node), pause, namespace=namespace,
+                       labels=labels or {})
+        self.pod_added(pod)
+        return pod

@@ -44,7 +44,6 @@ class Calico(Variant):
     requires = Variant.requires + ("iptables-nat", "cni:ptp", "cni:host-local", "cni:loopback",
                                    "bird", "birdc")
     ASN = 64512
-    NAMESPACE = "default"
 
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
@@ -69,7 +68,7 @@ class Calico(Variant):
         node = pod.node
         assert node is not None
         host_end = next(i["name"] for i in pod.cni_result["interfaces"] if not i.get("sandbox"))
-        cali = cali_name(self.NAMESPACE, pod.name)
+        cali = cali_name(pod.namespace, pod.name)
         node.run(["ip", "link", "set", host_end, "down"])
         node.run(["ip", "link", "set", host_end, "name", cali, "address", "ee:ee:ee:ee:ee:ee"])
         node.run(["ip", "addr", "flush", "dev", cali])
@@ -88,10 +87,7 @@ class Calico(Variant):
         return ""
 
     def bird_config(self, node: Node) -> str:
-        peers = "".join(
-            f"protocol bgp Mesh_{str(p.ip).replace('.', '_')} from bgp_template {{\n"
-            f"  neighbor {p.ip} as {self.ASN};\n}}\n"
-            for p in self.cluster.nodes if p is not node)
+        peers = [str(p.ip) for p in self.cluster.nodes if p is not node]
         return render(
             "bird.conf", node=node.name, router_id=node.ip, node_ip=node.ip, block=node.pod_cidr,
             pool=self.cluster.pod_cidr, asn=self.ASN, peers=peers,

@@ -1,0 +1,53 @@
+"""Node agents: what runs beside kubelet on every node and programs its network.
+
+The CNI variant's agent (flanneld, calico-node, weave router) is one; kube-proxy,
+cluster DNS and the NetworkPolicy agent are others. All share one lifecycle,
+driven by :class:`k8stopo.cluster.Cluster` in list order (the variant first) and
+stopped in reverse order, so any proxy mode or policy agent composes with any
+variant instead of being a special case inside it::
+
+    validate(spec)         before anything exists: bad input -> SpecError
+    setup_node(node)       per node, once the underlay is up
+    connect()              all nodes known: program peers / start daemons
+    pod_added(pod)         per pod, once the variant attached it
+    wait_ready(timeout)    block until this agent's part has converged
+    stop()                 stop the agent's daemons (before pods are deleted)
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+    from .node import Node, Pod
+    from .spec import ClusterSpec
+
+
+class Agent:
+    """Base class of every node agent; every hook does nothing by default."""
+
+    name: ClassVar[str]
+    #: doctor probe names this agent needs
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cluster: "Cluster") -> None:
+        self.cluster = cluster
+
+    @classmethod
+    def validate(cls, spec: "ClusterSpec") -> None:
+        """Refuse (SpecError) a spec this agent cannot serve, before anything exists."""
+
+    def setup_node(self, node: "Node") -> None:
+        """Per-node set-up; ip_forward is already on."""
+
+    def connect(self) -> None:
+        """Program every node for its peers (all nodes exist now)."""
+
+    def pod_added(self, pod: "Pod") -> None:
+        """Agent-side work once ``pod`` is attached."""
+
+    def wait_ready(self, timeout: float) -> None:
+        """Return once this agent's part has converged; raise TimeoutError otherwise."""
+
+    def stop(self) -> None:
+        """Stop the agent's daemons (their pids are tracked in any case)."""
