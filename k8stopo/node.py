@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from . import proc
 from .runstate import RunState
+from .workload import ContainerPort
 
 
 @dataclass(eq=False)
@@ -76,6 +77,8 @@ class Pod(Endpoint):
     node: Node | None = None
     namespace: str = "default"  # the Kubernetes namespace
     labels: dict[str, str] = field(default_factory=dict)
+    ports: tuple[ContainerPort, ...] = ()  # declared container ports (named ports for policy)
+    ready: bool = True  # readiness: kube-proxy's endpoints follow it
     mn: Any = None  # the mininet Host holding the pod's namespace (None: hostNetwork)
     ifname: str = "eth0"
     mtu: int = 1500

@@ -9,6 +9,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from .workload import Workload
+
 
 #: every variant SPEC names, in its order (the registry in k8stopo.cni has those built so far)
 SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
@@ -58,6 +60,7 @@ class ClusterSpec:
     underlay_cidr: str = UNDERLAY_CIDR
     pod_cidr: str | None = None  # None: the variant's real default
     node_block: int | None = None  # prefix length of a node's pod range; None: default
+    workload: Workload | None = None  # from --manifests; None: pods_per_node plain pods
 
     def check_basics(self) -> None:
         """Checks that do not depend on the variant."""
