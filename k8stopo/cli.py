@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from . import __version__
 from .cni import names as cni_names
-from .measure import MeasurementError
-from .pods import CNIError
-from .proc import CommandError
+from .errors import RunError
 from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
@@ -49,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cni", required=True, help="CNI variant (see `k8stopo doctor`)")
     _cluster_args(up, 2, 2)
     up.add_argument("--cli", action="store_true", help="drop into the Mininet CLI")
+    up.add_argument("--keep-on-failure", action="store_true",
+                    help="if the build fails, keep the cluster up for inspection until Ctrl-C")
 
     bench = sub.add_parser("bench", help="measure variants × scenarios × protocols into a CSV")
     bench.add_argument("--cni", default="all", help="comma list of variants, or all")
@@ -75,13 +75,36 @@ def parser() -> argparse.ArgumentParser:
                       help="also write OUT/published_comparison.md, our ratios to host beside "
                       "these published ones")
 
-    sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
+    clean = sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
+    clean.add_argument("--force", action="store_true",
+                       help="also remove runs whose k8stopo process still runs (a stuck run)")
     return p
 
 
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise SpecError("k8stopo creates network namespaces and must run as root")
+
+
+def _clean_dead_runs() -> None:
+    """What crashed runs left behind goes before a new run starts (their owners are gone)."""
+    from . import runstate
+    removed, left = runstate.clean()
+    for line in removed:
+        print(f"k8stopo: removed leftover of a crashed run: {line}", file=sys.stderr)
+    for line in left:
+        print(f"k8stopo: could not remove leftover {line}", file=sys.stderr)
+
+
+def _check_output_dir(path: Path | None, what: str) -> None:
+    """An output directory is checked before a long run, not after it."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{what} {path} exists and is not a directory")
+    parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise SpecError(f"{what} {path}: {parent} is not writable")
 
 
 def _runnable(needs: dict[str, tuple[str, ...]], all_requested: bool) -> tuple[str, ...]:
@@ -123,8 +146,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise SpecError("up builds one cluster: give exactly one --cni variant")
     cni = names[0]
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
-                                  mtu=args.mtu))
+                                  mtu=args.mtu), keep_on_failure=args.keep_on_failure)
     _runnable({cni: cluster.requires}, False)
+    _clean_dead_runs()
     with cluster:
         print(cluster.describe(), flush=True)
         if args.cli:
@@ -181,11 +205,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     spec.check()
     clusters = {cni: Cluster(spec.cluster(cni)) for cni in names}  # checks each cluster's shape
     results.check_appendable(args.out)
+    _check_output_dir(args.plots, "--plots")
     if args.published and not args.plots:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
     pub = _published(args.published)
     spec = dataclasses.replace(spec, cnis=_runnable({c: clusters[c].requires for c in names},
                                                     all_requested))
+    _clean_dead_runs()
     run_id, failures = bench.run(spec, args.out, {cni: clusters[cni] for cni in spec.cnis})
     print(f"run {run_id}: rows in {args.out}")
     if args.plots:
@@ -223,8 +249,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import runstate
     _require_root()
-    removed = runstate.clean()
+    removed, left = runstate.clean(include_live=args.force)
     print("\n".join(removed) if removed else "nothing left behind by k8stopo runs")
+    if left:
+        print("k8stopo: could not remove (kept on record, try again):\n  " + "\n  ".join(left),
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -247,8 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("k8stopo: interrupted; everything this run created was removed", file=sys.stderr)
         return 130
-    except (CommandError, CNIError, MeasurementError, TimeoutError, RuntimeError) as exc:
+    except (RunError, TimeoutError) as exc:
         # The run failed (a tool, a plugin, BGP not converging); teardown has already run.
+        # Anything else is a bug: its traceback is shown.
         log.debug("failure", exc_info=True)
         print(f"k8stopo: failed: {exc} (run with -vv for the commands and a traceback)",
               file=sys.stderr)

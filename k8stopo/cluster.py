@@ -52,7 +52,8 @@ def pod_name(node: Node, index: int) -> str:
 class Cluster:
     """An emulated Kubernetes cluster running one CNI variant."""
 
-    def __init__(self, spec: ClusterSpec, agents: Sequence[type[Agent]] = ()) -> None:
+    def __init__(self, spec: ClusterSpec, agents: Sequence[type[Agent]] = (),
+                 keep_on_failure: bool = False) -> None:
         spec.check_basics()
         self.spec = spec
         self.variant_cls = variant_class(spec.cni)
@@ -68,6 +69,8 @@ class Cluster:
         self.variant: Variant | None = None
         self.agents: list[Agent] = []  # the variant first, then the others, once built
         self.nodes: list[Node] = []
+        self.keep_on_failure = keep_on_failure
+        self.left_behind: list[str] = []  # what teardown could not remove (kept on record)
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -111,10 +114,28 @@ class Cluster:
         self.state = RunState("cluster")
         try:
             self._build()
-        except BaseException:
-            self._teardown()
+        except BaseException as exc:
+            try:  # whatever happens here (a second signal), teardown runs
+                if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    kept = self.state.keep_logs()
+                    if kept is not None:
+                        log.warning("build failed: its daemons' logs and configs are kept in %s",
+                                    kept)
+                    if self.keep_on_failure:
+                        self._hold(exc)
+            finally:
+                self._teardown()
             raise
         return self
+
+    def _hold(self, exc: BaseException) -> None:
+        """--keep-on-failure: leave the failed cluster up for inspection until Ctrl-C/SIGTERM."""
+        print(f"build failed ({exc}); the cluster {self.state.prefix if self.state else ''} is "
+              "kept for inspection (nsenter into its nodes); Ctrl-C tears it down", flush=True)
+        try:
+            signal.pause()
+        except (KeyboardInterrupt, SystemExit):
+            pass
 
     def __exit__(self, *exc: object) -> None:
         self._teardown()
@@ -194,6 +215,8 @@ class Cluster:
         previous = ({sig: signal.signal(sig, signal.SIG_IGN)
                      for sig in (signal.SIGINT, signal.SIGTERM)} if main else {})
         try:
+            if self.state is not None:
+                self._stop_step("stop strays", self.state.stop_strays)
             for agent in reversed(self.agents):
                 self._stop_step(f"stop {agent.name}", agent.stop)
             for pod in reversed(self.pods):
@@ -201,9 +224,13 @@ class Cluster:
                     self._stop_step(f"CNI DEL {pod.name}", lambda p=pod: pods.delete(p))
             self._stop_step("stop Mininet", self.net.stop if self.net else None)
             if self.state is not None:
-                leftovers = self.state.remove_all()
-                if leftovers:
-                    log.debug("removed after Mininet: %s", ", ".join(leftovers))
+                removed, left = self.state.remove_all()
+                if removed:
+                    log.debug("removed after Mininet: %s", ", ".join(removed))
+                if left:
+                    self.left_behind = left
+                    log.warning("teardown could not remove %s; it stays on record for "
+                                "`k8stopo clean`", ", ".join(left))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -198,7 +198,7 @@ def _probe_features(wanted: frozenset[str] | None = None) -> dict[str, Probe]:
             if wanted is None or name in wanted:
                 probes[name] = _guarded(name, _module, name, module)
     finally:
-        state.remove_all()
+        state.remove_all()  # a netns it cannot delete stays on record for `k8stopo clean`
     notes = {"ovs": _tool_note("ovs-vsctl", "OVS userspace not installed"),
              "tc-bpf": _tool_note("clang", "no clang: BPF programs cannot be built here"),
              "iptables-nat": _iptables_version(),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import proc
+from .errors import RunError
 from .node import Endpoint
 
 PING_INTERVAL_S = 0.05
@@ -33,7 +34,7 @@ LISTEN_TIMEOUT_S = 10.0  # for the iperf3 server to start listening
 SERVER_EXIT_TIMEOUT_S = 10.0  # for the one-off iperf3 server to finish after the client
 
 
-class MeasurementError(RuntimeError):
+class MeasurementError(RunError):
     """A measuring tool failed or its output is unusable; the message says why."""
 
 

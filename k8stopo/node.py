@@ -36,14 +36,16 @@ class Endpoint:
     def spawn(self, argv: Sequence[str], what: str | None = None,
               **kwargs: Any) -> subprocess.Popen[str]:
         """Start a process in this namespace, recorded in the run's manifest."""
-        p = proc.spawn(argv, self.pid, **kwargs)
+        p = proc.spawn(argv, self.pid, cgroup_procs=self.state.cgroup_procs, **kwargs)
         self.state.track_pid(p.pid, what or f"{argv[0]}@{self.name}")
         return p
 
     def stop(self, p: subprocess.Popen[str]) -> None:
         """Stop a process started with :meth:`spawn` and forget it."""
-        proc.stop(p)
-        self.state.untrack_pid(p.pid)
+        try:
+            proc.stop(p)
+        finally:
+            self.state.untrack_pid(p.pid)
 
     def sysctl(self, key: str, value: str | int) -> None:
         self.run(["sysctl", "-qw", f"{key}={value}"])

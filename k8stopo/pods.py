@@ -15,6 +15,7 @@ from typing import Any
 
 from mininet.link import Intf
 
+from .errors import RunError
 from .node import Node, Pod
 
 log = logging.getLogger("k8stopo.pods")
@@ -24,7 +25,7 @@ POD_IFNAME = "eth0"
 LOOPBACK_CONF = {"cniVersion": "0.4.0", "name": "cni-loopback", "type": "loopback"}
 
 
-class CNIError(RuntimeError):
+class CNIError(RunError):
     """A CNI plugin returned an error (its code and message are kept)."""
 
 

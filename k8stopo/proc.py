@@ -11,12 +11,15 @@ import logging
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Mapping, Sequence
+
+from .errors import RunError
 
 log = logging.getLogger("k8stopo.proc")
 
 
-class CommandError(RuntimeError):
+class CommandError(RunError):
     """A command exited non-zero; ``stderr`` says why."""
 
     def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
@@ -78,18 +81,28 @@ def spawn(
     stdout: int | object = subprocess.DEVNULL,
     stderr: int | object = subprocess.PIPE,
     env: Mapping[str, str] | None = None,
+    cgroup_procs: Path | None = None,
 ) -> subprocess.Popen[str]:
     """Start a long-running command (a daemon kept in the foreground, a server).
 
-    Callers own the handle: register it with the run (``RunState.track``) so
-    that teardown and ``k8stopo clean`` can stop it by pid.
+    Callers own the handle: register it with the run (``RunState.track_pid``) so
+    that teardown and ``k8stopo clean`` can stop it by pid. With ``cgroup_procs``
+    the child joins that cgroup before it execs, so that nothing it starts can
+    escape the run, not even in the instant before it is recorded.
     """
     full = in_netns(argv, netns)
     log.debug("spawn: %s", " ".join(full))
     merged_env = {**os.environ, **env} if env else None
+
+    def join() -> None:
+        assert cgroup_procs is not None
+        with open(cgroup_procs, "w") as f:
+            f.write(str(os.getpid()))
+
     # nsenter execs the command, so the pid we get is the command's own pid.
     return subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                            text=True, env=merged_env, start_new_session=True)
+                            text=True, env=merged_env, start_new_session=True,
+                            preexec_fn=join if cgroup_procs is not None else None)
 
 
 def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
@@ -100,7 +113,7 @@ def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout)
+            proc.wait()  # SIGKILL cannot be refused
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()

@@ -1,11 +1,23 @@
 """What one run created, written down as it is created, so it can be removed exactly.
 
 A run gets a fresh prefix (``k8t`` + 4 hex digits, never reused while anything
-of that name exists) and a state directory ``/run/k8stopo/<prefix>/`` holding a
-manifest: the owner pid, every process started (pid + start time, so a reused
-pid is never killed), every root-namespace link and named netns. Teardown and
-``k8stopo clean`` undo exactly what the manifest lists, plus root-namespace
-links that carry the run's own prefix; they never match on broad names.
+of that name exists) and a state directory ``/run/k8stopo/<prefix>/`` holding:
+
+* a journal (``manifest.jsonl``, append-only, one JSON object per line, so that
+  recording the 10,000th process costs what the first did): the owner pid, every
+  process started (pid + start time, so a reused pid is never killed), every
+  root-namespace link and named netns;
+* a cgroup (v2) of its own, ``<cgroup2 mount>/k8stopo/<prefix>``: every process of
+  the run is in it from birth (Mininet shells are moved there as they start;
+  spawned daemons join it before they exec), and so is everything those start,
+  a user's ``pod-n1-0 iperf3 -s -D`` from the Mininet CLI included.
+
+Teardown and ``k8stopo clean`` stop exactly the run's processes: the cgroup's
+members, any process inside a namespace of the run (found by namespace identity:
+the netns inode of a recorded, still-living process), and the recorded pids.
+They never match on broad names. What cannot be removed stays on record (the
+journal is rewritten with what is left) and is reported, so the next ``clean``
+tries again instead of saying "nothing left behind".
 """
 from __future__ import annotations
 
@@ -17,6 +29,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any, Iterable
 
 from . import proc
 
@@ -24,6 +37,9 @@ log = logging.getLogger("k8stopo.runstate")
 
 PREFIX = "k8t"
 STATE_ROOT = Path(os.environ.get("K8STOPO_STATE_DIR", "/run/k8stopo"))
+JOURNAL = "manifest.jsonl"
+LOGS = "logs"  # where a failed run's daemon logs are kept: STATE_ROOT/logs/<prefix>/
+GONE_TIMEOUT_S = 5.0
 
 
 def start_time(pid: int) -> int | None:
@@ -41,10 +57,31 @@ def alive(pid: int, started: int | None) -> bool:
     return now is not None and (started is None or now == started)
 
 
+def netns_inode(pid: int) -> int | None:
+    """The identity of a process's network namespace (None once it is gone)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
 def root_links() -> list[str]:
     """Names of the links in the root network namespace."""
     out = proc.output(["ip", "-o", "link", "show"])
     return [line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line]
+
+
+def cgroup2_root() -> Path | None:
+    """Where cgroup v2 is mounted (/sys/fs/cgroup or, on hybrid hosts, .../unified)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
 
 
 def _fresh_prefix() -> str:
@@ -56,28 +93,57 @@ def _fresh_prefix() -> str:
 
 
 class RunState:
-    """The manifest of one run; see the module docstring."""
+    """The record of one run; see the module docstring. ``RunState.open`` reads one back."""
 
-    def __init__(self, kind: str, prefix: str | None = None) -> None:
+    def __init__(self, kind: str) -> None:
         STATE_ROOT.mkdir(parents=True, exist_ok=True)
-        self.prefix = prefix or _fresh_prefix()
-        self.dir = STATE_ROOT / self.prefix
-        self._manifest_path = self.dir / "manifest.json"
-        if prefix is None:
+        root = cgroup2_root()
+        me = os.getpid()
+        while True:
+            self.prefix = _fresh_prefix()
+            self.cgroup: Path | None = root / "k8stopo" / self.prefix if root else None
+            self.data: dict[str, Any] = {
+                "prefix": self.prefix, "kind": kind, "created": time.time(),
+                "owner": {"pid": me, "start": start_time(me)},
+                "cgroup": str(self.cgroup) if self.cgroup else None,
+                "pids": [], "links": [], "netns": []}
+            # The directory appears whole, journal included (a rename is atomic), so an
+            # interrupt can never leave a run directory that does not say whose it is.
+            self.dir = STATE_ROOT / f".{self.prefix}.new"
             self.dir.mkdir()
-            me = os.getpid()
-            self.data = {"prefix": self.prefix, "kind": kind, "created": time.time(),
-                         "owner": {"pid": me, "start": start_time(me)},
-                         "pids": [], "links": [], "netns": []}
-            self._save()
-        else:
-            self.data = json.loads(self._manifest_path.read_text())
+            self._rewrite()
+            try:
+                self.dir.rename(STATE_ROOT / self.prefix)
+            except OSError:  # another run took that prefix this very instant
+                shutil.rmtree(self.dir)
+                continue
+            self.dir = STATE_ROOT / self.prefix
+            break
+        if self.cgroup is not None:
+            self.cgroup.mkdir(parents=True, exist_ok=True)
 
-    def _save(self) -> None:
-        tmp = self._manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self._manifest_path)
+    @classmethod
+    def open(cls, prefix: str) -> "RunState":
+        """The record of an existing run, replayed from its journal."""
+        self = cls.__new__(cls)
+        self.prefix = prefix
+        self.dir = STATE_ROOT / prefix
+        self.data = _replay((self.dir / JOURNAL).read_text())
+        self.cgroup = Path(self.data["cgroup"]) if self.data.get("cgroup") else None
+        return self
 
+    # -- the journal ------------------------------------------------------------------
+    def _append(self, entry: dict[str, Any]) -> None:
+        with (self.dir / JOURNAL).open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def _rewrite(self) -> None:
+        """Replace the journal by one header line holding the whole record (atomically)."""
+        tmp = self.dir / (JOURNAL + ".tmp")
+        tmp.write_text(json.dumps({"op": "run", **self.data}) + "\n")
+        tmp.replace(self.dir / JOURNAL)
+
+    # -- paths ------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:
         """A path inside the run's state directory (parents are created)."""
         p = self.dir.joinpath(*parts)
@@ -90,52 +156,177 @@ class RunState:
         p.mkdir(parents=True, exist_ok=True)
         return p
 
+    def log_path(self, node: str, daemon: str) -> Path:
+        """``<state>/<node>/<daemon>.log``: daemons log into the run, not the host's syslog;
+        a failed build keeps these files (see :meth:`keep_logs`)."""
+        return self.path(node, f"{daemon}.log")
+
+    # -- recording --------------------------------------------------------------------
     def track_pid(self, pid: int, what: str) -> None:
-        self.data["pids"].append({"pid": pid, "start": start_time(pid), "what": what})
-        self._save()
+        """Record a process of the run (and put it in the run's cgroup if not there yet)."""
+        self.join_cgroup(pid)
+        entry = {"pid": pid, "start": start_time(pid), "what": what}
+        self.data["pids"].append(entry)
+        self._append({"op": "pid", **entry})
 
     def untrack_pid(self, pid: int) -> None:
         self.data["pids"] = [p for p in self.data["pids"] if p["pid"] != pid]
-        self._save()
+        self._append({"op": "unpid", "pid": pid})
 
     def track_link(self, name: str) -> None:
         self.data["links"].append(name)
-        self._save()
+        self._append({"op": "link", "name": name})
 
     def track_netns(self, name: str) -> None:
         self.data["netns"].append(name)
-        self._save()
+        self._append({"op": "netns", "name": name})
+
+    @property
+    def cgroup_procs(self) -> Path | None:
+        """The file a process writes its pid to, to join the run's cgroup."""
+        return self.cgroup / "cgroup.procs" if self.cgroup else None
+
+    def join_cgroup(self, pid: int) -> None:
+        if self.cgroup_procs is None:
+            return
+        try:
+            self.cgroup_procs.write_text(str(pid))
+        except ProcessLookupError:  # already gone: nothing to contain
+            pass
 
     def owner_alive(self) -> bool:
         owner = self.data["owner"]
         return alive(owner["pid"], owner["start"])
 
-    def remove_all(self) -> list[str]:
-        """Stop and delete everything the manifest lists; return what was removed."""
-        removed: list[str] = []
-        for entry in reversed(self.data["pids"]):
-            if alive(entry["pid"], entry["start"]):
+    # -- removal ----------------------------------------------------------------------
+    def _run_processes(self) -> set[int]:
+        """Every living process of the run: cgroup members, and whatever lives in a
+        namespace held by a recorded process (a tool started there from outside)."""
+        pids: set[int] = set()
+        if self.cgroup is not None and (self.cgroup / "cgroup.procs").exists():
+            pids |= {int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()}
+        recorded = [e["pid"] for e in self.data["pids"] if alive(e["pid"], e["start"])]
+        inodes = {i for i in (netns_inode(p) for p in recorded) if i is not None}
+        inodes.discard(netns_inode(1))  # never the host's own namespace
+        if inodes:
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit() and netns_inode(int(entry.name)) in inodes:
+                    pids.add(int(entry.name))
+        pids |= set(recorded)
+        pids.discard(os.getpid())
+        return pids
+
+    def stop_strays(self) -> list[str]:
+        """Kill the run's processes that it did not start itself (a user's daemon from the
+        Mininet CLI, a tool nsenter'd into a pod), while the namespaces that identify them
+        still exist; the recorded ones are left for an orderly stop."""
+        recorded = {e["pid"] for e in self.data["pids"]}
+        strays = {pid: start_time(pid) for pid in self._run_processes() - recorded}
+        for pid, started in strays.items():
+            if alive(pid, started):
                 try:
-                    os.kill(entry["pid"], signal.SIGKILL)
-                    removed.append(f"process {entry['what']} ({entry['pid']})")
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        for entry in self.data["pids"]:
-            _wait_gone(entry["pid"], entry["start"])
+        for pid, started in strays.items():
+            _wait_gone(pid, started)
+        return [f"process {_comm(pid)} ({pid})" for pid in strays]
+
+    def remove_all(self) -> tuple[list[str], list[str]]:
+        """Stop and delete everything of the run; return (removed, left behind).
+
+        What is left behind stays in the journal, which is kept, so a later
+        ``k8stopo clean`` tries again."""
+        removed: list[str] = []
+        names = {e["pid"]: e["what"] for e in self.data["pids"]}
+        victims = {pid: start_time(pid) for pid in self._run_processes()}
+        if self.cgroup is not None and (self.cgroup / "cgroup.kill").exists():
+            (self.cgroup / "cgroup.kill").write_text("1")
+        for pid, started in victims.items():
+            if alive(pid, started):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for pid, started in victims.items():
+            _wait_gone(pid, started)
+            removed.append(f"process {names.get(pid, _comm(pid))} ({pid})")
+        left = [f"process {names.get(p, p)} ({p})" for p, s in victims.items() if alive(p, s)]
         present = set(root_links())
         mine = [l for l in self.data["links"] if l in present]
         mine += [l for l in present if l.startswith(self.prefix) and l not in mine]
+        left_links = []
         for link in mine:
             if proc.run(["ip", "link", "del", link], check=False).returncode == 0:
                 removed.append(f"link {link}")
+            else:
+                left_links.append(link)
+        left_netns = []
         for ns in self.data["netns"]:
+            if not Path(f"/run/netns/{ns}").exists():
+                continue
             if proc.run(["ip", "netns", "del", ns], check=False).returncode == 0:
                 removed.append(f"netns {ns}")
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return removed
+            else:
+                left_netns.append(ns)
+        if self.cgroup is not None and self.cgroup.exists():
+            try:
+                self.cgroup.rmdir()
+            except OSError as exc:
+                left.append(f"cgroup {self.cgroup} ({exc.strerror})")
+        left += [f"link {l}" for l in left_links] + [f"netns {n}" for n in left_netns]
+        if left:
+            self.data["links"], self.data["netns"] = left_links, left_netns
+            self.data["pids"] = [e for e in self.data["pids"] if alive(e["pid"], e["start"])]
+            self._rewrite()
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return removed, left
+
+    def keep_logs(self) -> Path | None:
+        """Copy the run's daemon logs and rendered configs out of the state directory
+        (which teardown removes) to STATE_ROOT/logs/<prefix>; return where, or None."""
+        files = [p for p in self.dir.rglob("*") if p.is_file() and p.suffix in
+                 (".log", ".conf", ".rules", ".json", ".env", ".cfg", ".nft")]
+        if not files:
+            return None
+        dest = STATE_ROOT / LOGS / self.prefix
+        for f in files:
+            target = dest / f.relative_to(self.dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+        return dest
 
 
-def _wait_gone(pid: int, started: int | None, timeout: float = 5.0) -> None:
+def _replay(text: str) -> dict[str, Any]:
+    """The record a journal describes: its header line, then each later entry applied."""
+    data: dict[str, Any] = {}
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line torn by a crash mid-write: everything before it stands
+            log.warning("run journal: skipping a torn line")
+            continue
+        op = entry.pop("op")
+        if op == "run":
+            data = entry
+        elif op == "pid":
+            data["pids"].append(entry)
+        elif op == "unpid":
+            data["pids"] = [p for p in data["pids"] if p["pid"] != entry["pid"]]
+        elif op in ("link", "netns"):
+            data[f"{op}s" if op == "link" else op].append(entry["name"])
+    return data
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "process"
+
+
+def _wait_gone(pid: int, started: int | None, timeout: float = GONE_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while alive(pid, started) and time.monotonic() < deadline:
         try:  # reap it if it is our own child
@@ -145,24 +336,36 @@ def _wait_gone(pid: int, started: int | None, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def clean(include_live: bool = False) -> list[str]:
-    """Remove what crashed runs left behind (runs whose owner process is gone).
+def runs() -> Iterable[Path]:
+    """The state directories of runs (live or dead) on this machine."""
+    if not STATE_ROOT.is_dir():
+        return []
+    return sorted(p for p in STATE_ROOT.glob(f"{PREFIX}*") if p.is_dir())
+
+
+def clean(include_live: bool = False) -> tuple[list[str], list[str]]:
+    """Remove what crashed runs left behind (runs whose owner process is gone);
+    return (removed, left behind).
 
     ``include_live`` also removes runs whose owner still runs (for a stuck run).
     """
     removed: list[str] = []
-    if not STATE_ROOT.is_dir():
-        return removed
-    for run_dir in sorted(STATE_ROOT.glob(f"{PREFIX}*")):
-        if not (run_dir / "manifest.json").is_file():
-            # A run that died between creating its directory and writing its first
-            # manifest recorded nothing else; leave a run that may still be starting.
-            if time.time() - run_dir.stat().st_mtime > 60:
-                shutil.rmtree(run_dir, ignore_errors=True)
-                removed.append(f"{run_dir.name}: state directory without manifest")
+    left: list[str] = []
+    for unborn in STATE_ROOT.glob(f".{PREFIX}*.new") if STATE_ROOT.is_dir() else []:
+        # A run interrupted while writing its first journal line created nothing else;
+        # leave one that may still be starting.
+        if time.time() - unborn.stat().st_mtime > 60:
+            shutil.rmtree(unborn, ignore_errors=True)
+            removed.append(f"{unborn.name}: unfinished state directory")
+    for run_dir in runs():
+        try:
+            run = RunState.open(run_dir.name)
+        except FileNotFoundError:  # that run just finished and removed its directory
             continue
-        run = RunState("", prefix=run_dir.name)
         if include_live or not run.owner_alive():
-            removed += [f"{run.prefix}: {what}" for what in run.remove_all()]
-            removed.append(f"{run.prefix}: state directory")
-    return removed
+            gone, still = run.remove_all()
+            removed += [f"{run.prefix}: {what}" for what in gone]
+            left += [f"{run.prefix}: {what}" for what in still]
+            if not still:
+                removed.append(f"{run.prefix}: state directory")
+    return removed, left

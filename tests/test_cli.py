@@ -60,7 +60,7 @@ def test_clean_removes_what_a_killed_run_left() -> None:
             if "cluster is up" in line:
                 break
         (prefix,) = run_dirs() - before
-        manifest = json.loads((runstate.STATE_ROOT / prefix / "manifest.json").read_text())
+        manifest = runstate.RunState.open(prefix).data
         proc.kill()  # no teardown at all: a crash
         proc.wait(10)
         assert any(runstate.alive(p["pid"], p["start"]) for p in manifest["pids"])
@@ -81,7 +81,7 @@ def test_sigterm_tears_the_cluster_down() -> None:
         if "cluster is up" in line:
             break
     (prefix,) = run_dirs() - before
-    manifest = json.loads((runstate.STATE_ROOT / prefix / "manifest.json").read_text())
+    manifest = runstate.RunState.open(prefix).data
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     assert_gone(prefix, manifest["pids"])

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import RunError
 from ..node import Node, Pod
 from .base import Variant, render
 
@@ -121,7 +122,7 @@ class Calico(Variant):
                 return
             for name, proc_ in self.birds.items():
                 if proc_.poll() is not None:
-                    raise RuntimeError(f"bird on {name} exited: {proc_.stderr.read().strip()}")
+                    raise RunError(f"bird on {name} exited: {proc_.stderr.read().strip()}")
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.25)
