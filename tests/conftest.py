@@ -26,9 +26,32 @@ def k8stopo(*args: str, timeout: float = 180, **kwargs) -> subprocess.CompletedP
                           text=True, timeout=timeout, **kwargs)
 
 
+def _ours(pid: int) -> bool:
+    """``pid`` is this test process or one of its descendants."""
+    me = os.getpid()
+    while pid > 1:
+        if pid == me:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
 def run_dirs() -> set[str]:
-    return {p.name for p in runstate.STATE_ROOT.glob(f"{runstate.PREFIX}*")} \
-        if runstate.STATE_ROOT.is_dir() else set()
+    """The runs of these tests (or of dead owners): other k8stopo runs on the machine
+    (a developer's cluster) may come and go meanwhile and are none of the tests' business."""
+    found = set()
+    for run in runstate.runs():
+        try:
+            owner = runstate.RunState.open(run.name).data["owner"]
+        except (FileNotFoundError, KeyError):
+            continue
+        if _ours(owner["pid"]) or not runstate.alive(owner["pid"], owner["start"]):
+            found.add(run.name)
+    return found
 
 
 def assert_gone(prefix: str, pids: list[dict]) -> None:

@@ -29,8 +29,8 @@ class _Recorded(runstate.RunState):
 
     prefixes: list[str] = []
 
-    def __init__(self, kind: str, prefix: str | None = None) -> None:
-        super().__init__(kind, prefix)
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
         _Recorded.prefixes.append(self.prefix)
 
 
