@@ -11,11 +11,14 @@ The agents are the CNI variant first, then any others the caller adds
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import ipaddress
 import logging
 import resource
 import signal
 import threading
+import time
 from typing import Any, Iterator, Sequence
 
 from mininet.net import Mininet
@@ -33,6 +36,11 @@ from .topo import SWITCH, K8sTopo, UnderlaySwitch, node_name
 log = logging.getLogger("k8stopo.cluster")
 
 READY_TIMEOUT = 90.0
+#: nodes from which the underlay's neighbour entries are seeded (see _seed_neighbours)
+SEED_NEIGHBOURS_FROM = 16
+#: threads attaching (and deleting) pods, one node each at a time; the work is forks of
+#: CNI plugins and `ip`, which wait on the kernel rather than on Python
+ATTACH_WORKERS = 8
 
 
 class _Tracked:
@@ -71,6 +79,9 @@ class Cluster:
         self.nodes: list[Node] = []
         self.keep_on_failure = keep_on_failure
         self.left_behind: list[str] = []  # what teardown could not remove (kept on record)
+        self.timings: dict[str, float] = {}  # seconds per build/teardown phase
+        self.seeded_neighbours = False
+        self._mininet_lock = threading.Lock()
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -103,6 +114,8 @@ class Cluster:
         """A table of the cluster's nodes and pods with their addresses."""
         lines = [f"cluster {self.state.prefix if self.state else '-'}: {self.spec.cni}, "
                  f"{len(self.nodes)} nodes on {self.underlay}"]
+        if self.seeded_neighbours:
+            lines.append("  (underlay neighbour entries seeded, a stand-in for ARP at this scale)")
         for node in self.nodes:
             lines.append(f"  {node.name:<8} {str(node.ip):<15} pod range "
                          f"{node.pod_cidr or 'hostNetwork'}")
@@ -158,28 +171,64 @@ class Cluster:
         self.net = Mininet(topo=K8sTopo(nodes=self.spec.nodes, cidr=self.spec.underlay_cidr),
                            host=host, controller=None, build=False, waitConnected=False)
         self.net.topo.setNodeInfo(SWITCH, {**self.net.topo.nodeInfo(SWITCH), "cls": switch})
-        self.net.build()
-        self.net.start()
-        gateway = self.underlay[-2]  # the segment's router address (absent, as no packet may leave)
-        for i in range(self.spec.nodes):
-            mn = self.net[node_name(i)]
-            node = Node(name=mn.name, ip=ipaddress.IPv4Address(mn.IP()), pid=mn.pid,
-                        state=self.state, index=i, intf=mn.defaultIntf().name, mn=mn,
-                        pod_cidr=self.ranges[i] if self.ranges else None)
-            self.nodes.append(node)
-            self._prepare_node(node, gateway)
-        self.variant = self.variant_cls(self)
-        self.agents = [self.variant, *(cls(self) for cls in self.agent_classes)]
-        for node in self.nodes:
+        with self._phase("underlay"):
+            self.net.build()
+            self.net.start()
+            gateway = self.underlay[-2]  # the segment's router (absent: no packet may leave)
+            for i in range(self.spec.nodes):
+                mn = self.net[node_name(i)]
+                node = Node(name=mn.name, ip=ipaddress.IPv4Address(mn.IP()), pid=mn.pid,
+                            state=self.state, index=i, intf=mn.defaultIntf().name, mn=mn,
+                            pod_cidr=self.ranges[i] if self.ranges else None)
+                self.nodes.append(node)
+                self._prepare_node(node, gateway)
+            if len(self.nodes) >= SEED_NEIGHBOURS_FROM:
+                self._seed_neighbours()
+        with self._phase("agents"):
+            self.variant = self.variant_cls(self)
+            self.agents = [self.variant, *(cls(self) for cls in self.agent_classes)]
+            for node in self.nodes:
+                for agent in self.agents:
+                    agent.setup_node(node)
             for agent in self.agents:
-                agent.setup_node(node)
-        for agent in self.agents:
-            agent.connect()
-        for node, name, namespace, labels in self.pod_plan():
-            self._add_pod(node, name, namespace, labels)
-        for agent in self.agents:
-            agent.wait_ready(READY_TIMEOUT)
-        log.info("cluster %s ready", prefix)
+                agent.connect()
+        with self._phase("pods"):
+            self._add_pods(self.pod_plan())
+        with self._phase("ready"):
+            for agent in self.agents:
+                agent.wait_ready(READY_TIMEOUT)
+        log.info("cluster %s ready: %s", prefix,
+                 ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.monotonic() - started
+
+    def _seed_neighbours(self) -> None:
+        """Permanent underlay neighbour entries for every other node, on every node.
+
+        A stand-in for a network at scale, said so in ``describe()``: a hundred nodes
+        ARPing for each other at once on one emulated segment, all on two CPUs, lose
+        enough requests that BGP sessions fail with "No route to host" for minutes; a
+        real underlay's switches and NICs absorb that. Only the underlay's own
+        addresses are seeded; pods still resolve their neighbours themselves."""
+        macs = {n.name: n.mn.defaultIntf().MAC() for n in self.nodes}
+        for node in self.nodes:
+            node.batch("ip", [["neigh", "replace", peer.ip, "lladdr", macs[peer.name],
+                               "dev", node.intf, "nud", "permanent"]
+                              for peer in self.nodes if peer is not node])
+        self.seeded_neighbours = True
+
+    def new_pod_host(self, name: str) -> Host:
+        """A Mininet host holding a new pod's namespace (Mininet itself is not thread-safe;
+        pods of different nodes are attached at once)."""
+        assert self.net is not None
+        with self._mininet_lock:
+            return self.net.addHost(name, ip=None)
 
     def pod_plan(self) -> list[tuple[Node, str, str, dict[str, str]]]:
         """Which pods to create where: (node, name, namespace, labels)."""
@@ -197,16 +246,50 @@ class Cluster:
         # Real nodes have a default route; Calico's proxy-ARP gateway relies on it.
         node.run(["ip", "route", "replace", "default", "via", gateway, "dev", node.intf])
 
-    def _add_pod(self, node: Node, name: str, namespace: str = "default",
-                 labels: dict[str, str] | None = None) -> Pod:
-        """Attach a pod through the variant, then tell the other agents about it."""
+    def _add_pods(self, plan: list[tuple[Node, str, str, dict[str, str]]]) -> None:
+        """Attach pods through the variant, the pods of different nodes at once, then tell
+        the other agents about each, in plan order."""
         assert self.variant is not None
-        if any(p.name == name for p in self.pods):
-            raise SpecError(f"pod name {name!r} is used twice")
-        pod = self.variant.attach_pod(node, name, namespace, labels)
-        for agent in self.agents[1:]:
-            agent.pod_added(pod)
-        return pod
+        names = [name for _, name, _, _ in plan]
+        if len(set(names)) != len(names) or set(names) & {p.name for p in self.pods}:
+            raise SpecError("a pod name is used twice")
+        per_node: dict[str, list[tuple[Node, str, str, dict[str, str]]]] = {}
+        for entry in plan:
+            per_node.setdefault(entry[0].name, []).append(entry)
+        variant = self.variant
+
+        def attach(entries: list[tuple[Node, str, str, dict[str, str]]]) -> None:
+            for node, name, namespace, labels in entries:
+                variant.attach_pod(node, name, namespace, labels)
+
+        self._per_node(attach, list(per_node.values()))
+        by_name = {p.name: p for p in self.pods}
+        for name in names:
+            for agent in self.agents[1:]:
+                agent.pod_added(by_name[name])
+
+    @staticmethod
+    def _per_node(work: Any, batches: list[Any]) -> None:
+        """Run ``work`` over the batches (one per node) in threads; the first failure is
+        raised once every batch under way has finished (teardown must not race them)."""
+        if len(batches) <= 1:
+            for batch in batches:
+                work(batch)
+            return
+        pool = concurrent.futures.ThreadPoolExecutor(min(ATTACH_WORKERS, len(batches)))
+        try:
+            for future in [pool.submit(work, batch) for batch in batches]:
+                future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _delete_pods(self) -> None:
+        """CNI DEL for every pod (releases IPAM leases), the pods of different nodes at once."""
+        def delete(node_pods: list[Pod]) -> None:
+            for pod in reversed(node_pods):
+                if not pod.host_network:
+                    self._stop_step(f"CNI DEL {pod.name}", lambda p=pod: pods.delete(p))
+        self._per_node(delete, [node.pods for node in self.nodes])
 
     def _teardown(self) -> None:
         """Remove everything of the run, whatever state the build reached."""
@@ -214,14 +297,13 @@ class Cluster:
         main = threading.current_thread() is threading.main_thread()
         previous = ({sig: signal.signal(sig, signal.SIG_IGN)
                      for sig in (signal.SIGINT, signal.SIGTERM)} if main else {})
+        started = time.monotonic()
         try:
             if self.state is not None:
                 self._stop_step("stop strays", self.state.stop_strays)
             for agent in reversed(self.agents):
                 self._stop_step(f"stop {agent.name}", agent.stop)
-            for pod in reversed(self.pods):
-                if not pod.host_network:
-                    self._stop_step(f"CNI DEL {pod.name}", lambda p=pod: pods.delete(p))
+            self._stop_step("CNI DEL", self._delete_pods)
             self._stop_step("stop Mininet", self.net.stop if self.net else None)
             if self.state is not None:
                 removed, left = self.state.remove_all()
@@ -232,6 +314,7 @@ class Cluster:
                     log.warning("teardown could not remove %s; it stays on record for "
                                 "`k8stopo clean`", ", ".join(left))
         finally:
+            self.timings["teardown"] = time.monotonic() - started
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 

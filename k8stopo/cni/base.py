@@ -113,8 +113,7 @@ class Variant(Agent):
                    labels: dict[str, str] | None = None) -> "Pod":
         """Make the pod's namespace and attach it as kubelet would: CNI ADD with
         :meth:`netconf`, then the agent's :meth:`pod_added`."""
-        assert self.cluster.net is not None
-        pause = self.cluster.net.addHost(name, ip=None)
+        pause = self.cluster.new_pod_host(name)
         pod = pods.add(node, name, self.netconf(node), pause, namespace=namespace,
                        labels=labels or {})
         self.pod_added(pod)
