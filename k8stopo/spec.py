@@ -20,6 +20,7 @@ SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
              "pod-to-service", "node-to-pod")
 PROTOCOLS = ("tcp", "udp", "icmp")
 UNDERLAY_CIDR = "172.20.0.0/16"  # k8stopo/topo.py repeats it: it must load alone (mn --custom)
+MAX_NODES = 1024  # Calico's 192.168.0.0/16 holds 1,024 /26 blocks; ipam refuses what does not fit
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
 
 
@@ -64,8 +65,8 @@ class ClusterSpec:
 
     def check_basics(self) -> None:
         """Checks that do not depend on the variant."""
-        if not 1 <= self.nodes <= 250:
-            raise SpecError(f"--nodes must be between 1 and 250, not {self.nodes}")
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise SpecError(f"--nodes must be between 1 and {MAX_NODES}, not {self.nodes}")
         if self.pods_per_node < 0:
             raise SpecError(f"--pods-per-node must be 0 or more, not {self.pods_per_node}")
         if not MIN_MTU <= self.mtu <= 65535:

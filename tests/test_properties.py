@@ -1,0 +1,62 @@
+"""Property-based: every invalid command line exits 2 with one line and creates nothing.
+
+Runs the command line in-process (argument parsing and every check happen before
+anything is built), so hundreds of examples take seconds.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from k8stopo import cli, runstate
+from k8stopo.cni import VARIANTS
+from k8stopo.spec import SCENARIOS
+
+from conftest import run_dirs
+
+NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-0123456789_.", min_size=1, max_size=12)
+BAD_INT = st.one_of(st.integers(max_value=0), st.integers(min_value=100_000),
+                    st.text(alphabet="xyz!.", min_size=1, max_size=4))
+
+
+def run(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:  # argparse's own errors
+            code = int(exc.code or 0)
+    return code, err.getvalue()
+
+
+BAD_COMMANDS = st.one_of(
+    NAME.filter(lambda n: n not in VARIANTS and n != "all").map(lambda n: ["up", "--cni", n]),
+    BAD_INT.map(lambda v: ["up", "--cni", "host", "--nodes", str(v)]),
+    BAD_INT.map(lambda v: ["up", "--cni", "flannel-vxlan", "--pods-per-node",
+                           str(v) if not str(v).lstrip("-").isdigit() else str(abs(int(v)) + 300)]),
+    st.integers(max_value=575).map(lambda v: ["up", "--cni", "calico-bgp", "--mtu", str(v)]),
+    NAME.filter(lambda n: n not in SCENARIOS).map(
+        lambda n: ["bench", "--cni", "host", "--scenarios", n, "--out", "x.csv"]),
+    BAD_INT.map(lambda v: ["bench", "--cni", "host", "--duration", str(v), "--out", "x.csv"]),
+    BAD_INT.map(lambda v: ["bench", "--cni", "host", "--repeat", str(v), "--out", "x.csv"]),
+    st.text(alphabet="abcXYZ%-", min_size=1, max_size=5).map(
+        lambda v: ["bench", "--cni", "host", "--udp-bandwidth", v, "--out", "x.csv"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=BAD_COMMANDS)
+def test_invalid_command_lines_exit_2_with_one_line_and_create_nothing(argv, tmp_path,
+                                                                        monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    before_dirs, before_links = run_dirs(), set(runstate.root_links())
+    code, err = run(argv)
+    assert code == 2, (argv, err)
+    assert len(err.strip().splitlines()) == 1, (argv, err)
+    assert run_dirs() == before_dirs
+    assert not [l for l in set(runstate.root_links()) - before_links
+                if l.startswith(runstate.PREFIX)]
+    assert not (tmp_path / "x.csv").exists()
