@@ -29,6 +29,7 @@ from .node import Node, Pod
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
 from .topo import SWITCH, K8sTopo, UnderlaySwitch, node_name
+from .workload import ServiceSpec
 
 log = logging.getLogger("k8stopo.cluster")
 
@@ -92,6 +93,12 @@ class Cluster:
                 return p
         raise KeyError(f"no pod {name!r} in this cluster")
 
+    @property
+    def services(self) -> tuple[ServiceSpec, ...]:
+        """Every Service: the workload's, then those the agents deploy (kube-dns)."""
+        own = self.spec.workload.services if self.spec.workload else ()
+        return (*own, *(s for agent in self.agents for s in agent.services()))
+
     def endpoints(self) -> Iterator[Node | Pod]:
         yield from self.nodes
         yield from self.pods
@@ -154,7 +161,8 @@ class Cluster:
                 agent.setup_node(node)
         for agent in self.agents:
             agent.connect()
-        for node, name, namespace, labels in self.pod_plan():
+        system = [p for agent in self.agents for p in agent.system_pods()]
+        for node, name, namespace, labels in [*self.pod_plan(), *system]:
             self._add_pod(node, name, namespace, labels)
         for agent in self.agents:
             agent.wait_ready(READY_TIMEOUT)
