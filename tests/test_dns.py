@@ -1,28 +1,31 @@
 """Cluster DNS: kubedns' records, dnsmasq in front of it, pods resolving through 10.96.0.10."""
 from __future__ import annotations
 
+import csv
 import dataclasses
+import gzip
 import ipaddress
-import time
 import json
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import dns.message
 import dns.rcode
 import pytest
+from conftest import assert_gone, k8stopo
 
 from k8stopo import proc
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.dns import SERVICE_IP, ClusterDNS
 from k8stopo.dns.agent import PACKAGE_ROOT, dnsmasq_conf
+from k8stopo.dns.perf import parse_dnsperf
 from k8stopo.dns.zone import Zone, records
+from k8stopo.measure import MeasurementError
 from k8stopo.spec import ClusterSpec
 from k8stopo.workload import ContainerPort, ServicePort, ServiceSpec, Workload
-
-from conftest import assert_gone
 
 WEB = ServiceSpec(name="web", cluster_ip=ipaddress.IPv4Address("10.96.0.50"),
                   selector={"app": "web"}, ports=(ServicePort(80, 8080, "TCP", "http"),))
@@ -211,3 +214,40 @@ def test_records_follow_readiness_while_running(cluster: Cluster) -> None:
         cluster.pod("web-1").ready = True
         agent.refresh()
     assert len(kubedns_answers(cluster, name, 2)) == 2
+
+
+# -- dnsperf: bench's dns protocol ------------------------------------------------------------
+def test_dnsperf_parser_refuses_output_it_cannot_use() -> None:
+    summary = "  Queries completed:    0 (0.00%)\n  Queries per second:   0.0\n"
+    with pytest.raises(MeasurementError, match="no query completed"):
+        parse_dnsperf(summary)
+    no_per_query = ("  Queries completed:    10 (100.00%)\n  Queries per second:   99.5\n"
+                    "  Average Latency (s):  0.000100 (min 0.000050, max 0.000300)\n")
+    with pytest.raises(MeasurementError, match="per-query"):
+        parse_dnsperf(no_per_query)
+    with_lines = no_per_query + "".join(f"> NOERROR a.b.c A 0.{i:06d}\n" for i in range(1, 101))
+    assert [(s.metric, round(s.value, 3)) for s in parse_dnsperf(with_lines)] == [
+        ("queries_per_s", 99.5), ("latency_avg_ms", 0.1), ("latency_p99_ms", 0.099)]
+
+
+def test_bench_pod_to_dns_measures_dnsperf_against_the_service(tmp_path: Path) -> None:
+    out = tmp_path / "dns.csv"
+    res = k8stopo("bench", "--cni", "flannel-host-gw", "--scenarios", "pod-to-dns",
+                  "--protocols", "dns", "--nodes", "2", "--pods-per-node", "1",
+                  "--duration", "1", "--repeat", "1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["metric"] for r in rows) == ["latency_avg_ms", "latency_p99_ms",
+                                                 "queries_per_s"]
+    assert {(r["scenario"], r["protocol"], r["server"], r["server_ip"]) for r in rows} == {
+        ("pod-to-dns", "dns", "kube-system/kube-dns", "10.96.0.10")}
+    assert all(float(r["value"]) > 0 for r in rows)
+    raw = gzip.decompress((out.parent / rows[0]["raw_file"]).read_bytes()).decode()
+    assert "Queries per second" in raw and "kube-dns.kube-system.svc.cluster.local A" in raw
+
+
+def test_bench_refuses_dns_without_its_scenario() -> None:
+    res = k8stopo("bench", "--cni", "flannel-host-gw", "--scenarios", "pod-to-pod-cross-node",
+                  "--protocols", "dns", "--out", "/nonexistent/x.csv")
+    assert res.returncode == 2 and "go together" in res.stderr

@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from .. import proc
 from ..agent import Agent
 from ..cni.base import render
+from ..node import Endpoint
 from ..workload import ServicePort, ServiceSpec
 from . import server, sidecar
+from .perf import QUERIES_FILE
 from .zone import DOMAIN, REVERSE_ZONES, records
 
 if TYPE_CHECKING:
@@ -74,11 +75,11 @@ class ClusterDNS(Agent):
 
     def __init__(self, cluster) -> None:
         super().__init__(cluster)
-        self.pod: "Pod | None" = None
+        self.pod: Pod | None = None
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.ready = False  # kubedns has its SIGHUP handler (it answers readiness)
 
-    def system_pods(self) -> list[tuple["Node", str, str, dict[str, str]]]:
+    def system_pods(self) -> list[tuple[Node, str, str, dict[str, str]]]:
         return [(self.cluster.nodes[-1], POD_NAME, NAMESPACE, dict(LABELS))]
 
     def services(self) -> tuple[ServiceSpec, ...]:
@@ -90,7 +91,7 @@ class ClusterDNS(Agent):
         return not any(a.serves_services for a in self.cluster.agents)
 
     # -- pods -------------------------------------------------------------------------
-    def pod_added(self, pod: "Pod") -> None:
+    def pod_added(self, pod: Pod) -> None:
         if pod.namespace == NAMESPACE and pod.name == POD_NAME:
             self.pod = pod
             self._start(pod)
@@ -98,7 +99,7 @@ class ClusterDNS(Agent):
             self._mount_resolv_conf(pod)
         self.refresh()
 
-    def _mount_resolv_conf(self, pod: "Pod") -> None:
+    def _mount_resolv_conf(self, pod: Pod) -> None:
         """Bind-mount the pod's resolv.conf over /etc/resolv.conf in its mount namespace
         (the pause shell's, private since mnexec made it: the host's file is untouched)."""
         path = self.cluster.state.path("dns", "resolv", f"{pod.name}.conf")
@@ -113,6 +114,8 @@ class ClusterDNS(Agent):
         tmp.write_text(json.dumps([r.as_list() for r in
                                    records(self.cluster.services, self.cluster.pods)]))
         tmp.replace(path)
+        self.cluster.state.path("dns", QUERIES_FILE).write_text(
+            "".join(f"{s.name}.{s.namespace}.svc.{DOMAIN} A\n" for s in self.cluster.services))
         if self.ready:
             self._reload()
 
@@ -121,12 +124,14 @@ class ClusterDNS(Agent):
         if kubedns.poll() is None:
             kubedns.send_signal(signal.SIGHUP)
 
-    def query_names(self) -> list[str]:
-        """The fully qualified names of every Service (for dnsperf's query file)."""
-        return [f"{s.name}.{s.namespace}.svc.{DOMAIN}" for s in self.cluster.services]
+    def service_endpoint(self) -> Endpoint:
+        """The kube-dns Service as a client sees it: 10.96.0.10, served by the kube-dns pod."""
+        assert self.pod is not None
+        return Endpoint(name=f"{NAMESPACE}/{SERVICE.name}", ip=SERVICE_IP, pid=self.pod.pid,
+                        state=self.pod.state)
 
     # -- the kube-dns pod ---------------------------------------------------------------
-    def _spawn(self, pod: "Pod", name: str, argv: list[str]) -> None:
+    def _spawn(self, pod: Pod, name: str, argv: list[str]) -> None:
         """Start one of the pod's daemons, its output in the run's state (a pipe nobody
         reads would stall it once full)."""
         with self.cluster.state.path("dns", f"{name}.log").open("w") as log:
@@ -137,7 +142,7 @@ class ClusterDNS(Agent):
         """What one of the kube-dns pod's daemons wrote (kubedns, dnsmasq, sidecar)."""
         return self.cluster.state.path("dns", f"{name}.log").read_text()
 
-    def _start(self, pod: "Pod") -> None:
+    def _start(self, pod: Pod) -> None:
         """kubedns, dnsmasq (config checked by its own parser first) and the sidecar."""
         self.refresh()
         conf = self.cluster.state.path("dns", "dnsmasq.conf")

@@ -5,8 +5,8 @@ without threads; kubelet's httpGet probes and curl are its only clients.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Awaitable, Callable
 
 Handler = Callable[[], Awaitable[tuple[int, str]]]
 
@@ -27,7 +27,7 @@ async def serve(host: str, port: int, routes: dict[str, Handler]) -> asyncio.Abs
                          f"Content-Type: text/plain\r\nContent-Length: {len(data)}\r\n\r\n"
                          .encode() + data)
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -19,8 +19,9 @@ and pods into (owner, type, rdata) triples, :class:`Zone` answers a query messag
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import dns.flags
 import dns.message
