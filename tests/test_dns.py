@@ -21,10 +21,11 @@ from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.dns import SERVICE_IP, ClusterDNS
 from k8stopo.dns.agent import PACKAGE_ROOT, dnsmasq_conf
+from k8stopo.dns.experiment import Params, lookup
 from k8stopo.dns.perf import parse_dnsperf
 from k8stopo.dns.zone import Zone, records
 from k8stopo.measure import MeasurementError
-from k8stopo.spec import ClusterSpec
+from k8stopo.spec import ClusterSpec, SpecError
 from k8stopo.workload import ContainerPort, ServicePort, ServiceSpec, Workload
 
 WEB = ServiceSpec(name="web", cluster_ip=ipaddress.IPv4Address("10.96.0.50"),
@@ -178,20 +179,6 @@ def test_dnsmasq_never_forwards_outside_the_run(cluster: Cluster) -> None:
     assert outside == []
 
 
-def test_health_endpoints_answer_and_fail_when_their_server_stops(cluster: Cluster) -> None:
-    agent = next(a for a in cluster.agents if isinstance(a, ClusterDNS))
-    assert agent.health("/readiness", 8081)[0] == 200
-    assert agent.health("/healthcheck/kubedns", 10054)[0] == 200
-    status, body = agent.health("/healthcheck/dnsmasq", 10054)
-    assert status == 200 and "10.96.0.10" in body
-    assert int(agent.health("/metrics", 10055)[1].split()[-1]) > 0
-    assert agent.health("/nothing", 10054)[0] == 404
-    # a cache that stopped answering fails its health check (run last: dnsmasq is gone)
-    agent.pod.stop(agent.procs.pop("dnsmasq"))
-    assert agent.health("/healthcheck/dnsmasq", 10054)[0] == 503
-    assert agent.health("/healthcheck/kubedns", 10054)[0] == 200
-
-
 def kubedns_answers(cluster: Cluster, name: str, want: int) -> list[str]:
     """kubedns' answer once it has ``want`` addresses (it reloads on SIGHUP, asynchronously),
     or the last one after 5 s."""
@@ -251,3 +238,42 @@ def test_bench_refuses_dns_without_its_scenario() -> None:
     res = k8stopo("bench", "--cni", "flannel-host-gw", "--scenarios", "pod-to-pod-cross-node",
                   "--protocols", "dns", "--out", "/nonexistent/x.csv")
     assert res.returncode == 2 and "go together" in res.stderr
+
+
+def test_ndots_search_expansion_costs_queries_a_trailing_dot_saves(cluster: Cluster) -> None:
+    agent = next(a for a in cluster.agents if isinstance(a, ClusterDNS))
+    seen = {}
+    for name in ("web", "web.default", "web.default.svc.cluster.local",
+                 "web.default.svc.cluster.local."):
+        agent.clear_cache()
+        before = agent.queries_answered("A")
+        assert lookup(cluster, name, 1)["address"] == "10.96.0.50"
+        seen[name] = agent.queries_answered("A") - before
+    # search list: default.svc.cluster.local, svc.cluster.local, cluster.local; ndots:5
+    assert seen == {"web": 1, "web.default": 2, "web.default.svc.cluster.local": 4,
+                    "web.default.svc.cluster.local.": 1}
+
+
+def test_experiment_file_refuses_unknown_keys_and_bad_values(tmp_path: Path) -> None:
+    bad = tmp_path / "dns.yaml"
+    bad.write_text("cni: flannel-vxlan\nservice: 10\n")
+    with pytest.raises(SpecError, match="unknown key.*service"):
+        Params.load(bad)
+    bad.write_text("duration: 60\n")
+    with pytest.raises(SpecError, match="30 s TTL"):
+        Params.load(bad)
+    assert Params.load(Path(__file__).parent.parent / "experiments" / "dns.yaml").services == 5000
+
+
+def test_health_endpoints_answer_and_fail_when_their_server_stops(cluster: Cluster) -> None:
+    agent = next(a for a in cluster.agents if isinstance(a, ClusterDNS))
+    assert agent.health("/readiness", 8081)[0] == 200
+    assert agent.health("/healthcheck/kubedns", 10054)[0] == 200
+    status, body = agent.health("/healthcheck/dnsmasq", 10054)
+    assert status == 200 and "10.96.0.10" in body
+    assert agent.queries_answered("A") > 0
+    assert agent.health("/nothing", 10054)[0] == 404
+    # a cache that stopped answering fails its health check (the last test on the cluster: dnsmasq is gone)
+    agent.pod.stop(agent.procs.pop("dnsmasq"))
+    assert agent.health("/healthcheck/dnsmasq", 10054)[0] == 503
+    assert agent.health("/healthcheck/kubedns", 10054)[0] == 200

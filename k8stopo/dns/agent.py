@@ -159,6 +159,27 @@ class ClusterDNS(Agent):
                 node.run(["iptables-restore", "--test", "--noflush"], input=rules)
                 node.run(["iptables-restore", "--noflush"], input=rules)
 
+    def clear_cache(self) -> None:
+        """Empty dnsmasq's cache (SIGHUP, as its manual says), for cold-cache lookups;
+        returns once dnsmasq has logged that it did."""
+        cleared = self.log("dnsmasq").count("cleared cache")
+        self.procs["dnsmasq"].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while self.log("dnsmasq").count("cleared cache") == cleared:
+            if time.monotonic() > deadline:
+                raise TimeoutError("dnsmasq did not clear its cache after SIGHUP")
+            time.sleep(0.01)
+
+    def queries_answered(self, rdtype: str = "A") -> int:
+        """kubedns' counter of ``rdtype`` queries (its :10055/metrics): those dnsmasq
+        forwarded (dnsmasq's own loop-detection queries are TXT)."""
+        status, body = self.health("/metrics", server.METRICS_PORT)
+        if status != 200:
+            raise RuntimeError(f"kubedns metrics answered {status}: {body.strip()}")
+        label = f'kubedns_queries_total{{type="{rdtype}"}} '
+        return next((int(line[len(label):]) for line in body.splitlines()
+                     if line.startswith(label)), 0)
+
     def health(self, path: str, port: int) -> tuple[int, str]:
         """GET one of the kube-dns pod's health endpoints from inside the pod."""
         assert self.pod is not None

@@ -2,7 +2,7 @@
 
 It listens on 127.0.0.1:10053 inside the kube-dns pod (kubedns' ``--dns-port``),
 UDP and TCP, behind the pod's dnsmasq cache; readiness at :8081/readiness and a
-query counter at :10055/metrics, kubedns' own ports. The records come from a
+query counter per type at :10055/metrics, kubedns' own ports. The records come from a
 JSON file the agent writes (:func:`k8stopo.dns.zone.records`, recomputed when
 pods or Services change); SIGHUP reloads it, as kubedns follows the API server's
 watch. Run as ``python -m k8stopo.dns.server RECORDS``.
@@ -14,11 +14,13 @@ import asyncio
 import json
 import signal
 import struct
+from collections import Counter
 from pathlib import Path
 
 import dns.exception
 import dns.flags
 import dns.message
+import dns.rdatatype
 
 from . import health
 from .zone import Record, Zone
@@ -35,7 +37,7 @@ class Kubedns:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.zone = self.load()
-        self.queries = 0
+        self.queries: Counter[str] = Counter()  # per query type, as Prometheus would label it
 
     def load(self) -> Zone:
         return Zone(Record(*r) for r in json.loads(self.path.read_text()))
@@ -52,7 +54,8 @@ class Kubedns:
             return None
         if query.flags & dns.flags.QR:
             return None
-        self.queries += 1
+        if query.question:
+            self.queries[dns.rdatatype.to_text(query.question[0].rdtype)] += 1
         response = self.zone.answer(query)
         limit = max(query.payload, UDP_PAYLOAD) if udp and query.edns >= 0 else (
             UDP_PAYLOAD if udp else 65535)
@@ -109,7 +112,8 @@ async def main(records: Path, host: str, port: int) -> None:
         return 200, "ok\n"
 
     async def metrics() -> tuple[int, str]:
-        return 200, f"kubedns_queries_total {server.queries}\n"
+        return 200, "".join(f'kubedns_queries_total{{type="{t}"}} {n}\n'
+                            for t, n in sorted(server.queries.items()))
 
     await health.serve("0.0.0.0", READINESS_PORT, {"/readiness": ready})
     await health.serve("0.0.0.0", METRICS_PORT, {"/metrics": metrics})

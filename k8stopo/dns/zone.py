@@ -117,14 +117,14 @@ class Zone:
         self.domain = dns.name.from_text(domain)
         self.apexes = [self.domain, *(dns.name.from_text(z) for z in REVERSE_ZONES)]
         self.pod_suffix = dns.name.from_text(f"pod.{domain}")
-        self.rrsets: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
+        self.rrsets: dict[dns.name.Name, dict[int, dns.rrset.RRset]] = {}  # owner -> type
         self.names: set[dns.name.Name] = set()  # owners and every name above them
         for rec in recs:
             owner = dns.name.from_text(rec.owner)
             rdtype = dns.rdatatype.from_text(rec.rdtype)
-            rrset = self.rrsets.get((owner, rdtype))
+            rrset = self.rrsets.setdefault(owner, {}).get(rdtype)
             if rrset is None:
-                rrset = self.rrsets[(owner, rdtype)] = dns.rrset.RRset(
+                rrset = self.rrsets[owner][rdtype] = dns.rrset.RRset(
                     owner, dns.rdataclass.IN, rdtype)
             rrset.add(dns.rdata.from_text(dns.rdataclass.IN, rdtype, rec.rdata), TTL)
             while owner not in self.names and len(owner) > 1:
@@ -171,14 +171,15 @@ class Zone:
         if qname == apex and qtype == dns.rdatatype.SOA:
             response.answer.append(self.soa(apex))
             return response
-        found = [rr for (owner, t), rr in self.rrsets.items()
-                 if owner == qname and (t == qtype or qtype == dns.rdatatype.ANY)]
+        owned = self.rrsets.get(qname, {})
+        found = list(owned.values()) if qtype == dns.rdatatype.ANY else (
+            [owned[qtype]] if qtype in owned else [])
         if found:
             response.answer.extend(found)
             for rr in found:  # glue for SRV targets, as kubedns adds it
                 if rr.rdtype == dns.rdatatype.SRV:
                     for target in {rd.target for rd in rr}:
-                        glue = self.rrsets.get((target, dns.rdatatype.A))
+                        glue = self.rrsets.get(target, {}).get(dns.rdatatype.A)
                         if glue is not None and glue not in response.additional:
                             response.additional.append(glue)
             return response
