@@ -71,7 +71,7 @@ class ClusterDNS(Agent):
     """kube-dns: kubedns + dnsmasq + sidecar in one pod, 10.96.0.10 for every pod."""
 
     name = "kube-dns"
-    requires: ClassVar[tuple[str, ...]] = ("dnsmasq", "nsenter", "iptables-nat")
+    requires: ClassVar[tuple[str, ...]] = ("dnsmasq", "nsenter", "iptables-nat", "curl")
 
     def __init__(self, cluster) -> None:
         super().__init__(cluster)

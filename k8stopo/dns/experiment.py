@@ -63,7 +63,7 @@ NDOTS_COLUMNS = ("run_id", "cni", "name", "repeat", "address", "a_queries_to_kub
 class Params:
     cni: str = "flannel-vxlan"
     nodes: int = 2
-    services: int = 5000
+    services: int = 2000
     hit_names: int = 500
     duration: int = 5
     repeat: int = 3
@@ -210,11 +210,12 @@ def chart(out: Path) -> Path:
     ax = axes[2]
     for i, name in enumerate(names):
         rows = [r for r in ndots if r["name"] == name]
-        ax.bar(i, statistics.median(float(r["latency_p50_ms"]) for r in rows), color="#e6550d")
+        median = statistics.median(float(r["latency_p50_ms"]) for r in rows)
+        ax.bar(i, median, color="#e6550d")
         ax.plot([i] * len(rows), [float(r["latency_p50_ms"]) for r in rows], "o",
                 color="#222222", ms=3)
-        ax.annotate(f"{rows[0]['a_queries_to_kubedns']} q", (i, 0), ha="center",
-                    va="bottom", color="white", fontsize=9, fontweight="bold")
+        ax.annotate(f"{rows[0]['a_queries_to_kubedns']} q", (i, median), xytext=(0, 8),
+                    textcoords="offset points", ha="center", fontsize=9, fontweight="bold")
     ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
     ax.set_title("getaddrinfo median latency, ms (n q: A queries\n"
                  "kubedns received, empty cache)", fontsize=10)
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", type=Path)
     parser.add_argument("--out", type=Path, default=Path("results/dns"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
         p = Params.load(args.experiment)
         spec = ClusterSpec(cni=p.cni, nodes=p.nodes, pods_per_node=1, workload=workload(p))

@@ -19,6 +19,7 @@ from ..node import Endpoint
 OUTSTANDING = 100  # dnsperf's default -q: the latency is that of a saturated server
 TIMEOUT_S = 5  # dnsperf's default -t
 GRACE_S = 30
+ONCE_S_PER_QUERY = 0.05  # bound for a pass through the list (-q 1 does ~150/s here)
 QUERIES_FILE = "service-queries.txt"  # in the run's dns state directory
 
 _QPS = re.compile(r"Queries per second:\s+([\d.]+)")
@@ -72,8 +73,9 @@ def dnsperf(client: Endpoint, server: str, queries: Sequence[str], duration: flo
     argv = ["dnsperf", "-v", "-s", server, "-d", path, "-q", outstanding, "-t", TIMEOUT_S,
             "-m", "tcp" if tcp else "udp"]
     argv += ["-n", "1"] if once else ["-l", duration]
+    bound = len(queries) * ONCE_S_PER_QUERY if once else duration
     try:
-        res = client.run(argv, check=False, timeout=duration + TIMEOUT_S + GRACE_S)
+        res = client.run(argv, check=False, timeout=bound + TIMEOUT_S + GRACE_S)
     except proc.CommandError as exc:  # timed out
         raise MeasurementError(f"dnsperf in {client.name}: {exc}") from exc
     try:
