@@ -27,7 +27,6 @@ import csv
 import gzip
 import ipaddress
 import json
-import logging
 import platform
 import secrets
 import statistics
@@ -49,7 +48,10 @@ from .agent import PACKAGE_ROOT, SERVICE_IP, ClusterDNS
 from .perf import dnsperf
 from .zone import DOMAIN
 
-log = logging.getLogger("k8stopo.dns.experiment")
+
+def progress(line: str) -> None:
+    """One line per measurement on stderr (Mininet's logger class would swallow INFO)."""
+    print(line, file=sys.stderr, flush=True)
 
 FIRST_SERVICE_IP = ipaddress.IPv4Address("10.96.16.0")  # clear of 10.96.0.x
 CONDITIONS = ("hit", "miss", "nxdomain")
@@ -152,8 +154,8 @@ def run_perf(cluster: Cluster, agent: ClusterDNS, p: Params, out: Path, run_id: 
                                   "value": s.value, "unit": s.unit,
                                   "kernel": platform.release(), "k8stopo_version": __version__,
                                   "raw_file": str(raw.relative_to(out))})
-                log.info("%s q=%d r%d: %s", condition, q, repeat,
-                         ", ".join(f"{s.metric}={s.value:.3f}" for s in m.samples))
+                progress(f"{condition} q={q} r{repeat}: "
+                         + ", ".join(f"{s.metric}={s.value:.3f}" for s in m.samples))
 
 
 def lookup(cluster: Cluster, name: str, count: int) -> dict[str, Any]:
@@ -176,8 +178,8 @@ def run_ndots(cluster: Cluster, agent: ClusterDNS, p: Params, run_id: str,
                           "address": got["address"] or "", "a_queries_to_kubedns": queries,
                           "lookups": len(times), "latency_p50_ms": statistics.median(times),
                           "latency_p99_ms": _nearest_rank(times, 99)})
-            log.info("%s r%d: %d A queries, p50 %.3f ms", name, repeat, queries,
-                     statistics.median(times))
+            progress(f"{name} r{repeat}: {queries} A queries, "
+                     f"p50 {statistics.median(times):.3f} ms")
 
 
 def chart(out: Path) -> Path:
@@ -231,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", type=Path)
     parser.add_argument("--out", type=Path, default=Path("results/dns"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
         p = Params.load(args.experiment)
         spec = ClusterSpec(cni=p.cni, nodes=p.nodes, pods_per_node=1, workload=workload(p))
