@@ -9,6 +9,8 @@ variant instead of being a special case inside it::
     validate(spec)         before anything exists: bad input -> SpecError
     setup_node(node)       per node, once the underlay is up
     connect()              all nodes known: program peers / start daemons
+    system_pods()          pods the agent deploys itself (kube-dns), made like any pod
+    services()             Services it deploys (kube-dns' 10.96.0.10), see Cluster.services
     pod_added(pod)         per pod, once the variant attached it
     wait_ready(timeout)    block until this agent's part has converged
     stop()                 stop the agent's daemons (before pods are deleted)
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster
     from .node import Node, Pod
     from .spec import ClusterSpec
+    from .workload import ServiceSpec
 
 
 class Agent:
@@ -29,6 +32,8 @@ class Agent:
     name: ClassVar[str]
     #: doctor probe names this agent needs
     requires: ClassVar[tuple[str, ...]] = ()
+    #: it makes Services' ClusterIPs reachable (kube-proxy); stand-ins step aside then
+    serves_services: ClassVar[bool] = False
 
     def __init__(self, cluster: "Cluster") -> None:
         self.cluster = cluster
@@ -42,6 +47,15 @@ class Agent:
 
     def connect(self) -> None:
         """Program every node for its peers (all nodes exist now)."""
+
+    def system_pods(self) -> list[tuple["Node", str, str, dict[str, str]]]:
+        """Pods this agent deploys, as (node, name, namespace, labels); the cluster creates
+        them through the variant after the planned pods, once every agent has connected."""
+        return []
+
+    def services(self) -> tuple["ServiceSpec", ...]:
+        """Services this agent deploys, served beside the workload's."""
+        return ()
 
     def pod_added(self, pod: "Pod") -> None:
         """Agent-side work once ``pod`` is attached."""

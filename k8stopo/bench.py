@@ -11,6 +11,7 @@ to it, so an interrupted run loses nothing already measured.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import platform
 import sys
@@ -20,11 +21,19 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__, measure, results
+from .agent import Agent
 from .cluster import Cluster
+from .dns import ClusterDNS
+from .dns import perf as dns_perf
 from .node import Endpoint, Pod
 from .spec import BenchSpec
 
 log = logging.getLogger("k8stopo.bench")
+
+
+def agents(spec: BenchSpec) -> list[type[Agent]]:
+    """The agents beside the variant that the scenarios need."""
+    return [ClusterDNS] if "pod-to-dns" in spec.scenarios else []
 
 
 def endpoints(cluster: Cluster, scenario: str) -> tuple[Endpoint, Endpoint]:
@@ -35,6 +44,8 @@ def endpoints(cluster: Cluster, scenario: str) -> tuple[Endpoint, Endpoint]:
         "pod-to-pod-same-node": lambda: (a.pods[0], a.pods[1]),
         "pod-to-pod-cross-node": lambda: (a.pods[0], b.pods[0]),
         "node-to-pod": lambda: (a, b.pods[0]),
+        "pod-to-dns": lambda: (a.pods[0], next(
+            x for x in cluster.agents if isinstance(x, ClusterDNS)).service_endpoint()),
     }[scenario]()
 
 
@@ -57,7 +68,8 @@ def plan(spec: BenchSpec) -> list[Step]:
     """Interleaved order: all variants within a repeat before the next repeat."""
     return [Step(r, cni, scenario, protocol)
             for r in range(spec.repeat) for cni in spec.cnis
-            for scenario in spec.scenarios for protocol in spec.protocols]
+            for scenario in spec.scenarios for protocol in spec.protocols
+            if (scenario == "pod-to-dns") == (protocol == "dns")]  # dnsperf only to DNS
 
 
 class Progress:
@@ -105,8 +117,11 @@ def run(spec: BenchSpec, out: Path, pending: dict[str, Cluster],
             client, server = endpoints(cluster, step.scenario)
             started_at = results.utc_now()
             try:
-                m = measure.measure(client, server, step.protocol, spec.duration,
-                                    streams=spec.streams, udp_bandwidth=spec.udp_bandwidth)
+                if step.protocol == "dns":
+                    m = dns_perf.measure(client, str(server.ip), spec.duration)
+                else:
+                    m = measure.measure(client, server, step.protocol, spec.duration,
+                                        streams=spec.streams, udp_bandwidth=spec.udp_bandwidth)
             except measure.MeasurementError as exc:
                 failures += 1
                 log.error("%s %s %s repeat %d failed: %s", step.cni, step.scenario,
@@ -114,14 +129,18 @@ def run(spec: BenchSpec, out: Path, pending: dict[str, Cluster],
                 bar.done += 1
                 continue
             stem = f"{step.cni}_{step.scenario}_{step.protocol}_r{step.repeat}"
-            raw = raw_dir / (stem + (".txt" if step.protocol == "icmp" else ".json"))
-            raw.write_text(m.raw)
+            if step.protocol == "dns":  # one line per query: kept compressed
+                raw = raw_dir / f"{stem}.txt.gz"
+                raw.write_bytes(gzip.compress(m.raw.encode()))
+            else:
+                raw = raw_dir / (stem + (".txt" if step.protocol == "icmp" else ".json"))
+                raw.write_text(m.raw)
             if m.server_raw:  # the iperf3 server's own view of the same test
                 (raw_dir / f"{stem}.server.json").write_text(m.server_raw)
             ctx = results.Context(
                 run_id=run_id, cni=step.cni, scenario=step.scenario, protocol=step.protocol,
                 repeat=step.repeat, nodes=spec.nodes, pods_per_node=spec.pods_per_node,
-                streams=spec.streams if step.protocol != "icmp" else 1,
+                streams=spec.streams if step.protocol not in ("icmp", "dns") else 1,
                 duration_s=spec.duration, mtu=path_mtu(cluster, client, server),
                 kernel=platform.release(), k8stopo_version=__version__,
                 client=client.name, server=server.name, client_ip=str(client.ip),

@@ -203,7 +203,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      repeat=args.repeat, streams=args.streams, mtu=args.mtu,
                      udp_bandwidth=args.udp_bandwidth)
     spec.check()
-    clusters = {cni: Cluster(spec.cluster(cni)) for cni in names}  # checks each cluster's shape
+    agents = bench.agents(spec)
+    clusters = {cni: Cluster(spec.cluster(cni), agents) for cni in names}  # checks each shape
     results.check_appendable(args.out)
     _check_output_dir(args.plots, "--plots")
     if args.published and not args.plots:

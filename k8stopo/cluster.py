@@ -32,6 +32,7 @@ from .node import Node, Pod
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
 from .topo import SWITCH, K8sTopo, UnderlaySwitch, node_name
+from .workload import ServiceSpec
 
 log = logging.getLogger("k8stopo.cluster")
 
@@ -105,6 +106,12 @@ class Cluster:
             if p.name == name:
                 return p
         raise KeyError(f"no pod {name!r} in this cluster")
+
+    @property
+    def services(self) -> tuple[ServiceSpec, ...]:
+        """Every Service: the workload's, then those the agents deploy (kube-dns)."""
+        own = self.spec.workload.services if self.spec.workload else ()
+        return (*own, *(s for agent in self.agents for s in agent.services()))
 
     def endpoints(self) -> Iterator[Node | Pod]:
         yield from self.nodes
@@ -194,6 +201,7 @@ class Cluster:
                 agent.connect()
         with self._phase("pods"):
             self._add_pods(self.pod_plan())
+            self._add_pods([p for agent in self.agents for p in agent.system_pods()])
         with self._phase("ready"):
             for agent in self.agents:
                 agent.wait_ready(READY_TIMEOUT)

@@ -3,7 +3,10 @@
 An endpoint is a network namespace named by a process living in it (a Mininet
 host shell). Commands run in it through :mod:`k8stopo.proc`; processes started
 in it are recorded in the run's manifest so that teardown and ``k8stopo clean``
-stop exactly them.
+stop exactly them. A pod whose files differ from its node's (cluster DNS gives
+it its own /etc/resolv.conf) sets ``own_mounts``: its commands then also enter
+the pause shell's mount namespace, as a container's processes see the
+container's files. Nodes never do: CNI plugins need the host's /var/run/netns.
 """
 from __future__ import annotations
 
@@ -26,17 +29,19 @@ class Endpoint:
     ip: ipaddress.IPv4Address
     pid: int  # a process in the endpoint's network namespace
     state: RunState
+    own_mounts: bool = False  # commands also enter the mount namespace of ``pid``
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        return proc.run(argv, self.pid, **kwargs)
+        return proc.run(argv, self.pid, mount=self.own_mounts, **kwargs)
 
     def output(self, argv: Sequence[str], **kwargs: Any) -> str:
-        return proc.output(argv, self.pid, **kwargs)
+        return proc.output(argv, self.pid, mount=self.own_mounts, **kwargs)
 
     def spawn(self, argv: Sequence[str], what: str | None = None,
               **kwargs: Any) -> subprocess.Popen[str]:
         """Start a process in this namespace, recorded in the run's manifest."""
-        p = proc.spawn(argv, self.pid, cgroup_procs=self.state.cgroup_procs, **kwargs)
+        p = proc.spawn(argv, self.pid, mount=self.own_mounts,
+                       cgroup_procs=self.state.cgroup_procs, **kwargs)
         self.state.track_pid(p.pid, what or f"{argv[0]}@{self.name}")
         return p
 

@@ -4,6 +4,12 @@ Every command is an argv list (never a shell string), is logged, may run inside
 another process's network namespace (``nsenter --net=/proc/PID/ns/net``: unlike
 ``mnexec -a`` it leaves the mount namespace alone, so CNI plugins still see
 /var/run/netns), and fails with a :class:`CommandError` that carries stderr.
+
+A pod's commands may also enter the pod's *mount* namespace (``mount=True``):
+Mininet's shells are made with ``mnexec -n`` (new network and mount namespaces),
+so a pod's pause shell already holds a private mount namespace, where cluster
+DNS bind-mounts the pod's own /etc/resolv.conf (:mod:`k8stopo.dns`). Node
+commands never do, so CNI plugins keep the host's view.
 """
 from __future__ import annotations
 
@@ -35,26 +41,33 @@ class CommandError(RunError):
 Netns = int | str | None  # a pid living in the namespace, a named netns, or None (here)
 
 
-def in_netns(argv: Sequence[str], netns: Netns) -> list[str]:
-    """argv prefixed so that it runs in ``netns``: the namespace of a pid, or a named one."""
+def in_netns(argv: Sequence[str], netns: Netns, mount: bool = False) -> list[str]:
+    """argv prefixed so that it runs in ``netns``: the namespace of a pid, or a named one;
+    with ``mount``, also in that pid's mount namespace."""
     argv = [str(a) for a in argv]
     if netns is None:
         return argv
     path = f"/proc/{netns}/ns/net" if isinstance(netns, int) else f"/run/netns/{netns}"
-    return ["nsenter", f"--net={path}", "--", which(argv[0]) or argv[0], *argv[1:]]
+    enter = [f"--net={path}"]
+    if mount:
+        if not isinstance(netns, int):
+            raise ValueError(f"a named netns ({netns}) has no mount namespace to enter")
+        enter.append(f"--mount=/proc/{netns}/ns/mnt")
+    return ["nsenter", *enter, "--", which(argv[0]) or argv[0], *argv[1:]]
 
 
 def run(
     argv: Sequence[str],
     netns: Netns = None,
     *,
+    mount: bool = False,
     input: str | None = None,
     env: Mapping[str, str] | None = None,
     check: bool = True,
     timeout: float | None = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion and return it; raise CommandError on failure."""
-    full = in_netns(argv, netns)
+    full = in_netns(argv, netns, mount)
     log.debug("run: %s", " ".join(full))
     merged_env = {**os.environ, **env} if env else None
     try:
@@ -78,6 +91,7 @@ def spawn(
     argv: Sequence[str],
     netns: Netns = None,
     *,
+    mount: bool = False,
     stdout: int | object = subprocess.DEVNULL,
     stderr: int | object = subprocess.PIPE,
     env: Mapping[str, str] | None = None,
@@ -90,7 +104,7 @@ def spawn(
     the child joins that cgroup before it execs, so that nothing it starts can
     escape the run, not even in the instant before it is recorded.
     """
-    full = in_netns(argv, netns)
+    full = in_netns(argv, netns, mount)
     log.debug("spawn: %s", " ".join(full))
     merged_env = {**os.environ, **env} if env else None
 

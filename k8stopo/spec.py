@@ -17,8 +17,8 @@ SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "cal
                  "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",
                  "docker-overlay")
 SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
-             "pod-to-service", "node-to-pod")
-PROTOCOLS = ("tcp", "udp", "icmp")
+             "pod-to-service", "node-to-pod", "pod-to-dns")
+PROTOCOLS = ("tcp", "udp", "icmp", "dns")
 UNDERLAY_CIDR = "172.20.0.0/16"  # k8stopo/topo.py repeats it: it must load alone (mn --custom)
 MAX_NODES = 1024  # Calico's 192.168.0.0/16 holds 1,024 /26 blocks; ipam refuses what does not fit
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
@@ -104,12 +104,16 @@ class BenchSpec:
         if "pod-to-service" in self.scenarios:
             raise SpecError("scenario 'pod-to-service' needs Services, which this version "
                             "does not implement yet")
+        if ("pod-to-dns" in self.scenarios) != ("dns" in self.protocols):
+            raise SpecError("scenario 'pod-to-dns' and protocol 'dns' go together "
+                            "(dnsperf to cluster DNS); give both or neither")
         if self.nodes < 2 and {"host-to-host", "pod-to-pod-cross-node",
                                "node-to-pod"} & set(self.scenarios):
             raise SpecError("cross-node scenarios need --nodes 2 or more")
         if "pod-to-pod-same-node" in self.scenarios and self.pods_per_node < 2:
             raise SpecError("scenario 'pod-to-pod-same-node' needs --pods-per-node 2 or more")
-        if self.pods_per_node < 1 and {"pod-to-pod-cross-node", "node-to-pod"} & set(self.scenarios):
+        if self.pods_per_node < 1 and {"pod-to-pod-cross-node", "node-to-pod",
+                                       "pod-to-dns"} & set(self.scenarios):
             raise SpecError("pod scenarios need --pods-per-node 1 or more")
 
     def cluster(self, cni: str) -> ClusterSpec:

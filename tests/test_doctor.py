@@ -15,7 +15,7 @@ NAMES = {
     "netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem", "htb", "tbf",
     "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf", "policy-routing",
     "iperf3", "ping", "tcpdump", "bird", "birdc", "mnexec", "brctl", "dnsmasq", "socat",
-    "sockperf", "nsenter",
+    "sockperf", "nsenter", "dnsperf", "curl",
     "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan",
 }
 

@@ -1,0 +1,217 @@
+"""Cluster DNS as kube-dns deploys it, played as a node agent beside the CNI variant.
+
+* One pod ``kube-system/kube-dns`` (labels ``k8s-app=kube-dns``) on the last node,
+  created through the variant like any pod (:meth:`Agent.system_pods`), running
+  kubedns (:mod:`k8stopo.dns.server`, 127.0.0.1:10053, :8081/readiness), a real
+  dnsmasq cache on :53 forwarding only the cluster and reverse zones to it
+  (``templates/dnsmasq.conf``, checked by ``dnsmasq --test``) and the health
+  sidecar (:mod:`k8stopo.dns.sidecar`, :10054).
+* The Service ``kube-system/kube-dns`` at 10.96.0.10 (ports ``dns`` 53/UDP and
+  ``dns-tcp`` 53/TCP) is registered through :meth:`services`, so the run's
+  kube-proxy serves it like any other Service. When no agent of the run serves
+  Services (``serves_services``), each node gets a stand-in DNAT for that one
+  address (``templates/kube-dns-standin.rules``) that disappears as soon as a
+  kube-proxy agent runs.
+* Every other pod gets Kubernetes' resolv.conf for its namespace (dnsPolicy
+  ClusterFirst), bind-mounted over /etc/resolv.conf inside its pause shell's own
+  mount namespace; its commands then enter that namespace (``Pod.own_mounts``), so
+  ``getent hosts web`` in a pod resolves through 10.96.0.10. hostNetwork pods keep
+  the node's file, as ClusterFirst falls back to Default for them.
+* Records are recomputed from the cluster's pods and Services whenever a pod is
+  added and on :meth:`refresh` (after a readiness change); kubedns reloads on SIGHUP.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from ..agent import Agent
+from ..cni.base import render
+from ..node import Endpoint
+from ..workload import ServicePort, ServiceSpec
+from . import server, sidecar
+from .perf import QUERIES_FILE
+from .zone import DOMAIN, REVERSE_ZONES, records
+
+if TYPE_CHECKING:
+    from ..node import Node, Pod
+
+SERVICE_IP = ipaddress.IPv4Address("10.96.0.10")
+NAMESPACE = "kube-system"
+POD_NAME = "kube-dns"
+LABELS = {"k8s-app": "kube-dns"}
+SERVICE = ServiceSpec(name="kube-dns", namespace=NAMESPACE, cluster_ip=SERVICE_IP,
+                      selector=LABELS,
+                      ports=(ServicePort(53, 53, "UDP", "dns"), ServicePort(53, 53, "TCP", "dns-tcp")))
+SERVICE_NAME = f"{SERVICE.name}.{NAMESPACE}.svc.{DOMAIN}"
+NDOTS = 5
+CACHE_SIZE = 1000  # kube-dns' --cache-size
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # so the pod's python finds k8stopo
+
+
+def resolv_conf(namespace: str) -> str:
+    """What kubelet writes into a ClusterFirst pod of ``namespace``."""
+    return (f"nameserver {SERVICE_IP}\n"
+            f"search {namespace}.svc.{DOMAIN} svc.{DOMAIN} {DOMAIN}\n"
+            f"options ndots:{NDOTS}\n")
+
+
+def dnsmasq_conf(cache_size: int = CACHE_SIZE) -> str:
+    return render("dnsmasq.conf", port=53, cache_size=cache_size, upstream="127.0.0.1",
+                  upstream_port=server.DNS_PORT, zones=(DOMAIN, *REVERSE_ZONES))
+
+
+class ClusterDNS(Agent):
+    """kube-dns: kubedns + dnsmasq + sidecar in one pod, 10.96.0.10 for every pod."""
+
+    name = "kube-dns"
+    requires: ClassVar[tuple[str, ...]] = ("dnsmasq", "nsenter", "iptables-nat", "curl")
+
+    def __init__(self, cluster) -> None:
+        super().__init__(cluster)
+        self.pod: Pod | None = None
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.ready = False  # kubedns has its SIGHUP handler (it answers readiness)
+
+    def system_pods(self) -> list[tuple[Node, str, str, dict[str, str]]]:
+        return [(self.cluster.nodes[-1], POD_NAME, NAMESPACE, dict(LABELS))]
+
+    def services(self) -> tuple[ServiceSpec, ...]:
+        return (SERVICE,)
+
+    @property
+    def standin(self) -> bool:
+        """No agent of the run serves Services: 10.96.0.10 needs this agent's DNAT."""
+        return not any(a.serves_services for a in self.cluster.agents)
+
+    # -- pods -------------------------------------------------------------------------
+    def pod_added(self, pod: Pod) -> None:
+        if pod.namespace == NAMESPACE and pod.name == POD_NAME:
+            self.pod = pod
+            self._start(pod)
+        elif not pod.host_network:
+            self._mount_resolv_conf(pod)
+        self.refresh()
+
+    def _mount_resolv_conf(self, pod: Pod) -> None:
+        """Bind-mount the pod's resolv.conf over /etc/resolv.conf in its mount namespace
+        (the pause shell's, private since mnexec made it: the host's file is untouched)."""
+        path = self.cluster.state.path("dns", "resolv", f"{pod.name}.conf")
+        path.write_text(resolv_conf(pod.namespace))
+        pod.own_mounts = True
+        pod.run(["mount", "--bind", path, "/etc/resolv.conf"])
+
+    def refresh(self) -> None:
+        """Recompute the records from the cluster's pods and Services; kubedns reloads."""
+        path = self.cluster.state.path("dns", "records.json")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([r.as_list() for r in
+                                   records(self.cluster.services, self.cluster.pods)]))
+        tmp.replace(path)
+        self.cluster.state.path("dns", QUERIES_FILE).write_text(
+            "".join(f"{s.name}.{s.namespace}.svc.{DOMAIN} A\n" for s in self.cluster.services))
+        if self.ready:
+            self._reload()
+
+    def _reload(self) -> None:
+        kubedns = self.procs["kubedns"]
+        if kubedns.poll() is None:
+            kubedns.send_signal(signal.SIGHUP)
+
+    def service_endpoint(self) -> Endpoint:
+        """The kube-dns Service as a client sees it: 10.96.0.10, served by the kube-dns pod."""
+        assert self.pod is not None
+        return Endpoint(name=f"{NAMESPACE}/{SERVICE.name}", ip=SERVICE_IP, pid=self.pod.pid,
+                        state=self.pod.state)
+
+    # -- the kube-dns pod ---------------------------------------------------------------
+    def _spawn(self, pod: Pod, name: str, argv: list[str]) -> None:
+        """Start one of the pod's daemons, its output in the run's state (a pipe nobody
+        reads would stall it once full)."""
+        with self.cluster.state.path("dns", f"{name}.log").open("w") as log:
+            self.procs[name] = pod.spawn(argv, what=f"{name}@{pod.name}", stderr=log,
+                                         stdout=log, env={"PYTHONPATH": str(PACKAGE_ROOT)})
+
+    def log(self, name: str) -> str:
+        """What one of the kube-dns pod's daemons wrote (kubedns, dnsmasq, sidecar)."""
+        return self.cluster.state.path("dns", f"{name}.log").read_text()
+
+    def _start(self, pod: Pod) -> None:
+        """kubedns, dnsmasq (config checked by its own parser first) and the sidecar."""
+        self.refresh()
+        conf = self.cluster.state.path("dns", "dnsmasq.conf")
+        conf.write_text(dnsmasq_conf())
+        pod.run(["dnsmasq", "--test", f"--conf-file={conf}"])
+        self._spawn(pod, "kubedns", [sys.executable, "-m", "k8stopo.dns.server",
+                                     str(self.cluster.state.path("dns", "records.json"))])
+        self._spawn(pod, "dnsmasq", ["dnsmasq", "-k", f"--conf-file={conf}"])
+        self._spawn(pod, "sidecar", [sys.executable, "-m", "k8stopo.dns.sidecar", SERVICE_NAME])
+        if self.standin:
+            rules = render("kube-dns-standin.rules", service_ip=SERVICE_IP, pod_ip=pod.ip,
+                           port=53, protocols=("udp", "tcp"))
+            for node in self.cluster.nodes:
+                node.run(["iptables-restore", "--test", "--noflush"], input=rules)
+                node.run(["iptables-restore", "--noflush"], input=rules)
+
+    def clear_cache(self) -> None:
+        """Empty dnsmasq's cache (SIGHUP, as its manual says), for cold-cache lookups;
+        returns once dnsmasq has logged that it did."""
+        cleared = self.log("dnsmasq").count("cleared cache")
+        self.procs["dnsmasq"].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while self.log("dnsmasq").count("cleared cache") == cleared:
+            if time.monotonic() > deadline:
+                raise TimeoutError("dnsmasq did not clear its cache after SIGHUP")
+            time.sleep(0.01)
+
+    def queries_answered(self, rdtype: str = "A") -> int:
+        """kubedns' counter of ``rdtype`` queries (its :10055/metrics): those dnsmasq
+        forwarded (dnsmasq's own loop-detection queries are TXT)."""
+        status, body = self.health("/metrics", server.METRICS_PORT)
+        if status != 200:
+            raise RuntimeError(f"kubedns metrics answered {status}: {body.strip()}")
+        label = f'kubedns_queries_total{{type="{rdtype}"}} '
+        return next((int(line[len(label):]) for line in body.splitlines()
+                     if line.startswith(label)), 0)
+
+    def health(self, path: str, port: int) -> tuple[int, str]:
+        """GET one of the kube-dns pod's health endpoints from inside the pod."""
+        assert self.pod is not None
+        res = self.pod.run(["curl", "-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}",
+                            f"http://127.0.0.1:{port}{path}"], check=False)
+        body, _, code = res.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until kubedns is ready and the sidecar sees both servers answer."""
+        if self.pod is None:
+            raise RuntimeError("the kube-dns pod was never created")
+        checks = [("/readiness", server.READINESS_PORT),
+                  ("/healthcheck/kubedns", sidecar.SIDECAR_PORT),
+                  ("/healthcheck/dnsmasq", sidecar.SIDECAR_PORT)]
+        deadline = time.monotonic() + timeout
+        while True:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} in the kube-dns pod exited {p.returncode}: "
+                                       f"{self.log(name).strip()[-300:]}")
+            failing = [path for path, port in checks if self.health(path, port)[0] != 200]
+            if not failing:
+                self.ready = True
+                self._reload()  # records written while it started
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kube-dns not ready in {timeout:.0f}s: {', '.join(failing)}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.pod is not None:
+            for p in reversed(list(self.procs.values())):
+                self.pod.stop(p)
+        self.procs.clear()
