@@ -55,10 +55,11 @@ class Endpoint:
     def sysctl(self, key: str, value: str | int) -> None:
         self.run(["sysctl", "-qw", f"{key}={value}"])
 
-    def batch(self, tool: str, commands: Sequence[Sequence[object]]) -> None:
-        """Many ``ip``/``bridge`` commands in one process (a node has one per peer)."""
+    def batch(self, tool: str, commands: Sequence[Sequence[object]], check: bool = True) -> None:
+        """Many ``ip``/``bridge`` commands in one process (a node has one per peer);
+        with ``check=False`` every command is tried (``-force``) whatever the others do."""
         if commands:
-            self.run([tool, "-batch", "-"],
+            self.run([tool, *([] if check else ["-force"]), "-batch", "-"], check=check,
                      input="".join(" ".join(str(a) for a in c) + "\n" for c in commands))
 
     def link(self, dev: str) -> dict[str, Any]:
