@@ -74,12 +74,13 @@ int tunl0_egress(struct __sk_buff *skb)
 		return TC_ACT_SHOT; /* no route, or no next hop to tunnel to */
 	next_hop = fib.ipv4_dst;
 
-	/* The route to the peer node: the underlay NIC and this node's source address. */
+	/* The route to the peer node: the underlay NIC and this node's source address
+	 * (looked up as if forwarded from tunl0: an output lookup would pin tunl0 as oif). */
 	__builtin_memset(&fib, 0, sizeof(fib));
 	fib.family = AF_INET;
+	fib.ifindex = skb->ifindex;
 	fib.ipv4_dst = next_hop;
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib),
-			   BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC)
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC)
 	    != BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_SHOT;
 
