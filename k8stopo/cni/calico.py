@@ -269,12 +269,15 @@ class CalicoIPIP(CalicoBird):
     def kernel_programming(self, node: Node) -> dict[str, Any]:
         """BIRD puts peers' blocks on tunl0 (onlink via the peer); cross-subnet leaves the
         peers of the node's own underlay subnet on the NIC."""
-        direct = None
-        if self.cluster.spec.ipip_mode == "cross-subnet":
-            addr = json.loads(node.output(["ip", "-j", "-4", "addr", "show", "dev", node.intf]))
-            info = addr[0]["addr_info"][0]
-            direct = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
+        direct = self.node_subnet(node) if self.cluster.spec.ipip_mode == "cross-subnet" else None
         return {"tunnel": self.tunnel_device, "direct_subnet": direct}
+
+    @staticmethod
+    def node_subnet(node: Node) -> ipaddress.IPv4Network:
+        """The underlay subnet of the node's NIC (what confd compares next hops with)."""
+        addr = json.loads(node.output(["ip", "-j", "-4", "addr", "show", "dev", node.intf]))
+        info = addr[0]["addr_info"][0]
+        return ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
 
     def setup_node(self, node: Node) -> None:
         super().setup_node(node)
