@@ -89,15 +89,11 @@ class Calico(Variant):
 
     def setup_node(self, node: Node) -> None:
         """Felix's static chains (and the host ipsets they match) before any pod exists."""
-        hosts = [n.ip for n in self.cluster.nodes]
-        sets = {felix.IPSET_ALL_HOSTS: hosts} if self.tunnel_device == "tunl0" else \
-            {felix.IPSET_ALL_VXLAN: hosts} if self.tunnel_device else {}
-        if sets:
-            felix.ipsets(node, sets)
-        felix.restore(node, felix.static_rules(
-            node, self.cluster.pod_cidr, ipip=self.tunnel_device == "tunl0",
-            vxlan=self.tunnel_device == CalicoVXLAN.DEVICE, tunnel_device=self.tunnel_device),
-            record="felix-static.rules")
+        hosts = felix.host_ipset(self.tunnel_device)
+        if hosts is not None:
+            felix.ipsets(node, {hosts: [n.ip for n in self.cluster.nodes]})
+        felix.restore(node, felix.static_rules(node, self.cluster.pod_cidr, self.tunnel_device),
+                      record="felix-static.rules")
 
     def pod_added(self, pod: Pod) -> None:
         """The calico plugin's and Felix's part, after ptp made the veth pair."""
@@ -258,7 +254,7 @@ class CalicoIPIP(CalicoBird):
     overhead = 20  # the outer IPv4 header (felix ipipMTUOverhead)
     requires = CalicoBird.requires + ("ipip-datapath",)
     options = CalicoBird.options | {"ipip_mode"}
-    tunnel_device = "tunl0"
+    tunnel_device = felix.IPIP_DEVICE
     SINK = "tunl0-sink"
 
     def __init__(self, cluster: Any) -> None:
@@ -337,7 +333,7 @@ class CalicoVXLAN(Calico):
     wire = "UDP dst 4789, VXLAN VNI 4096, inner pod IPs"
     overhead = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (felix vxlanMTUOverhead)
     requires = Calico.requires + ("vxlan",)
-    DEVICE = "vxlan.calico"
+    DEVICE = felix.VXLAN_DEVICE
     VNI = 4096
     PORT = felix.VXLAN_PORT
     tunnel_device = DEVICE

@@ -33,6 +33,8 @@ MARK_SCRATCH1 = 0x100000
 ALL_MARKS = MARK_ACCEPT | MARK_PASS | MARK_SCRATCH0 | MARK_SCRATCH1  # 0x1b0000
 MAX_CHAIN_NAME = 28  # felix/iptables/table.go MaxChainNameLength
 VXLAN_PORT = 4789
+IPIP_DEVICE = "tunl0"  # dataplanedefs.IPIPIfaceName
+VXLAN_DEVICE = "vxlan.calico"  # dataplanedefs.VXLANIfaceNameV4
 #: ipset names Felix gives its host sets ("cali" + "4" + "0" + set ID, ipsets/ipset_defs.go)
 IPSET_ALL_HOSTS = "cali40all-hosts-net"
 IPSET_ALL_VXLAN = "cali40all-vxlan-net"
@@ -99,11 +101,17 @@ def dispatch_rules(ifaces: Iterable[str]) -> list[str]:
                              for i in sorted(ifaces)]).splitlines()
 
 
-def static_rules(node: "Node", pool: object, ipip: bool = False, vxlan: bool = False,
-                 tunnel_device: str | None = None) -> str:
+def host_ipset(tunnel_device: str | None) -> str | None:
+    """The ipset of Calico hosts that Felix's rules for this tunnel match (None: no tunnel)."""
+    return {IPIP_DEVICE: IPSET_ALL_HOSTS, VXLAN_DEVICE: IPSET_ALL_VXLAN}.get(tunnel_device or "")
+
+
+def static_rules(node: "Node", pool: object, tunnel_device: str | None = None) -> str:
     """Felix's static chains in raw, mangle, filter and nat for one node, as one
-    iptables-restore ``--noflush`` batch (loaded once, when the node starts)."""
-    return render("felix-static.rules", node=node.name, pool=pool, ipip=ipip, vxlan=vxlan,
+    iptables-restore ``--noflush`` batch (loaded once, when the node starts);
+    ``tunnel_device`` is tunl0 (IPIP enabled), vxlan.calico (VXLAN enabled) or None."""
+    return render("felix-static.rules", node=node.name, pool=pool,
+                  ipip=tunnel_device == IPIP_DEVICE, vxlan=tunnel_device == VXLAN_DEVICE,
                   tunnel_device=tunnel_device, all_marks=ALL_MARKS, accept=MARK_ACCEPT,
                   pass_=MARK_PASS, from_workload=MARK_SCRATCH0,
                   forward_clear=ALL_MARKS & ~MARK_ACCEPT, vxlan_port=VXLAN_PORT,
