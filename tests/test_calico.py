@@ -234,3 +234,33 @@ def test_bgp_options_are_checked_at_the_edge() -> None:
                  ClusterSpec(cni="calico-ipip", ipip_mode="never")):
         with pytest.raises(SpecError):
             Cluster(spec)
+
+
+def test_bench_gives_calicos_options_only_to_the_variants_that_honour_them() -> None:
+    from k8stopo.cni import VARIANTS
+    from k8stopo.spec import BenchSpec
+    bench = BenchSpec(cnis=("calico-bgp", "flannel-vxlan"), scenarios=("host-to-host",),
+                      protocols=("tcp",), nodes=3, bgp="rr", ipip_mode="cross-subnet")
+    specs = {cni: bench.cluster(cni, VARIANTS[cni].options)
+             for cni in ("calico-bgp", "calico-ipip", "flannel-vxlan")}
+    assert (specs["calico-bgp"].bgp, specs["calico-bgp"].ipip_mode) == ("rr", "always")
+    assert (specs["calico-ipip"].bgp, specs["calico-ipip"].ipip_mode) == ("rr", "cross-subnet")
+    assert (specs["flannel-vxlan"].bgp, specs["flannel-vxlan"].ipip_mode) == ("mesh", "always")
+    for cni, spec in specs.items():
+        Cluster(spec)  # accepted: nothing a variant does not honour reaches it
+
+
+@pytest.mark.parametrize("args,message", [
+    (["up", "--cni", "flannel-vxlan", "--bgp", "rr"], "--bgp does not apply to flannel-vxlan"),
+    (["up", "--cni", "calico-bgp", "--bgp", "reflect"], "--bgp must be one of mesh, rr"),
+    (["up", "--cni", "calico-ipip", "--ipip-mode", "never"], "--ipip-mode must be one of"),
+    (["bench", "--cni", "host", "--bgp", "rr", "--out", "x.csv"],
+     "--bgp applies to none of the requested variants"),
+])
+def test_calico_flags_refuse_bad_input_with_one_line(args: list[str], message: str,
+                                                     tmp_path: Path) -> None:
+    from conftest import k8stopo
+    result = k8stopo(*args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == []
