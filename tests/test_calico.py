@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from pathlib import Path
 
 import pytest
@@ -210,8 +211,15 @@ def test_route_reflectors_carry_every_block(reflectors: int, sessions: list[int]
                        route_reflectors=reflectors)
     with Cluster(spec) as c:
         for node, expected in zip(c.nodes, sessions):
-            protocols = c.variant.birdc(node, "show", "protocols")
-            bgp = [l for l in protocols.splitlines() if l.startswith(("Node_", "Mesh_"))]
+            # routes can be complete through one reflector while the session to the other
+            # still connects (BIRD's connect delay), so give every session a few seconds
+            deadline = time.monotonic() + 15
+            while True:
+                protocols = c.variant.birdc(node, "show", "protocols")
+                bgp = [l for l in protocols.splitlines() if l.startswith(("Node_", "Mesh_"))]
+                if all("Established" in l for l in bgp) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             assert len(bgp) == expected and all("Established" in l for l in bgp), protocols
             assert all(l.startswith("Node_") for l in bgp)
             routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])

@@ -36,7 +36,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 from .. import proc
 from ..node import Node, Pod
@@ -114,13 +114,21 @@ class Calico(Variant):
         pod.run(["ip", "route", "replace", "default", "via", GATEWAY, "dev", pod.ifname])
         self.program_workload(pod)
 
-    def program_workload(self, pod: Pod) -> None:
-        """Felix's endpoint manager: the pod's chains and the node's dispatch, one batch."""
+    def program_workload(self, pod: Pod, ingress_policies: Sequence[str] = (),
+                         egress_policies: Sequence[str] = (), policy_lines: Sequence[str] = ()
+                         ) -> None:
+        """Felix's endpoint manager: the pod's chains and the node's dispatch, one batch.
+
+        A NetworkPolicy agent re-programs a pod with the names of the policy chains that
+        apply to it (see :func:`felix.workload_rules`) and, in ``policy_lines``, the filter
+        lines declaring those chains, loaded first in the same atomic batch."""
         node = pod.node
         assert node is not None
         ifaces = [cali_name(p.namespace, p.name) for p in node.pods if not p.host_network]
         felix.restore(node, felix.table("filter", [
-            *felix.workload_rules(cali_name(pod.namespace, pod.name), pod),
+            *policy_lines,
+            *felix.workload_rules(cali_name(pod.namespace, pod.name), pod,
+                                  ingress_policies, egress_policies),
             *felix.dispatch_rules(ifaces)]))
 
 
