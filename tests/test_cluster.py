@@ -158,7 +158,7 @@ def test_teardown_leaves_nothing(cni: str) -> None:
     assert_gone(prefix, pids)
 
 
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp"])
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp", "calico-ipip"])
 def test_a_build_that_fails_midway_leaves_nothing(cni: str, monkeypatch) -> None:
     seen: dict = {}
     original = VARIANTS[cni].pod_added
@@ -206,7 +206,8 @@ def test_bgp_that_does_not_converge_in_time_fails_clearly_and_leaves_nothing(mon
     assert_gone(seen["prefix"], seen["pids"])
 
 
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "flannel-host-gw", "calico-bgp"])
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "flannel-host-gw", "calico-bgp", "calico-ipip",
+                                 "calico-vxlan"])
 def test_a_drop_rule_in_the_root_namespace_changes_nothing(cni: str) -> None:
     """The underlay switch is not in the root namespace, so the host's firewall (here a
     FORWARD DROP of every underlay and pod address, as a Docker host's policy would be)
