@@ -33,6 +33,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +282,7 @@ class CalicoIPIP(CalicoBird):
         """The underlay subnet of the node's NIC (what confd compares next hops with)."""
         addr = json.loads(node.output(["ip", "-j", "-4", "addr", "show", "dev", node.intf]))
         info = addr[0]["addr_info"][0]
-        return ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
+        return ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}").network
 
     def setup_node(self, node: Node) -> None:
         super().setup_node(node)
@@ -326,9 +327,8 @@ class CalicoIPIP(CalicoBird):
             (build / "calico_hosts.h").write_text(render(
                 "calico_hosts.h", hosts=sorted(int(n.ip) for n in self.cluster.nodes)))
             obj = build / "calico_ipip.o"
-            arch = proc.output(["uname", "-m"]).strip()
             proc.run(["clang", "-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
-                      f"-I/usr/include/{arch}-linux-gnu", "-I", build,
+                      f"-I/usr/include/{os.uname().machine}-linux-gnu", "-I", build,
                       "-c", BPF_SOURCE, "-o", obj])
             self._bpf_object = obj
         return self._bpf_object
