@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from . import __version__
 from .cni import names as cni_names
+from .cni import variant as variant_class
 from .errors import RunError
 from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 
@@ -33,6 +34,12 @@ def _cluster_args(p: argparse.ArgumentParser, nodes: int, pods: int) -> None:
     p.add_argument("--nodes", type=int, default=nodes, help=f"Kubernetes nodes (default {nodes})")
     p.add_argument("--pods-per-node", type=int, default=pods, help=f"pods per node (default {pods})")
     p.add_argument("--mtu", type=int, default=1500, help="underlay MTU (default 1500)")
+    p.add_argument("--bgp", default="mesh", help="Calico BIRD peering: mesh (node-to-node, "
+                   "default) or rr (route reflectors; see --route-reflectors)")
+    p.add_argument("--route-reflectors", type=int, default=1,
+                   help="with --bgp rr: 1 (n1) or 2 (n1, n2) reflectors (default 1)")
+    p.add_argument("--ipip-mode", default="always",
+                   help="calico-ipip: always (default) or cross-subnet")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -146,7 +153,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise SpecError("up builds one cluster: give exactly one --cni variant")
     cni = names[0]
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
-                                  mtu=args.mtu), keep_on_failure=args.keep_on_failure)
+                                  mtu=args.mtu, bgp=args.bgp,
+                                  route_reflectors=args.route_reflectors,
+                                  ipip_mode=args.ipip_mode),
+                      keep_on_failure=args.keep_on_failure)
     _runnable({cni: cluster.requires}, False)
     _clean_dead_runs()
     with cluster:
@@ -201,10 +211,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      protocols=pick(args.protocols, PROTOCOLS, "protocol"), nodes=args.nodes,
                      pods_per_node=args.pods_per_node, duration=args.duration,
                      repeat=args.repeat, streams=args.streams, mtu=args.mtu,
-                     udp_bandwidth=args.udp_bandwidth)
+                     udp_bandwidth=args.udp_bandwidth, bgp=args.bgp,
+                     route_reflectors=args.route_reflectors, ipip_mode=args.ipip_mode)
     spec.check()
+    for option in ("bgp", "route_reflectors", "ipip_mode"):
+        if getattr(spec, option) != getattr(BenchSpec, option) and not any(
+                option in variant_class(cni).options for cni in names):
+            raise SpecError(f"--{option.replace('_', '-')} applies to none of the requested "
+                            "variants")
+    # checks each cluster's shape; Calico's options go to the variants that honour them
     agents = bench.agents(spec)
-    clusters = {cni: Cluster(spec.cluster(cni), agents) for cni in names}  # checks each shape
+    clusters = {cni: Cluster(spec.cluster(cni, variant_class(cni).options), agents)
+                for cni in names}
     results.check_appendable(args.out)
     _check_output_dir(args.plots, "--plots")
     if args.published and not args.plots:

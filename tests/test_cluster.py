@@ -12,7 +12,7 @@ from k8stopo import measure, proc, runstate
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
-from k8stopo.cni.calico import Calico, cali_name
+from k8stopo.cni.calico import Calico, CalicoBird, cali_name
 from k8stopo.node import Node, Pod
 from k8stopo.spec import ClusterSpec
 
@@ -110,6 +110,10 @@ WIRE = {
     and (p.inner_src, p.inner_dst) == (a, b),
     "flannel-host-gw": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
     "calico-bgp": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
+    "calico-ipip": lambda p, a, b: p.proto == 4 and (p.inner_src, p.inner_dst) == (a, b)
+    and p.inner_proto == 1,
+    "calico-vxlan": lambda p, a, b: p.proto == 17 and p.dport == 4789 and p.vni == 4096
+    and (p.inner_src, p.inner_dst) == (a, b),
     "host": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
 }
 
@@ -122,13 +126,13 @@ def test_cross_node_traffic_has_the_variants_wire_format(cluster: Cluster,
         assert ping(a, b)
     matching = [p for p in cap.packets if WIRE[cluster.spec.cni](p, str(a.ip), str(b.ip))]
     assert len(matching) >= 2, cap.packets[:5]
-    if cluster.spec.cni == "flannel-vxlan":  # nothing leaks unencapsulated
+    if cluster.variant.overhead:  # an encapsulating variant: nothing leaks unencapsulated
         assert not [p for p in cap.packets if p.proto == 1 and p.src == str(a.ip)]
 
 
 def test_bird_sessions_establish_and_every_node_learns_every_block(cluster: Cluster) -> None:
-    if not isinstance(cluster.variant, Calico):
-        pytest.skip("BGP is Calico's")
+    if not isinstance(cluster.variant, CalicoBird):
+        pytest.skip("BGP is Calico's (with BIRD)")
     for node in cluster.nodes:
         protocols = cluster.variant.birdc(node, "show", "protocols")
         sessions = [l for l in protocols.splitlines() if l.startswith("Mesh_")]
@@ -154,7 +158,7 @@ def test_teardown_leaves_nothing(cni: str) -> None:
     assert_gone(prefix, pids)
 
 
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp"])
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp", "calico-ipip"])
 def test_a_build_that_fails_midway_leaves_nothing(cni: str, monkeypatch) -> None:
     seen: dict = {}
     original = VARIANTS[cni].pod_added
@@ -187,21 +191,23 @@ def test_bgp_that_does_not_converge_in_time_fails_clearly_and_leaves_nothing(mon
     from k8stopo import cluster as cluster_module
     monkeypatch.setattr(cluster_module, "READY_TIMEOUT", 0.0)  # BIRD cannot be that quick
     seen: dict = {}
-    original = Calico.wait_ready
+    original = CalicoBird.wait_ready
 
     def record(self, timeout):
         seen["prefix"], seen["pids"] = self.cluster.state.prefix, list(self.cluster.state.data["pids"])
         original(self, timeout)
 
-    monkeypatch.setattr(Calico, "wait_ready", record)
-    with pytest.raises(TimeoutError, match=r"BGP did not converge in 0s: \d of 2 nodes"):
+    monkeypatch.setattr(CalicoBird, "wait_ready", record)
+    with pytest.raises(TimeoutError, match=r"BGP did not converge in 0s: \d of 2 nodes(.|\n)*"
+                       r"`birdc show protocols` on n\d:\n.*BIRD"):
         with Cluster(ClusterSpec(cni="calico-bgp", nodes=2, pods_per_node=1)):
             pass
     assert any("bird@" in p["what"] for p in seen["pids"])
     assert_gone(seen["prefix"], seen["pids"])
 
 
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "flannel-host-gw", "calico-bgp"])
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "flannel-host-gw", "calico-bgp", "calico-ipip",
+                                 "calico-vxlan"])
 def test_a_drop_rule_in_the_root_namespace_changes_nothing(cni: str) -> None:
     """The underlay switch is not in the root namespace, so the host's firewall (here a
     FORWARD DROP of every underlay and pod address, as a Docker host's policy would be)
