@@ -103,17 +103,18 @@ class Calico(Variant):
         assert node is not None
         host_end = next(i["name"] for i in pod.cni_result["interfaces"] if not i.get("sandbox"))
         cali = cali_name(pod.namespace, pod.name)
-        node.run(["ip", "link", "set", host_end, "down"])
-        node.run(["ip", "link", "set", host_end, "name", cali, "address", "ee:ee:ee:ee:ee:ee"])
-        node.run(["ip", "addr", "flush", "dev", cali])
-        node.run(["ip", "link", "set", cali, "up"])
-        node.sysctl(f"net.ipv4.conf.{cali}.proxy_arp", 1)
-        node.sysctl(f"net.ipv4.neigh.{cali}.proxy_delay", 0)
-        node.run(["ip", "route", "replace", f"{pod.ip}/32", "dev", cali, "scope", "link"])
-        pod.run(["ip", "addr", "flush", "dev", pod.ifname])  # also drops ptp's routes
-        pod.run(["ip", "addr", "add", f"{pod.ip}/32", "dev", pod.ifname])
-        pod.run(["ip", "route", "replace", GATEWAY, "dev", pod.ifname, "scope", "link"])
-        pod.run(["ip", "route", "replace", "default", "via", GATEWAY, "dev", pod.ifname])
+        # One process per namespace and step (a thousand pods are thousands of forks).
+        node.batch("ip", [["link", "set", host_end, "down"],
+                          ["link", "set", host_end, "name", cali, "address", "ee:ee:ee:ee:ee:ee"],
+                          ["addr", "flush", "dev", cali],
+                          ["link", "set", cali, "up"],
+                          ["route", "replace", f"{pod.ip}/32", "dev", cali, "scope", "link"]])
+        node.run(["sysctl", "-qw", f"net.ipv4.conf.{cali}.proxy_arp=1",
+                  f"net.ipv4.neigh.{cali}.proxy_delay=0"])
+        pod.batch("ip", [["addr", "flush", "dev", pod.ifname],  # also drops ptp's routes
+                         ["addr", "add", f"{pod.ip}/32", "dev", pod.ifname],
+                         ["route", "replace", GATEWAY, "dev", pod.ifname, "scope", "link"],
+                         ["route", "replace", "default", "via", GATEWAY, "dev", pod.ifname]])
         self.program_workload(pod)
 
     def program_workload(self, pod: Pod, ingress_policies: Sequence[str] = (),
