@@ -8,6 +8,8 @@ all draw from the same numbers, on any machine that has the CSVs.
   environment (``IDENTITY``, ``ENVIRONMENT``) is a parameter, including any column a
   later version adds. Parameters that do not change a protocol's measurement (``APPLIES``:
   ping has no streams, TCP no UDP offered rate) are left out of that protocol's setup.
+  ``mtu`` is the path MTU of the row, which depends on the variant, so the setup holds the
+  underlay MTU instead (``underlay_mtu``, recorded or derived).
 - **Pairing.** TCP throughput is normalised by the host-to-host TCP throughput of the
   same run, variant, repeat and setup, measured minutes apart on the same emulated
   cluster; that cancels the drift of a shared machine (about ±15% minute to minute).
@@ -38,6 +40,9 @@ IDENTITY = frozenset({
 ENVIRONMENT = frozenset({
     "kernel", "k8stopo_version", "cpu_model", "iptables_mode", "commit", "command", "hostname",
     "python"})
+#: per-row consequences of the setup, not parameters: ``mtu`` is the path MTU (a VXLAN pod's
+#: 1450 on a 1500 underlay), so the setup uses ``underlay_mtu`` instead (see with_setup)
+DERIVED = frozenset({"mtu"})
 #: parameters that change only some protocols' measurements (others: every protocol)
 APPLIES: dict[str, frozenset[str]] = {
     "streams": frozenset({"tcp", "udp"}),
@@ -68,8 +73,27 @@ def fmt_value(value: object) -> str:
 
 def parameters(df: pd.DataFrame) -> list[str]:
     """The setup parameter columns present (with at least one value), in column order."""
-    return [c for c in df.columns if c not in IDENTITY and c not in ENVIRONMENT
+    return [c for c in df.columns if c not in IDENTITY | ENVIRONMENT | DERIVED
             and df[c].notna().any()]
+
+
+def underlay_mtu(df: pd.DataFrame) -> pd.Series:
+    """The underlay MTU of each row, for CSVs that record only the path MTU.
+
+    Host-to-host rows run over the underlay, so their MTUs in a run are its underlay
+    MTUs; any other row belongs to the smallest of them that its path MTU fits under
+    (encapsulation takes tens of bytes, sweeps differ by far more). A run without a
+    host-to-host row keeps its path MTU.
+    """
+    host = df[df["scenario"] == BASELINE].groupby("run_id")["mtu"].agg(
+        lambda m: sorted(set(m.dropna())))
+
+    def one(run_id: object, mtu: float) -> float:
+        fits = [u for u in host.get(run_id, []) if u >= mtu]
+        return min(fits) if fits else mtu
+
+    return pd.Series([one(r, m) for r, m in zip(df["run_id"], df["mtu"])], index=df.index,
+                     dtype="float")
 
 
 def with_setup(df: pd.DataFrame) -> pd.DataFrame:
@@ -80,6 +104,9 @@ def with_setup(df: pd.DataFrame) -> pd.DataFrame:
     CSV lacks) is left out, so an unknown parameter never matches a known one.
     """
     out = df.copy()
+    if "underlay_mtu" not in out.columns:  # beside mtu, so setups read in a natural order
+        derived = underlay_mtu(out) if not out.empty else pd.Series(dtype="float")
+        out.insert(list(out.columns).index("mtu") + 1, "underlay_mtu", derived)
     if out.empty:
         return out.assign(setup=pd.Series(dtype="str"))
     parts = []

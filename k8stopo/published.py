@@ -87,15 +87,15 @@ def ratios(pub: pd.DataFrame) -> pd.DataFrame:
     return out[RATIO_COLUMNS].reset_index(drop=True)
 
 
-def _short(source: str, year: object) -> str:
+def _short(source: str, year: float) -> str:
     """A source's first word and year (InfraBuilder 2024): enough to tell the series apart
     in a table cell, with the full title listed under the table."""
     return f"{source.split()[0].rstrip(':')} {_num(year)}"
 
 
-def _num(value: object) -> str:
+def _num(value: float | None) -> str:
     """A number as the CSV means it (8950, not 8950.0), or says that the source gave none."""
-    return "not stated" if pd.isna(value) else f"{float(value):g}"
+    return "not stated" if value is None or pd.isna(value) else f"{float(value):g}"
 
 
 def _published_cell(rows: pd.DataFrame) -> str:

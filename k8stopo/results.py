@@ -270,7 +270,7 @@ def load(paths: Sequence[Path | str]) -> pandas.DataFrame:
     frames = []
     for path in paths:
         try:
-            frame = pd.read_csv(path, dtype={c: str for c in TEXT})
+            frame = pd.read_csv(path, dtype=dict.fromkeys(TEXT, str))
         except (OSError, ValueError) as exc:  # missing, empty, not a CSV, not UTF-8
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"{path}: cannot read results: {reason}") from None
@@ -283,6 +283,42 @@ def load(paths: Sequence[Path | str]) -> pandas.DataFrame:
         if col not in df.columns:
             df[col] = pd.Series(pd.NA, index=df.index, dtype="str" if col in TEXT else "float")
     return df
+
+
+def find(root: Path | str) -> list[Path]:
+    """The results CSVs under ``root`` (``root/**/*.csv`` whose header has every REQUIRED
+    column): charts' summary.csv and the published figures are not results."""
+    found = []
+    for path in sorted(Path(root).glob("**/*.csv")):
+        with path.open("rb") as f:
+            first = f.readline()
+        try:
+            columns = next(csv.reader([first.decode("utf-8")]), [])
+        except UnicodeDecodeError:
+            continue
+        if set(REQUIRED) <= {c.strip() for c in columns}:
+            found.append(path)
+    return found
+
+
+def load_experiment(name: str, root: Path | str = "results") -> pandas.DataFrame:
+    """The rows of one experiment under ``root``: those whose ``experiment`` column is
+    ``name``, and the rows of files under ``root/name/`` that have no such column.
+    An empty frame with COLUMNS when there are none, so a notebook can say so and go on."""
+    import pandas as pd
+
+    root = Path(root)
+    frames = []
+    for path in find(root):
+        frame = load([path])
+        if "experiment" in frame.columns and frame["experiment"].notna().any():
+            frames.append(frame[frame["experiment"] == name])
+        elif path.is_relative_to(root / name):
+            frames.append(frame)
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=list(COLUMNS))
+    return pd.concat(frames, ignore_index=True)
 
 
 def new_run_id() -> str:

@@ -15,10 +15,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.patches import Rectangle
 
 from k8stopo import analysis, plots, results
-from synthetic import CNIS, REPEATS, RUN, SCENARIOS, TCP_GBPS, Sample, context, fixture_rows, \
-    write_csv
+
+from synthetic import (
+    CNIS,
+    REPEATS,
+    RUN,
+    SCENARIOS,
+    TCP_GBPS,
+    Sample,
+    context,
+    fixture_rows,
+    write_csv,
+)
 
 pytestmark = pytest.mark.rootless
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +84,7 @@ def test_sink_refuses_a_header_without_the_required_columns(tmp_path: Path) -> N
     path = tmp_path / "other.csv"
     path.write_text("a,b,c\n1,2,3\n")
     for attempt in (results.check_appendable, results.CsvSink):
-        with pytest.raises(ValueError, match="other.csv.*missing run_id.*refusing") as err:
+        with pytest.raises(ValueError, match=r"other.csv.*missing run_id.*refusing") as err:
             attempt(path)
         assert "\n" not in str(err.value)
     assert path.read_text() == "a,b,c\n1,2,3\n"  # untouched
@@ -151,7 +162,7 @@ def test_sink_refuses_rows_missing_a_column(tmp_path: Path) -> None:
 def test_load_rejects_missing_required_columns(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
     pd.DataFrame(fixture_rows(("tcp",))).drop(columns=["kernel", "mtu"]).to_csv(path, index=False)
-    with pytest.raises(ValueError, match="r.csv: missing required column.*mtu, kernel"):
+    with pytest.raises(ValueError, match=r"r.csv: missing required column.*mtu, kernel"):
         results.load([path])
 
 
@@ -209,9 +220,32 @@ def test_setup_splits_on_parameters_that_apply_to_the_protocol(tmp_path: Path) -
     assert icmp["setup"].nunique() == 1 and "streams" not in icmp["setup"].iloc[0]
     common, own = analysis.setup_labels(analysis.setups(tcp))
     assert "nodes=2" in common and "streams" not in common
-    # in column order, numbers numerically: streams, then mtu
-    assert list(own.values()) == ["streams=1, mtu=1500", "streams=1, mtu=9000, offloads=off",
-                                  "streams=4, mtu=1500"]
+    # in column order, numbers numerically: streams, then the underlay MTU
+    assert list(own.values()) == ["streams=1, underlay_mtu=1500",
+                                  "streams=1, underlay_mtu=9000, offloads=off",
+                                  "streams=4, underlay_mtu=1500"]
+
+
+def test_path_mtu_of_pods_pairs_with_its_underlay(tmp_path: Path) -> None:
+    # flannel-vxlan pods have path MTU 1450 on a 1500 underlay and 8950 on a 9000 one; a run
+    # sweeping both underlays pairs each pod row with the host-to-host of its own underlay
+    rows = []
+    for mtu, scale in ((1500, 1.0), (9000, 3.0)):
+        for r in fixture_rows(("tcp",), mtu=mtu, scale=scale):
+            if r["cni"] == "flannel-vxlan" and r["scenario"] != "host-to-host":
+                r["mtu"] = mtu - 50
+            r["raw_file"] = f"{r['raw_file']}-{mtu}"
+            rows.append(r)
+    df = results.load([write_csv(tmp_path / "r.csv", rows)])
+    ratios = analysis.tcp_ratios(df)
+    assert len(ratios) == 2 * len(TCP_GBPS) * len(REPEATS)  # every row found its baseline
+    table = analysis.summary(df)
+    assert sorted(table["setup"].str.extract(r"underlay_mtu=(\d+)")[0].unique()) == ["1500", "9000"]
+    nine = table[table["setup"].str.contains("underlay_mtu=9000")].set_index(["cni", "scenario"])
+    assert nine.loc[("flannel-vxlan", "host-to-host"), "tcp_gbps"] == pytest.approx(3 * 19.0)
+    one = table[table["setup"].str.contains("underlay_mtu=1500")].set_index(["cni", "scenario"])
+    assert one.loc[("flannel-vxlan", "pod-to-pod-cross-node"), "tcp_ratio_to_host"] == \
+        pytest.approx(statistics.median([9.0 / 20.0, 8.8 / 16.0, 4.0 / 19.0]))
 
 
 def test_paired_normalisation_divides_by_same_run_repeat_and_setup(tmp_path: Path) -> None:
@@ -327,7 +361,8 @@ def test_several_setups_are_faceted_never_mixed(tmp_path: Path) -> None:
     fig = plots.figure(df, "tcp_throughput")
     assert fig is not None
     assert [ax.get_title(loc="left") for ax in fig.axes] == ["streams=1", "streams=4"]
-    heights = [sorted(round(b.get_height(), 3) for b in ax.patches) for ax in fig.axes]
+    heights = [sorted(round(b.get_height(), 3) for b in ax.patches if isinstance(b, Rectangle))
+               for ax in fig.axes]
     assert heights[1] == [round(2 * h, 3) for h in heights[0]]  # each panel its own setup
     md = plots.summary_markdown(df)
     assert md.count("### streams=") == 2
@@ -397,7 +432,7 @@ def test_summary_puts_ping_beside_each_streams_setup_and_keeps_old_rows_apart(
     df = results.load([write_csv(tmp_path / "a.csv", rows), write_csv(tmp_path / "b.csv", old),
                        write_csv(tmp_path / "c.csv", new)])
     table = analysis.summary(df)
-    by_setup = {s: part for s, part in table.groupby("setup")}
+    by_setup = {str(s): part for s, part in table.groupby("setup")}
     assert len(by_setup) == 3  # streams=1 (old rows too), streams=4, offloads=off
     (off,) = [s for s in by_setup if "offloads=off" in s]
     assert by_setup[off]["rtt_p50_us"].isna().all()  # no ping was measured with offloads off
