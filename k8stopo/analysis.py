@@ -264,8 +264,11 @@ def describe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def warnings(table: pd.DataFrame) -> list[str]:
-    """One line per statistic whose repeats vary by more than CV_LIMIT (from :func:`describe`)."""
-    noisy = table[table["cv"] > CV_LIMIT]
+    """One line per charted statistic (SUMMARY_METRICS: not retransmit counts, say) whose
+    repeats vary by more than CV_LIMIT, from :func:`describe`."""
+    charted = {(p, m) for p, m, _, _ in SUMMARY_METRICS}
+    keys = pd.Series(list(zip(table["protocol"], table["metric"])), index=table.index)
+    noisy = table[(table["cv"] > CV_LIMIT) & keys.isin(charted)]
     return [f"CV {r.cv:.1%} > {CV_LIMIT:.0%}: {r.cni} {r.scenario} {r.protocol} {r.metric} "
             f"over {r.n} repeats ({r.setup}); more repeats or a quieter machine needed"
             for r in noisy.itertuples()]

@@ -177,7 +177,8 @@ def _new_figure(n_axes: int, width: float, title: str, subtitle: str,
     fig = Figure(figsize=(width, 1.3 + height * n_axes), layout="constrained")
     FigureCanvasAgg(fig)
     axes = list(fig.subplots(n_axes, 1, squeeze=False)[:, 0])
-    fig.suptitle(title + "\n" + "\n".join(textwrap.wrap(subtitle, 150)), fontsize=9.5)
+    wrap = int(width * 11)  # characters of a 9.5 pt line across the figure
+    fig.suptitle(title + "\n" + "\n".join(textwrap.wrap(subtitle, wrap)), fontsize=9.5)
     return fig, axes
 
 
@@ -355,6 +356,10 @@ def sweep(df: pd.DataFrame, parameter: str, protocol: str = "tcp",
         err = [(line["median"] - line["ci_low"]) * factor, (line["ci_high"] - line["median"]) * factor]
         ax.errorbar(line["x"], med, yerr=np.nan_to_num(np.array(err, dtype=float)),
                     color=colors[str(cni)], marker="o", capsize=3, label=label)
+    xs = table["x"][table["x"] > 0]
+    if len(xs) and xs.max() / xs.min() >= 16:  # message sizes 64…16384: even steps on a log axis
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(xs.unique()), [analysis.fmt_value(v) for v in sorted(xs.unique())])
     ax.set_xlabel(parameter)
     ax.set_ylabel(f"{metric}" + (f" × {factor:g}" if factor != 1 else ""))
     ax.grid(color="#dddddd")
