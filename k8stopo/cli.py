@@ -236,6 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         setLogLevel({0: "error", 1: "warning"}.get(args.verbose, "info"))
         lg.propagate = False  # Mininet has its own handler; ours would print everything twice
+    # Importing mininet.log makes every later logger a MininetLogger with a handler of its
+    # own, so each line of ours would print once per logger up the tree: ours use basicConfig's.
+    logging.setLoggerClass(logging.Logger)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] == "k8stopo" and isinstance(logger, logging.Logger):
+            logger.handlers.clear()
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench,
