@@ -167,7 +167,7 @@ def setup_labels(names: Sequence[str]) -> tuple[str, dict[str, str]]:
     """What the given setups share, and for each what sets it apart (``streams=4``)."""
     split = {s: [p for p in s.split(", ") if p] for s in names}
     common = [p for p in (split[names[0]] if names else []) if all(p in v for v in split.values())]
-    own = {s: ", ".join(p for p in parts if p not in common) or "all rows"
+    own = {s: ", ".join(p for p in parts if p not in common) or "the common setup"
            for s, parts in split.items()}
     return ", ".join(common), own
 
