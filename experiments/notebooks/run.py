@@ -32,7 +32,8 @@ def _kernel_spec(directory: Path) -> None:
     spec = directory / "kernels" / KERNEL
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f",
+                 "{connection_file}"],
         "display_name": "k8stopo", "language": "python"}))
 
 
