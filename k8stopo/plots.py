@@ -309,6 +309,8 @@ def _verdict(df: pd.DataFrame) -> Figure | None:
 
 
 def _classic(cni: str) -> str:
+    if cni == "host":
+        return "baseline: hostNetwork"
     tier = analysis.CLASSIC_TIER.get(cni)
     return f"classic: tier {tier[0]}, {tier[1]}" if tier else "classic: not ranked"
 
@@ -439,12 +441,38 @@ def summary_markdown(df: pd.DataFrame, table: pd.DataFrame | None = None,
                     cells.append(_cv(row, name))
             cells.append(str(int(row["repeats"])))
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _verdict_markdown(df, table)
     described = analysis.describe(df) if described is None else described
     noisy = analysis.warnings(described)
     if noisy:
         lines += ["", "Warnings:", *[f"- {w}" for w in noisy]]
     return "\n".join(line for i, line in enumerate(lines)
                      if line or i == 0 or lines[i - 1]) + "\n"
+
+
+def _verdict_markdown(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """The verdict as a ranked list per setup: paired cross-node TCP ratio [CI], its CV, the
+    CPU cost per Gbit when measured, and the classic write-up's tier beside it."""
+    ranked = analysis.verdict(df)
+    if ranked.empty:
+        return []
+    cpu = table.set_index(["setup", "cni", "scenario"]).get("cpu_s_per_gbit")
+    names = list(dict.fromkeys(ranked["setup"]))
+    _, own = analysis.setup_labels(names)
+    lines = ["", f"Verdict (pod-to-pod-cross-node TCP, paired ratio to host-to-host, best first; "
+             f"classic order: {analysis.CLASSIC_ORDER}):"]
+    for setup in names:
+        if len(names) > 1:
+            lines += ["", f"{own[setup]}:"]
+        lines.append("")
+        for r in ranked[ranked["setup"] == setup].itertuples():
+            ci = "" if pd.isna(r.ci_low) else f" [{r.ci_low:.2f}–{r.ci_high:.2f}]"
+            cv = "" if pd.isna(r.cv) else f", CV {r.cv:.1%}"
+            key = (setup, r.cni, analysis.CROSS_NODE)
+            cost = (f", {cpu[key]:.2f} CPU s/Gbit" if cpu is not None and key in cpu.index
+                    and not pd.isna(cpu[key]) else "")
+            lines.append(f"{r.rank}. {r.cni}: {r.median:.2f}{ci}{cv}{cost} ({_classic(r.cni)})")
+    return lines
 
 
 def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:

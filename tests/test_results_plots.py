@@ -186,6 +186,18 @@ def test_load_concatenates_files_with_different_columns(tmp_path: Path) -> None:
     assert back.loc[back["protocol"] == "tcp", "msg_size"].isna().all()
 
 
+def test_find_and_load_experiment_pick_results_csvs_by_column_or_folder(tmp_path: Path) -> None:
+    write_csv(tmp_path / "streams" / "a.csv", fixture_rows(("tcp",), extra={"experiment": "x"}))
+    write_csv(tmp_path / "runs" / "b.csv", fixture_rows(("icmp",), extra={"experiment": "streams"}))
+    write_csv(tmp_path / "streams" / "c.csv", fixture_rows(("udp",)))  # found by its folder
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "summary.csv").write_text("cni,scenario\nhost,host-to-host\n")
+    assert {p.name for p in results.find(tmp_path)} == {"a.csv", "b.csv", "c.csv"}
+    got = results.load_experiment("streams", tmp_path)
+    assert set(got["protocol"]) == {"icmp", "udp"}  # a.csv says it belongs to experiment x
+    assert results.load_experiment("nothing", tmp_path).empty
+
+
 def test_run_id_and_timestamp_format() -> None:
     assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{4}", results.new_run_id())
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", results.utc_now())
@@ -401,6 +413,10 @@ def test_summary_markdown_shows_median_ci_cv_and_setup(df: pd.DataFrame) -> None
     assert re.fullmatch(r"18\.10 \[1\d\.\d\d–1\d\.\d\d\]", cells[2])
     assert cells[3].endswith("%")
     assert "Warnings:" in md and "flannel-vxlan pod-to-pod-cross-node" in md
+    verdict = md[md.index("Verdict"):md.index("Warnings:")]
+    first, second = [line for line in verdict.splitlines() if line[:2] in ("1.", "2.")]
+    assert first.startswith("1. calico-bgp: 0.91 [") and "classic: tier 1, BGP" in first
+    assert second.startswith("2. flannel-vxlan: 0.45 [") and "CV " in second
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mininet") is None, reason="the CLI needs Mininet")
