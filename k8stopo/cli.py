@@ -42,6 +42,13 @@ def _cluster_args(p: argparse.ArgumentParser, nodes: int, pods: int) -> None:
                    help="calico-ipip: always (default) or cross-subnet")
 
 
+def _published_args(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument("--published", type=Path, metavar="CSV",
+                   help=f"{when}also write published_comparison.md, our ratios to host beside "
+                   "these published ones (default: the repository's results/published.csv)")
+    p.add_argument("--no-published", action="store_true", help="no published comparison")
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="k8stopo", description="Kubernetes networking emulated with Mininet.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v progress, -vv commands")
@@ -71,16 +78,12 @@ def parser() -> argparse.ArgumentParser:
                        help="iperf3 -b for UDP (default 0: unlimited, as published benchmarks)")
     bench.add_argument("--out", type=Path, required=True, help="CSV to append the rows to")
     bench.add_argument("--plots", type=Path, help="also draw the charts of this run into DIR")
-    bench.add_argument("--published", type=Path, metavar="CSV",
-                       help="with --plots: also write DIR/published_comparison.md, our ratios "
-                       "to host beside these published ones")
+    _published_args(bench, "with --plots: ")
 
     plot = sub.add_parser("plot", help="charts and a summary table from result CSVs")
     plot.add_argument("csv", type=Path, nargs="+")
     plot.add_argument("--out", type=Path, required=True, help="directory for PNG/SVG/summary")
-    plot.add_argument("--published", type=Path, metavar="CSV",
-                      help="also write OUT/published_comparison.md, our ratios to host beside "
-                      "these published ones")
+    _published_args(plot, "")
 
     clean = sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
     clean.add_argument("--force", action="store_true",
@@ -182,23 +185,21 @@ def _mininet_cli(net: object) -> None:
     K8sCLI(net)
 
 
-def _published(path: Path | None) -> pandas.DataFrame | None:
-    """The published figures to compare with, read up front: a bad file is bad input."""
-    if path is None:
-        return None
+def _published(args: argparse.Namespace) -> pandas.DataFrame | None:
+    """The published figures to compare with, read up front: a bad file is bad input.
+    Without --published, the repository's own copy when it is there."""
     from . import published
+    if args.no_published:
+        return None
+    path = args.published
+    if path is None:
+        if not published.DEFAULT.is_file():
+            return None
+        path = published.DEFAULT
     try:
         return published.load_published(path)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
-
-
-def _write_comparison(df: pandas.DataFrame, pub: pandas.DataFrame, out_dir: Path) -> Path:
-    """Published figures go to their own file, never into the results or summary."""
-    from . import published
-    path = out_dir / "published_comparison.md"
-    path.write_text(published.comparison_markdown(df, pub))
-    return path
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -227,7 +228,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _check_output_dir(args.plots, "--plots")
     if args.published and not args.plots:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
-    pub = _published(args.published)
+    pub = _published(args) if args.plots else None
     spec = dataclasses.replace(spec, cnis=_runnable({c: clusters[c].requires for c in names},
                                                     all_requested))
     _clean_dead_runs()
@@ -236,9 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plots:
         df = results.load([args.out])
         run = df[df.run_id == run_id]
-        written = plots.plot_all(run, args.plots)
-        if pub is not None:
-            written.append(_write_comparison(run, pub, args.plots))
+        written = plots.plot_all(run, args.plots, pub)
         for path in written:
             print(f"  {path}")
     if failures:
@@ -252,12 +251,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for path in args.csv:
         if not path.is_file():
             raise SpecError(f"no such CSV file: {path}")
-    pub = _published(args.published)
+    pub = _published(args)
     try:
         df = results.load(args.csv)
-        written = plots.plot_all(df, args.out)
-        if pub is not None:
-            written.append(_write_comparison(df, pub, args.out))
+        written = plots.plot_all(df, args.out, pub)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     for path in written:
@@ -281,9 +278,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from mininet.log import lg, setLogLevel
-    setLogLevel({0: "error", 1: "warning"}.get(args.verbose, "info"))
-    lg.propagate = False  # Mininet has its own handler; ours would print everything twice
+    try:
+        from mininet.log import lg, setLogLevel
+    except ImportError:  # `plot` on a machine with the CSVs only
+        pass
+    else:
+        setLogLevel({0: "error", 1: "warning"}.get(args.verbose, "info"))
+        lg.propagate = False  # Mininet has its own handler; ours would print everything twice
+    # Importing mininet.log makes every later logger a MininetLogger with a handler of its
+    # own, so each line of ours would print once per logger up the tree: ours use basicConfig's.
+    logging.setLoggerClass(logging.Logger)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] == "k8stopo" and isinstance(logger, logging.Logger):
+            logger.handlers.clear()
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench,

@@ -1,22 +1,29 @@
-"""Charts and a summary table from results CSVs (``k8stopo plot``).
+"""Charts and a summary table from results CSVs (``k8stopo plot``, ``bench --plots``, notebooks).
 
-Every number drawn or tabulated comes from the rows passed in; the only constants
-are unit conversions. Throughput is normalised *paired*: each TCP value is divided
-by the host-to-host TCP throughput of the same variant, run and repeat, measured
-minutes apart on the same emulated cluster. That cancels the drift of a shared
-machine (about ±15% from one minute to the next), which a ratio of medians keeps.
+Every number drawn or tabulated comes from the rows passed in, through
+:mod:`k8stopo.analysis` (setups, pairing, statistics); the only constants here are unit
+conversions and colours. A bar is the median over repeats, its whisker the 95% confidence
+interval of that median, and a dot marks each repeat.
 
-Bars are the median over repeats; a whisker spans min–max and a dot marks each
-repeat, so a reader sees how much one bar can be trusted.
+Setups are never mixed in one bar: when the rows hold several (a streams sweep, runs with
+different MTUs), each chart gets one panel per setup, stacked, titled by what differs, and
+``summary.md`` one table per setup. A notebook user sees the whole sweep in one figure; to
+look at one setup, filter the frame first.
+
+Charts are drawn only when their rows exist, and every run of :func:`plot_all` removes
+the known outputs it did not write, so a plots folder never pairs an old chart with a
+new summary.
 """
 from __future__ import annotations
 
+import logging
 import textwrap
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import matplotlib
+import numpy as np
 import pandas as pd
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
@@ -25,39 +32,26 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .spec import SCENARIOS, SPEC_VARIANTS
+from . import analysis
+from .analysis import BASELINE, CNI_ORDER, KEYS
 
-BASELINE = "host-to-host"
-CNI_ORDER = SPEC_VARIANTS
+log = logging.getLogger("k8stopo.plots")
+
 # One hue per project, a shade per variant, so families read together across charts.
 CNI_COLORS = {
     "host": "#525252",
     "flannel-vxlan": "#08519c", "flannel-host-gw": "#4292c6", "flannel-udp": "#9ecae1",
     "calico-bgp": "#a63603", "calico-ipip": "#e6550d", "calico-vxlan": "#fdae6b",
     "weave-fastdp": "#006d2c", "weave-sleeve": "#74c476",
-    "macvlan": "#6a51a3", "docker-overlay": "#c51b8a",
+    "macvlan": "#6a51a3", "docker-bridge": "#dd3497", "docker-overlay": "#c51b8a",
 }
 OTHER_COLORS = ("#8c6d31", "#bd9e39", "#843c39", "#7b4173", "#637939")
-KEYS = ["cni", "scenario"]
-PAIR = ["run_id", "cni", "repeat"]  # same cluster, minutes apart
-BIT_PER_GBIT = 1e9
-US_PER_MS = 1e3
-# (protocol, metric) -> (unit in the CSV per SPEC, factor to the unit shown: Gbit/s, µs, %)
-SHOWN = {
-    ("tcp", "throughput_bps"): ("bit/s", 1 / BIT_PER_GBIT),
-    ("udp", "throughput_bps"): ("bit/s", 1 / BIT_PER_GBIT),
-    ("udp", "loss_pct"): ("%", 1.0),
-    ("icmp", "rtt_p50_ms"): ("ms", US_PER_MS),
-    ("icmp", "rtt_p99_ms"): ("ms", US_PER_MS),
-}
 DOT_COLOR = "#222222"
-P99_COLOR = "#d62728"
-
-
-def ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
-    """Known names in their fixed order, then any others alphabetically."""
-    present = set(values)
-    return [v for v in preferred if v in present] + sorted(present - set(preferred))
+MARK_COLORS = ("#d62728", "#9467bd")
+HOW_TO_READ = "bar = median over repeats, whisker = 95% CI of the median, dot = one repeat"
+GBIT = 1e-9
+US_PER_MS = 1e3
+PUBLISHED_NAME = "published_comparison.md"
 
 
 def _tick(scenario: str) -> str:
@@ -66,64 +60,24 @@ def _tick(scenario: str) -> str:
     return scenario if len(parts) < 4 else "-".join(parts[:3]) + "\n" + parts[3]
 
 
-def _metric(df: pd.DataFrame, protocol: str, metric: str, unit: str) -> pd.DataFrame:
-    """The rows of one metric, refusing a unit other than SPEC's (converting it would lie)
-    and a measurement present twice (e.g. one CSV passed twice), which would skew medians."""
-    sel = df[(df["protocol"] == protocol) & (df["metric"] == metric)]
-    wrong = sorted(set(sel["unit"]) - {unit})
-    if wrong:
-        raise ValueError(f"{protocol} {metric} rows in unit {', '.join(wrong)}, expected {unit}")
-    dup = sel[sel.duplicated(PAIR + ["scenario"], keep=False)]
-    if not dup.empty:
-        first = dup.iloc[0]
-        raise ValueError(f"{protocol} {metric} measured more than once for run {first['run_id']}, "
-                         f"{first['cni']}, {first['scenario']}, repeat {first['repeat']} "
-                         "(the same CSV given twice?)")
-    return sel
-
-
-def tcp_ratios(df: pd.DataFrame) -> pd.DataFrame:
-    """Each TCP throughput over the host-to-host TCP throughput of the same cni, run and repeat.
-
-    Measurements without such a baseline are left out, since any other divisor would
-    bring back the drift this pairing cancels. Host-to-host rows get 1.0 by definition.
-    """
-    tcp = _metric(df, "tcp", "throughput_bps", "bit/s")
-    base = tcp[tcp["scenario"] == BASELINE][PAIR + ["value"]].rename(columns={"value": "baseline"})
-    paired = tcp.merge(base, on=PAIR, how="inner")
-    return paired.assign(ratio=paired["value"] / paired["baseline"])
-
-
-def _shown(df: pd.DataFrame, protocol: str, metric: str) -> pd.DataFrame:
-    """The rows of one metric with ``value`` converted to the unit the charts show."""
-    unit, factor = SHOWN[(protocol, metric)]
-    rows = _metric(df, protocol, metric, unit)
+def _shown(df: pd.DataFrame, protocol: str, metric: str, unit: str | None,
+           factor: float) -> pd.DataFrame:
+    """The rows of one metric with ``value`` in the unit the charts show."""
+    rows = analysis.metric_rows(df, protocol, metric, unit)
     return rows.assign(value=rows["value"] * factor)
 
 
-def _repeats(df: pd.DataFrame) -> pd.Series:
-    """Repeats per cni × scenario: distinct (run, repeat) pairs measured."""
-    return df.drop_duplicates(KEYS + ["run_id", "repeat"]).groupby(KEYS).size()
-
-
 def _values(df: pd.DataFrame, column: str) -> str:
-    """The distinct values of a parameter column, e.g. "2" or "2, 3"."""
-    vals = sorted(df[column].dropna().unique())
-    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vals)
+    """The distinct values of a column, e.g. "2" or "2, 3"."""
+    if column not in df.columns:
+        return ""
+    return ", ".join(sorted({analysis.fmt_value(v) for v in df[column].dropna()}))
 
 
-def _span(counts: pd.Series) -> str:
-    lo, hi = int(counts.min()), int(counts.max())
-    return f"{lo}" if lo == hi else f"{lo}–{hi}"
-
-
-def _setup(df: pd.DataFrame) -> list[str]:
-    """The parameters of the rows, as short phrases for subtitles and table headers."""
-    iperf = df[df["protocol"] != "icmp"]  # ping has no streams (bench records 1)
-    streams = [f"streams {_values(iperf, 'streams')}"] if not iperf.empty else []
-    return [f"nodes {_values(df, 'nodes')}", f"pods/node {_values(df, 'pods_per_node')}",
-            f"duration {_values(df, 'duration_s')} s", *streams,
-            f"MTU {_values(df, 'mtu')}", f"kernel {_values(df, 'kernel')}"]
+def _colors(cnis: Sequence[str]) -> dict[str, str]:
+    others = [c for c in cnis if c not in CNI_COLORS]
+    return {c: CNI_COLORS[c] if c in CNI_COLORS
+            else OTHER_COLORS[others.index(c) % len(OTHER_COLORS)] for c in cnis}
 
 
 @dataclass(frozen=True)
@@ -138,32 +92,66 @@ class _Layout:
 
     @classmethod
     def of(cls, frames: Iterable[pd.DataFrame]) -> _Layout:
-        present = {key for f in frames for key in zip(f["cni"], f["scenario"])}
-        scenarios = ordered((s for _, s in present), SCENARIOS)
-        cnis = ordered((c for c, _ in present), CNI_ORDER)
+        present = {(str(c), str(s)) for f in frames for c, s in zip(f["cni"], f["scenario"])}
+        scenarios = analysis.ordered((s for _, s in present), analysis.SCENARIO_ORDER)
+        cnis = analysis.ordered((c for c, _ in present), CNI_ORDER)
         groups = [[c for c in cnis if (c, s) in present] for s in scenarios]
         width = 0.84 / max(len(g) for g in groups)
         x = {(c, s): i + (j - (len(group) - 1) / 2) * width
              for i, (s, group) in enumerate(zip(scenarios, groups)) for j, c in enumerate(group)}
-        others = [c for c in cnis if c not in CNI_COLORS]
-        colors = {c: CNI_COLORS[c] if c in CNI_COLORS
-                  else OTHER_COLORS[others.index(c) % len(OTHER_COLORS)] for c in cnis}
-        return cls(x, scenarios, colors, width)
+        return cls(x, scenarios, _colors(cnis), width)
 
 
-def _bars(ax: Axes, long: pd.DataFrame, layout: _Layout, fmt: str) -> None:
-    """Median bar, min–max whisker, a dot per repeat, and the median written above."""
-    for (cni, scenario), vals in long.groupby(KEYS)["value"]:
-        x, med, lo, hi = layout.x[(cni, scenario)], vals.median(), vals.min(), vals.max()
-        ax.bar(x, med, layout.width * 0.92, color=layout.colors[cni], zorder=2)
-        ax.errorbar(x, med, yerr=[[med - lo], [hi - med]], fmt="none", ecolor=DOT_COLOR,
-                    elinewidth=1, capsize=2, zorder=3)
+@dataclass(frozen=True)
+class _Marks:
+    """Extra per-bar markers (p99 over a p50 bar): the median of their repeats."""
+
+    rows: pd.DataFrame
+    label: str
+    marker: str = "D"
+
+
+@dataclass(frozen=True)
+class _Panel:
+    """One y axis of a chart: bars of ``rows``, optional markers and a reference line."""
+
+    rows: pd.DataFrame
+    ylabel: str
+    fmt: str
+    marks: list[_Marks] = field(default_factory=list)
+    reference: tuple[float, str] | None = None  # (y, legend label)
+
+
+def _whisker(ax: Axes, x: float, st: dict[str, float], horizontal: bool = False) -> None:
+    if np.isnan(st["ci_low"]):
+        return
+    err = [[st["median"] - st["ci_low"]], [st["ci_high"] - st["median"]]]
+    if horizontal:
+        ax.errorbar(st["median"], x, xerr=err, fmt="none", ecolor=DOT_COLOR, elinewidth=1,
+                    capsize=2, zorder=3)
+    else:
+        ax.errorbar(x, st["median"], yerr=err, fmt="none", ecolor=DOT_COLOR, elinewidth=1,
+                    capsize=2, zorder=3)
+
+
+def _bars(ax: Axes, rows: pd.DataFrame, layout: _Layout, fmt: str) -> None:
+    """Median bar, CI whisker, a dot per repeat, and the median written above."""
+    for (cni, scenario), vals in rows.groupby(["cni", "scenario"])["value"]:
+        x = layout.x[(str(cni), str(scenario))]
+        st = analysis.stats(vals)
+        ax.bar(x, st["median"], layout.width * 0.92, color=layout.colors[str(cni)], zorder=2)
+        _whisker(ax, x, st)
         n = len(vals)
         offsets = [(i - (n - 1) / 2) * layout.width * 0.5 / max(n - 1, 1) for i in range(n)]
         ax.scatter([x + o for o in offsets], sorted(vals), s=9, color=DOT_COLOR, zorder=4,
                    linewidths=0)
-        ax.annotate(fmt.format(med), (x, hi), xytext=(0, 4), textcoords="offset points",
-                    rotation=90, ha="center", va="bottom", fontsize=7)
+        top = np.nanmax([vals.max(), st["ci_high"]])
+        ax.annotate(fmt.format(st["median"]), (x, top), xytext=(0, 4),
+                    textcoords="offset points", rotation=90, ha="center", va="bottom",
+                    fontsize=7)
+
+
+def _axes_style(ax: Axes, layout: _Layout) -> None:
     ax.set_xticks(range(len(layout.scenarios)), [_tick(s) for s in layout.scenarios])
     ax.set_xlim(-0.5, len(layout.scenarios) - 0.5)
     ax.margins(y=0.22)  # room for the written medians; bars keep y=0 as the floor
@@ -171,163 +159,361 @@ def _bars(ax: Axes, long: pd.DataFrame, layout: _Layout, fmt: str) -> None:
     ax.set_axisbelow(True)
 
 
-def _figure(layout: _Layout, rows: int, title: str, subtitle: str) -> tuple[Figure, list[Axes]]:
-    n_bars = len(layout.x)
-    fig = Figure(figsize=(min(max(9.0, 3.5 + 0.3 * n_bars), 26.0), 1.3 + 3.6 * rows),
-                 layout="constrained")
+def _repeat_span(rows: pd.DataFrame) -> str:
+    counts = rows.groupby(KEYS + ["protocol", "metric"]).size()
+    lo, hi = (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def _context(rows: pd.DataFrame, common: str) -> str:
+    """Where, with what and how it was measured: common setup, environment, repeats."""
+    env = [f"{col} {_values(rows, col)}" for col in sorted(analysis.ENVIRONMENT)
+           if col in rows.columns and col != "command" and rows[col].notna().any()]
+    return " · ".join(p for p in [common, *env, f"repeats {_repeat_span(rows)}"] if p)
+
+
+def _new_figure(n_axes: int, width: float, title: str, subtitle: str,
+                height: float = 3.6) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(width, 1.3 + height * n_axes), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = list(fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0])
-    fig.suptitle(title, fontweight="bold")
-    axes[0].set_title(subtitle, fontsize=8.5, color="#444444")
+    axes = list(fig.subplots(n_axes, 1, squeeze=False)[:, 0])
+    wrap = int(width * 11)  # characters of a 9.5 pt line across the figure
+    fig.suptitle(title + "\n" + "\n".join(textwrap.wrap(subtitle, wrap)), fontsize=9.5)
     return fig, axes
 
 
-def _subtitle(shown: pd.DataFrame) -> str:
-    """What the drawn rows were measured with, and how to read the marks."""
-    line = " · ".join(_setup(shown) + [f"repeats {_span(_repeats(shown))}"])
-    return "\n".join(textwrap.wrap(line, 150) +
-                     ["bar = median over repeats, whisker = min–max, dot = one repeat"])
-
-
-def _legend(fig: Figure, layout: _Layout, extra: Sequence[Artist] = ()) -> None:
-    handles: list[Artist] = [Patch(color=color, label=cni)
-                               for cni, color in layout.colors.items()]
+def _legend(fig: Figure, colors: dict[str, str], extra: Sequence[Artist] = ()) -> None:
+    handles: list[Artist] = [Patch(color=color, label=cni) for cni, color in colors.items()]
     handles += [Line2D([], [], color=DOT_COLOR, marker="o", markersize=3, linestyle="",
                        label="one repeat"), *extra]
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
 
 
-def _tcp_normalised(df: pd.DataFrame) -> Figure | None:
-    ratios = tcp_ratios(df)
-    ratios = ratios[ratios["scenario"] != BASELINE].assign(value=lambda r: r["ratio"])
-    if ratios.empty:
+def _bar_chart(title: str, panels: list[_Panel]) -> Figure | None:
+    """Panels stacked, repeated once per setup present (a facet per setup)."""
+    panels = [p for p in panels if not p.rows.empty]
+    if not panels:
         return None
-    layout = _Layout.of([ratios])
-    fig, (ax,) = _figure(layout, 1, "TCP throughput relative to host-to-host (higher is better)",
-                         _subtitle(ratios))
-    ax.axhline(1.0, color="#555555", linestyle="--", linewidth=1, zorder=1)
-    _bars(ax, ratios, layout, "{:.2f}")
-    ax.set_ylabel("ratio to host-to-host TCP throughput\n(same variant, run and repeat)")
-    _legend(fig, layout, [Line2D([], [], color="#555555", linestyle="--",
-                                 label="host-to-host = 1")])
+    everything = pd.concat([p.rows for p in panels] + [m.rows for p in panels for m in p.marks])
+    names = analysis.setups(everything)
+    common, own = analysis.setup_labels(names)
+    layout = _Layout.of([p.rows for p in panels])
+    width = min(max(9.0, 3.5 + 0.3 * len(layout.x)), 26.0)
+    fig, axes = _new_figure(len(names) * len(panels), width, title,
+                            _context(everything, common) + " · " + HOW_TO_READ)
+    extra: dict[str, Artist] = {}
+    for i, setup in enumerate(names):
+        for j, panel in enumerate(panels):
+            ax = axes[i * len(panels) + j]
+            rows = panel.rows[panel.rows["setup"] == setup]
+            _bars(ax, rows, layout, panel.fmt)
+            for k, mark in enumerate(panel.marks):
+                color = MARK_COLORS[k % len(MARK_COLORS)]
+                med = mark.rows[mark.rows["setup"] == setup].groupby(
+                    ["cni", "scenario"])["value"].median()
+                ax.scatter([layout.x[(str(c), str(s))] for c, s in med.index], med,
+                           marker=mark.marker, s=16, color=color, zorder=5)
+                extra[mark.label] = Line2D([], [], color=color, marker=mark.marker,
+                                           markersize=4, linestyle="", label=mark.label)
+            if panel.reference is not None:
+                y, label = panel.reference
+                ax.axhline(y, color="#555555", linestyle="--", linewidth=1, zorder=1)
+                extra[label] = Line2D([], [], color="#555555", linestyle="--", label=label)
+            _axes_style(ax, layout)
+            ax.set_ylabel(panel.ylabel)
+            if len(names) > 1 and j == 0:
+                ax.set_title(own[setup], fontsize=9, loc="left", fontweight="bold")
+    _legend(fig, layout.colors, list(extra.values()))
     return fig
+
+
+def _tcp_normalised(df: pd.DataFrame) -> Figure | None:
+    ratios = analysis.tcp_ratios(df)
+    ratios = ratios[ratios["scenario"] != BASELINE].assign(value=lambda r: r["ratio"])
+    return _bar_chart("TCP throughput relative to host-to-host (higher is better)", [_Panel(
+        ratios, "ratio to host-to-host TCP throughput\n(same variant, run, repeat, setup)",
+        "{:.2f}", reference=(1.0, "host-to-host = 1"))])
 
 
 def _tcp_absolute(df: pd.DataFrame) -> Figure | None:
-    tcp = _shown(df, "tcp", "throughput_bps")
-    if tcp.empty:
-        return None
-    layout = _Layout.of([tcp])
-    fig, (ax,) = _figure(layout, 1, "TCP throughput (higher is better)", _subtitle(tcp))
-    _bars(ax, tcp, layout, "{:.2f}")
-    ax.set_ylabel("TCP throughput (Gbit/s)")
-    _legend(fig, layout)
-    return fig
+    tcp = _shown(df, "tcp", "throughput_bps", "bit/s", GBIT)
+    return _bar_chart("TCP throughput (higher is better)",
+                      [_Panel(tcp, "TCP throughput (Gbit/s)", "{:.2f}")])
 
 
 def _rtt(df: pd.DataFrame) -> Figure | None:
-    p50, p99 = _shown(df, "icmp", "rtt_p50_ms"), _shown(df, "icmp", "rtt_p99_ms")
-    if p50.empty:
-        return None
-    layout = _Layout.of([p50, p99])
-    fig, (ax,) = _figure(layout, 1, "ICMP round-trip time: p50 bars, p99 markers (lower is better)",
-                         _subtitle(p50))
-    _bars(ax, p50, layout, "{:.0f}")
-    tails = p99.groupby(KEYS)["value"].median()
-    ax.scatter([layout.x[k] for k in tails.index], tails, marker="D", s=16, color=P99_COLOR,
-               zorder=5)
-    ax.set_ylabel("round-trip time (µs)")
-    _legend(fig, layout, [Line2D([], [], color=P99_COLOR, marker="D", markersize=4, linestyle="",
-                                 label="p99 (median of repeats)")])
-    return fig
+    p50 = _shown(df, "icmp", "rtt_p50_ms", "ms", US_PER_MS)
+    p99 = _shown(df, "icmp", "rtt_p99_ms", "ms", US_PER_MS)
+    return _bar_chart("ICMP round-trip time: p50 bars, p99 markers (lower is better)", [_Panel(
+        p50, "round-trip time (µs)", "{:.0f}", [_Marks(p99, "p99 (median of repeats)")])])
 
 
 def _udp(df: pd.DataFrame) -> Figure | None:
-    rate, loss = _shown(df, "udp", "throughput_bps"), _shown(df, "udp", "loss_pct")
-    if rate.empty and loss.empty:
+    rate = _shown(df, "udp", "throughput_bps", "bit/s", GBIT)
+    loss = _shown(df, "udp", "loss_pct", "%", 1.0)
+    return _bar_chart("UDP: receiver throughput (higher is better) and loss (lower is better)",
+                      [_Panel(rate, "UDP receiver throughput (Gbit/s)", "{:.2f}"),
+                       _Panel(loss, "UDP loss (%)", "{:.1f}")])
+
+
+def _rr_latency(df: pd.DataFrame) -> Figure | None:
+    p50 = _shown(df, "tcp_rr", "latency_p50_us", "us", 1.0)
+    marks = [_Marks(_shown(df, "tcp_rr", f"latency_{p}_us", "us", 1.0), f"{p} (median of repeats)",
+                    m) for p, m in (("p90", "^"), ("p99", "D"))]
+    return _bar_chart("TCP request/response latency per transaction: p50 bars, p90/p99 markers "
+                      "(lower is better)", [_Panel(p50, "latency (µs)", "{:.0f}", marks)])
+
+
+def _cpu_per_gbit(df: pd.DataFrame) -> Figure | None:
+    cpu = _shown(df, "tcp", "cpu_s_per_gbit", None, 1.0)
+    unit = _values(cpu, "unit") or "s/Gbit"
+    return _bar_chart("CPU time of the whole box per Gbit delivered over TCP (lower is better; "
+                      "all cores, softirq included)",
+                      [_Panel(cpu, f"CPU seconds per Gbit ({unit})", "{:.2f}")])
+
+
+def _verdict(df: pd.DataFrame) -> Figure | None:
+    """Variants ranked by paired cross-node TCP ratio to host, beside the classic ranking."""
+    ranked = analysis.verdict(df)
+    if ranked.empty:
         return None
-    layout = _Layout.of([rate, loss])
-    fig, (top, bottom) = _figure(layout, 2, "UDP: receiver throughput (higher is better) and "
-                                 "loss (lower is better)", _subtitle(pd.concat([rate, loss])))
-    _bars(top, rate, layout, "{:.2f}")
-    top.set_ylabel("UDP receiver throughput (Gbit/s)")
-    _bars(bottom, loss, layout, "{:.1f}")
-    bottom.set_ylabel("UDP loss (%)")
-    _legend(fig, layout)
+    names = list(dict.fromkeys(ranked["setup"]))
+    common, own = analysis.setup_labels(names)
+    rows = ranked.groupby("setup").size()
+    height = max(1.6, 0.42 * int(rows.max()) + 0.8)
+    fig, axes = _new_figure(len(names), 11.0, "Verdict: pod-to-pod-cross-node TCP throughput "
+                            "relative to host-to-host, ranked (higher is better)",
+                            f"{common} · bar = median of paired ratios, whisker = 95% CI · right: "
+                            f"the classic write-up's order, {analysis.CLASSIC_ORDER}", height)
+    colors = _colors(analysis.ordered(ranked["cni"], CNI_ORDER))
+    for ax, setup in zip(axes, names):
+        mine = ranked[ranked["setup"] == setup].reset_index(drop=True)
+        y = list(range(len(mine)))[::-1]
+        for yi, r in zip(y, mine.itertuples()):
+            st = {"median": r.median, "ci_low": r.ci_low, "ci_high": r.ci_high}
+            ax.barh(yi, r.median, 0.7, color=colors[r.cni], zorder=2)
+            _whisker(ax, yi, st, horizontal=True)
+            ax.annotate(f"{r.median:.2f}", (np.nanmax([r.median, r.ci_high]), yi),
+                        xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.set_yticks(y, [f"{r.rank}. {r.cni}" for r in mine.itertuples()])
+        seconds = ax.secondary_yaxis("right")
+        seconds.set_yticks(y, [_classic(r.cni) for r in mine.itertuples()], fontsize=8)
+        ax.axvline(1.0, color="#555555", linestyle="--", linewidth=1, zorder=1)
+        ax.set_xlim(0, max(1.1, float(np.nanmax(mine[["median", "ci_high"]].to_numpy())) * 1.15))
+        ax.set_xlabel("ratio to host-to-host TCP throughput (paired)")
+        ax.grid(axis="x", color="#dddddd", zorder=0)
+        ax.set_axisbelow(True)
+        if len(names) > 1:
+            ax.set_title(own[setup], fontsize=9, loc="left", fontweight="bold")
     return fig
 
 
-CHARTS = {"tcp_throughput_normalised": _tcp_normalised, "tcp_throughput": _tcp_absolute,
-          "rtt": _rtt, "udp": _udp}
+def _classic(cni: str) -> str:
+    if cni == "host":
+        return "baseline: hostNetwork"
+    tier = analysis.CLASSIC_TIER.get(cni)
+    return f"classic: tier {tier[0]}, {tier[1]}" if tier else "classic: not ranked"
+
+
+CHARTS: dict[str, Callable[[pd.DataFrame], Figure | None]] = {
+    "tcp_throughput_normalised": _tcp_normalised, "tcp_throughput": _tcp_absolute,
+    "verdict": _verdict, "rtt": _rtt, "udp": _udp, "rr_latency": _rr_latency,
+    "cpu_per_gbit": _cpu_per_gbit,
+}
+FORMATS = ("png", "svg")
+#: every file name plot_all may write: those it did not write this time are removed
+OUTPUTS = tuple(f"{stem}.{ext}" for stem in CHARTS for ext in FORMATS) + (
+    "summary.csv", "summary.md", PUBLISHED_NAME)
+
+
+def figure(df: pd.DataFrame, name: str) -> Figure | None:
+    """One chart of CHARTS by name (for notebooks), or None when its rows are absent."""
+    return CHARTS[name](analysis.with_setup(df))
+
+
+def sweep(df: pd.DataFrame, parameter: str, protocol: str = "tcp",
+          metric: str = "ratio_to_host", scenario: str = analysis.CROSS_NODE,
+          factor: float = 1.0) -> Figure | None:
+    """One metric against one setup parameter (streams, mtu, msg_size, …): a line per
+    variant through the medians, CI whiskers; other parameters must be equal per line."""
+    table = analysis.describe(df)
+    table = table[(table["protocol"] == protocol) & (table["metric"] == metric)
+                  & (table["scenario"] == scenario)]
+    prefix = parameter + "="
+    parts = table["setup"].str.split(", ")
+    value = parts.map(lambda ps: next((p[len(prefix):] for p in ps if p.startswith(prefix)), None))
+    rest = parts.map(lambda ps: ", ".join(p for p in ps if not p.startswith(prefix)))
+    table = table.assign(x=pd.to_numeric(value, errors="coerce"), rest=rest).dropna(subset=["x"])
+    if table.empty:
+        return None
+    common, own = analysis.setup_labels(list(dict.fromkeys(table["rest"])))
+    fig, (ax,) = _new_figure(1, 10.0, f"{protocol} {metric} ({scenario}) over {parameter}",
+                             f"{common} · point = median over repeats, whisker = 95% CI")
+    colors = _colors(analysis.ordered(table["cni"], CNI_ORDER))
+    several = table["rest"].nunique() > 1
+    for (cni, rest), line in table.groupby(["cni", "rest"], sort=False):
+        line = line.sort_values("x")
+        label = f"{cni} ({own[str(rest)]})" if several else str(cni)
+        med = line["median"] * factor
+        err = [(line["median"] - line["ci_low"]) * factor, (line["ci_high"] - line["median"]) * factor]
+        ax.errorbar(line["x"], med, yerr=np.nan_to_num(np.array(err, dtype=float)),
+                    color=colors[str(cni)], marker="o", capsize=3, label=label)
+    xs = table["x"][table["x"] > 0]
+    if len(xs) and xs.max() / xs.min() >= 16:  # message sizes 64…16384: even steps on a log axis
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(xs.unique()), [analysis.fmt_value(v) for v in sorted(xs.unique())])
+    ax.set_xlabel(parameter)
+    ax.set_ylabel(f"{metric}" + (f" × {factor:g}" if factor != 1 else ""))
+    ax.grid(color="#dddddd")
+    fig.legend(loc="outside right center", fontsize=8, frameon=False)
+    return fig
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per cni × scenario: TCP Gbit/s (median, min, max), paired ratio to host-to-host,
-    RTT p50/p99 in µs, UDP receiver Gbit/s and loss %, all medians over repeats."""
-    def median(protocol: str, metric: str) -> pd.Series:
-        return _shown(df, protocol, metric).groupby(KEYS)["value"].median()
-
-    tcp = _shown(df, "tcp", "throughput_bps").groupby(KEYS)["value"]
-    repeats = _repeats(df)
-    table = pd.DataFrame({
-        "tcp_gbps_median": tcp.median(), "tcp_gbps_min": tcp.min(), "tcp_gbps_max": tcp.max(),
-        "tcp_ratio_to_host": tcp_ratios(df).groupby(KEYS)["ratio"].median(),
-        "rtt_p50_us": median("icmp", "rtt_p50_ms"), "rtt_p99_us": median("icmp", "rtt_p99_ms"),
-        "udp_gbps_median": median("udp", "throughput_bps"),
-        "udp_loss_pct_median": median("udp", "loss_pct"),
-        "repeats": repeats,
-    }, index=repeats.index).reset_index()
-    rank = {"cni": ordered(table["cni"], CNI_ORDER),
-            "scenario": ordered(table["scenario"], SCENARIOS)}
-    return table.sort_values(KEYS, key=lambda col: col.map(rank[col.name].index),
-                             ignore_index=True)
+    """The summary table (see :func:`k8stopo.analysis.summary`)."""
+    return analysis.summary(df)
 
 
-def _cell(value: float, fmt: str) -> str:
-    return "–" if pd.isna(value) else fmt.format(value)
+def _cell(row: pd.Series, name: str, fmt: str) -> str:
+    """'1.23 [1.10–1.31]' (median [95% CI]); '–' when not measured."""
+    if name not in row or pd.isna(row[name]):
+        return "–"
+    text = fmt.format(row[name])
+    if not pd.isna(row[f"{name}_ci_low"]):
+        text += f" [{fmt.format(row[f'{name}_ci_low'])}–{fmt.format(row[f'{name}_ci_high'])}]"
+    return text
 
 
-def summary_markdown(df: pd.DataFrame) -> str:
-    """The summary as a GitHub table, headed by where, when and how it was measured."""
-    table = summary(df)
+def _cv(row: pd.Series, name: str) -> str:
+    cv = row.get(f"{name}_cv")
+    return "–" if cv is None or pd.isna(cv) else f"{cv:.1%}"
+
+
+# (summary column, header, format), in table order
+TABLE = (
+    ("tcp_gbps", "TCP Gbit/s", "{:.2f}"),
+    ("tcp_ratio_to_host", "TCP ratio to host-to-host (paired)", "{:.2f}"),
+    ("rtt_p50_us", "RTT p50 µs", "{:.0f}"),
+    ("rtt_p99_us", "RTT p99 µs", "{:.0f}"),
+    ("udp_gbps", "UDP Gbit/s (receiver)", "{:.2f}"),
+    ("udp_loss_pct", "UDP loss %", "{:.2f}"),
+    ("rr_p50_us", "RR p50 µs", "{:.0f}"),
+    ("rr_p99_us", "RR p99 µs", "{:.0f}"),
+    ("cpu_s_per_gbit", "CPU s/Gbit", "{:.2f}"),
+)
+WITH_CV = ("tcp_gbps", "tcp_ratio_to_host")
+
+
+def summary_markdown(df: pd.DataFrame, table: pd.DataFrame | None = None,
+                     described: pd.DataFrame | None = None) -> str:
+    """The summary as GitHub tables, one per setup, headed by where, when and how it was
+    measured; cells are median [95% CI], with the CV of the TCP columns, then warnings."""
+    df = analysis.with_setup(df)
+    table = analysis.summary(df) if table is None else table
+    if table.empty:
+        return "no measurements\n"
     started = df["started_at"].dropna()
-    head = " · ".join([
-        f"run(s) {_values(df, 'run_id')}", f"measured {started.min()} to {started.max()}",
-        *_setup(df), f"repeats {_span(table['repeats'])}",
-    ]) if not table.empty else "no measurements"
-    columns = ["CNI", "scenario", "TCP Gbit/s (median)", "TCP Gbit/s min–max",
-               "TCP ratio to host-to-host (paired, median)", "RTT p50 µs", "RTT p99 µs",
-               "UDP Gbit/s (receiver)", "UDP loss %", "repeats"]
-    lines = [head, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in table.itertuples(index=False):
-        spread = ("–" if pd.isna(r.tcp_gbps_min)
-                  else f"{r.tcp_gbps_min:.2f}–{r.tcp_gbps_max:.2f}")
-        cells = [r.cni, r.scenario, _cell(r.tcp_gbps_median, "{:.2f}"), spread,
-                 _cell(r.tcp_ratio_to_host, "{:.2f}"), _cell(r.rtt_p50_us, "{:.0f}"),
-                 _cell(r.rtt_p99_us, "{:.0f}"), _cell(r.udp_gbps_median, "{:.2f}"),
-                 _cell(r.udp_loss_pct_median, "{:.2f}"), str(r.repeats)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    names = list(dict.fromkeys(table["setup"]))
+    common, own = analysis.setup_labels(names)
+    lines = [" · ".join([f"run(s) {_values(df, 'run_id')}",
+                         f"measured {started.min()} to {started.max()}",
+                         _context(df, common)]),
+             "", "Cells: median over repeats [95% bootstrap CI of the median]; CV = coefficient "
+             "of variation of the repeats."]
+    cols = [c for c in TABLE if c[0] in table.columns]
+    for setup in names:
+        part = table[table["setup"] == setup]
+        if part.empty:
+            continue
+        heads = ["CNI", "scenario"]
+        for name, head, _ in cols:
+            heads.append(head)
+            if name in WITH_CV:
+                heads.append(f"{head.split(' (')[0]} CV")
+        heads.append("repeats")
+        lines += ["", f"### {own[setup]}" if len(names) > 1 else "", "",
+                  "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        for _, row in part.iterrows():
+            cells = [str(row["cni"]), str(row["scenario"])]
+            for name, _, fmt in cols:
+                cells.append(_cell(row, name, fmt))
+                if name in WITH_CV:
+                    cells.append(_cv(row, name))
+            cells.append(str(int(row["repeats"])))
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += _verdict_markdown(df, table)
+    described = analysis.describe(df) if described is None else described
+    noisy = analysis.warnings(described)
+    if noisy:
+        lines += ["", "Warnings:", *[f"- {w}" for w in noisy]]
+    return "\n".join(line for i, line in enumerate(lines)
+                     if line or i == 0 or lines[i - 1]) + "\n"
 
 
-def plot_all(df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Write every chart the rows allow (PNG + SVG), summary.csv and summary.md; return the paths.
+def _verdict_markdown(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """The verdict as a ranked list per setup: paired cross-node TCP ratio [CI], its CV, the
+    CPU cost per Gbit when measured, and the classic write-up's tier beside it."""
+    ranked = analysis.verdict(df)
+    if ranked.empty:
+        return []
+    cpu = table.set_index(["setup", "cni", "scenario"]).get("cpu_s_per_gbit")
+    names = list(dict.fromkeys(ranked["setup"]))
+    _, own = analysis.setup_labels(names)
+    lines = ["", f"Verdict (pod-to-pod-cross-node TCP, paired ratio to host-to-host, best first; "
+             f"classic order: {analysis.CLASSIC_ORDER}):"]
+    for setup in names:
+        if len(names) > 1:
+            lines += ["", f"{own[setup]}:"]
+        lines.append("")
+        for r in ranked[ranked["setup"] == setup].itertuples():
+            ci = "" if pd.isna(r.ci_low) else f" [{r.ci_low:.2f}–{r.ci_high:.2f}]"
+            cv = "" if pd.isna(r.cv) else f", CV {r.cv:.1%}"
+            key = (setup, r.cni, analysis.CROSS_NODE)
+            cost = (f", {cpu[key]:.2f} CPU s/Gbit" if cpu is not None and key in cpu.index
+                    and not pd.isna(cpu[key]) else "")
+            lines.append(f"{r.rank}. {r.cni}: {r.median:.2f}{ci}{cv}{cost} ({_classic(r.cni)})")
+    return lines
 
-    A chart whose data is absent (no icmp rows, say) is skipped, not an error.
-    """
+
+def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    paths = []
+    for ext in FORMATS:
+        path = out_dir / f"{stem}.{ext}"
+        # no date in the SVG and a fixed id salt, so unchanged data gives unchanged files
+        with matplotlib.rc_context({"svg.hashsalt": "k8stopo"}):
+            fig.savefig(path, dpi=150, metadata={"Date": None} if ext == "svg" else None)
+        paths.append(path)
+    return paths
+
+
+def plot_all(df: pd.DataFrame, out_dir: Path,
+             published: pd.DataFrame | None = None) -> list[Path]:
+    """Write every chart the rows allow (PNG + SVG), summary.csv and summary.md, and with
+    ``published`` figures published_comparison.md; remove every other file of OUTPUTS
+    left in ``out_dir`` by an earlier run; log a warning per noisy statistic; return
+    the paths written. A chart whose rows are absent (no icmp, say) is skipped."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    df = analysis.with_setup(df)
+    described = analysis.describe(df)
+    written: list[Path] = []
     for stem, chart in CHARTS.items():
         fig = chart(df)
-        if fig is None:
-            continue
-        for ext in ("png", "svg"):
-            path = out_dir / f"{stem}.{ext}"
-            # no date in the SVG and a fixed id salt, so unchanged data gives unchanged files
-            with matplotlib.rc_context({"svg.hashsalt": "k8stopo"}):
-                fig.savefig(path, dpi=150, metadata={"Date": None} if ext == "svg" else None)
-            written.append(path)
-    summary(df).to_csv(out_dir / "summary.csv", index=False)
-    (out_dir / "summary.md").write_text(summary_markdown(df))
-    return written + [out_dir / "summary.csv", out_dir / "summary.md"]
+        if fig is not None:
+            written += _save(fig, out_dir, stem)
+    table = analysis.summary(df)
+    table.to_csv(out_dir / "summary.csv", index=False)
+    (out_dir / "summary.md").write_text(summary_markdown(df, table, described))
+    written += [out_dir / "summary.csv", out_dir / "summary.md"]
+    if published is not None:
+        from . import published as pub
+        path = out_dir / PUBLISHED_NAME
+        path.write_text(pub.comparison_markdown(df, published))
+        written.append(path)
+    for name in OUTPUTS:
+        stale = out_dir / name
+        if stale not in written and stale.is_file():
+            stale.unlink()
+    for line in analysis.warnings(described):
+        log.warning("%s", line)
+    return written

@@ -4,6 +4,10 @@ Published benchmarks ran on line-rate NICs with jumbo frames and offloads; this 
 CPU-bound on shared cores, so absolute Gbit/s say nothing across the two. What can be put side
 by side is how much of its own host-to-host throughput a datapath keeps. The published rows are
 only ever read here and turned into a separate table: they never enter a results frame.
+
+The figures ship with the repository as ``results/published.csv`` (sources in
+``results/published.md``). Sources name datapaths their own way; ``SAME_AS`` maps a published
+name to the variant it measured (a published "calico" ran Calico's default pool, IP-in-IP).
 """
 from __future__ import annotations
 
@@ -11,7 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots
+from . import analysis
+
+#: the figures shipped with the repository (a clone or an editable install has them)
+DEFAULT = Path(__file__).resolve().parent.parent / "results" / "published.csv"
+#: published cni name -> the k8stopo variant it measured
+SAME_AS = {"calico": "calico-ipip"}
 
 NEEDED = ("source", "url", "year", "hardware", "link_gbps", "mtu", "cni", "datapath",
           "scenario", "protocol", "streams", "metric", "value", "unit")
@@ -47,6 +56,7 @@ def load_published(path: Path) -> pd.DataFrame:
 def _tcp_throughput(pub: pd.DataFrame) -> pd.DataFrame:
     """TCP throughput rows with a known stream count, refusing a unit other than bit/s."""
     tcp = pub[(pub["protocol"] == "tcp") & (pub["metric"] == "throughput_bps")]
+    tcp = tcp.assign(cni=tcp["cni"].replace(SAME_AS))
     wrong = sorted(set(tcp["unit"]) - {"bit/s"})
     if wrong:
         raise ValueError(f"published tcp throughput_bps rows in unit {', '.join(wrong)}, "
@@ -64,7 +74,7 @@ def ratios(pub: pd.DataFrame) -> pd.DataFrame:
     """
     tcp = _tcp_throughput(pub)
     keys = SOURCE_KEYS + ["streams"]
-    base = tcp[(tcp["cni"] == "host") & (tcp["scenario"] == plots.BASELINE)]
+    base = tcp[(tcp["cni"] == "host") & (tcp["scenario"] == analysis.BASELINE)]
     twice = base[base.duplicated(keys, keep=False)]
     if not twice.empty:
         first = twice.iloc[0]
@@ -77,15 +87,15 @@ def ratios(pub: pd.DataFrame) -> pd.DataFrame:
     return out[RATIO_COLUMNS].reset_index(drop=True)
 
 
-def _short(source: str, year: object) -> str:
+def _short(source: str, year: float) -> str:
     """A source's first word and year (InfraBuilder 2024): enough to tell the series apart
     in a table cell, with the full title listed under the table."""
     return f"{source.split()[0].rstrip(':')} {_num(year)}"
 
 
-def _num(value: object) -> str:
+def _num(value: float | None) -> str:
     """A number as the CSV means it (8950, not 8950.0), or says that the source gave none."""
-    return "not stated" if pd.isna(value) else f"{float(value):g}"
+    return "not stated" if value is None or pd.isna(value) else f"{float(value):g}"
 
 
 def _published_cell(rows: pd.DataFrame) -> str:
@@ -98,15 +108,15 @@ def _published_cell(rows: pd.DataFrame) -> str:
 
 def comparison_markdown(ours: pd.DataFrame, pub: pd.DataFrame) -> str:
     """Our paired median ratio to host-to-host beside each published ratio for the same cni,
-    pod-to-pod-cross-node TCP, one table row per our cni × streams × MTU (medians over
-    different stream counts or MTUs would mix unlike things)."""
+    pod-to-pod-cross-node TCP, one table row per our cni × setup (medians over different
+    stream counts or MTUs would mix unlike things)."""
     theirs = ratios(pub)
     theirs = theirs[theirs["scenario"] == COMPARED]
-    mine = plots.tcp_ratios(ours)
+    mine = analysis.tcp_ratios(ours)
     mine = mine[mine["scenario"] == COMPARED]
     tcp = _tcp_throughput(pub)
     listed = set(tcp[tcp["scenario"] == COMPARED]["cni"])
-    unpaired = plots.ordered(set(mine["cni"]) & (listed - set(theirs["cni"])), plots.CNI_ORDER)
+    unpaired = analysis.ordered(set(mine["cni"]) & (listed - set(theirs["cni"])), analysis.CNI_ORDER)
     note = ([f"Not compared: {', '.join(unpaired)}: published only by sources without a "
              "host-to-host TCP baseline for the same streams, so no ratio exists."]
             if unpaired else [])
@@ -114,9 +124,10 @@ def comparison_markdown(ours: pd.DataFrame, pub: pd.DataFrame) -> str:
     if mine.empty:
         return "\n".join([f"No CNI of these results has a published {COMPARED} TCP ratio to "
                           "host-to-host.", *note]) + "\n"
-    medians = mine.groupby(["cni", "streams", "mtu"])["ratio"].agg(
-        ratio="median", repeats="size").reset_index()
-    order = plots.ordered(medians["cni"], plots.CNI_ORDER)
+    medians = pd.DataFrame([{"cni": cni, "setup": setup, **analysis.stats(group["ratio"])}
+                            for (cni, setup), group in mine.groupby(["cni", "setup"], sort=False)])
+    common, own = analysis.setup_labels(analysis.setups(mine))
+    order = analysis.ordered(medians["cni"], analysis.CNI_ORDER)
     medians = medians.sort_values("cni", key=lambda c: c.map(order.index), kind="stable")
     used = theirs[theirs["cni"].isin(medians["cni"])]
     sources = pub.drop_duplicates(SOURCE_KEYS).merge(
@@ -127,14 +138,15 @@ def comparison_markdown(ours: pd.DataFrame, pub: pd.DataFrame) -> str:
         "ratios to each setup's own host-to-host TCP throughput, not absolute Gbit/s, are what "
         "can be compared.",
         "",
-        "| CNI | scenario | streams (ours) | MTU (ours) | ours: ratio to host-to-host "
-        "(paired, median) | repeats | published: ratio to host-to-host (source, link, MTU, "
-        "streams) |",
-        "|" + "---|" * 7,
+        f"Our setup: {common}.",
+        "",
+        "| CNI | scenario | our setup | ours: ratio to host-to-host (paired, median [95% CI]) "
+        "| repeats | published: ratio to host-to-host (source, link, MTU, streams) |",
+        "|" + "---|" * 6,
     ]
     for r in medians.itertuples():
-        lines.append(f"| {r.cni} | {COMPARED} | {_num(r.streams)} | {_num(r.mtu)} | "
-                     f"{r.ratio:.2f} | {r.repeats} | "
+        ci = "" if pd.isna(r.ci_low) else f" [{r.ci_low:.2f}–{r.ci_high:.2f}]"
+        lines.append(f"| {r.cni} | {COMPARED} | {own[r.setup]} | {r.median:.2f}{ci} | {r.n} | "
                      f"{_published_cell(used[used['cni'] == r.cni])} |")
     lines += ["", *note, *([""] if note else []), "Sources:"]
     lines += [f"- {_short(s.source, s.year)}: {s.source}; {s.hardware}; {s.url}"

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from .workload import Workload
 
-
 #: every variant SPEC names, in its order (the registry in k8stopo.cni has those built so far)
 SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
                  "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",

@@ -20,8 +20,7 @@ from typing import Iterator
 import pytest
 
 from k8stopo import proc, runstate
-from k8stopo.measure import (Measurement, MeasurementError, Sample, measure, parse_iperf3,
-                             parse_ping)
+from k8stopo.measure import Measurement, MeasurementError, Sample, measure, parse_iperf3, parse_ping
 from k8stopo.node import Endpoint
 
 DATA = Path(__file__).parent / "data"

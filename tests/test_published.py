@@ -1,21 +1,23 @@
 """Published figures as ratios to their own host baseline, and the table beside ours.
 
 PUB below is a SYNTHETIC fixture with made-up round numbers: it exercises the ratio math and
-is no published figure. The last tests read the real shared CSV when it is there.
+is no published figure. The last tests read the repository's results/published.csv.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from k8stopo import plots, published, results
+from k8stopo import analysis, plots, published, results
 
-from test_results_plots import CNIS, fixture_rows, write_csv
+from synthetic import CNIS, fixture_rows, write_csv
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "published" / "cni-benchmarks.csv"
-needs_shared = pytest.mark.skipif(not SHARED.is_file(), reason=f"{SHARED} is absent")
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "results" / "published.csv"
 
 
 def row(source: str, cni: str, scenario: str, streams: float, gbps: float,
@@ -38,6 +40,7 @@ PUB = pd.DataFrame([
 ])
 
 
+@pytest.mark.rootless
 def test_ratios_divide_by_same_source_and_streams() -> None:
     got = published.ratios(PUB)
     assert list(got.columns) == published.RATIO_COLUMNS
@@ -50,17 +53,20 @@ def test_ratios_divide_by_same_source_and_streams() -> None:
     assert set(got["value_bps"]) == {6e9, 30e9, 5e9}
 
 
+@pytest.mark.rootless
 def test_source_without_host_baseline_yields_no_rows() -> None:
     assert published.ratios(PUB[PUB["source"] == "Lab B"]).empty
     assert "Lab B" not in set(published.ratios(PUB)["source"])
 
 
+@pytest.mark.rootless
 def test_two_baselines_for_the_same_streams_are_refused() -> None:
     twice = pd.concat([PUB, pd.DataFrame([row("Lab A", "host", "host-to-host", 1, 9.0)])])
-    with pytest.raises(ValueError, match="baseline given more than once.*Lab A"):
+    with pytest.raises(ValueError, match=r"baseline given more than once.*Lab A"):
         published.ratios(twice)
 
 
+@pytest.mark.rootless
 @pytest.mark.parametrize("content, message", [
     (None, "cannot read published figures"),
     ("", "cannot read published figures"),
@@ -77,15 +83,39 @@ def test_load_refuses_bad_files_in_one_line(tmp_path: Path, content: str | None,
     assert "\n" not in str(err.value) and "pub.csv" in str(err.value)
 
 
+@pytest.mark.rootless
 def test_comparison_without_matching_cni_says_so(tmp_path: Path) -> None:
     ours = results.load([write_csv(tmp_path / "r.csv", fixture_rows(("tcp",)))])
     md = published.comparison_markdown(ours, PUB[PUB["cni"] != "flannel-vxlan"])
     assert md.startswith("No CNI of these results") and "|" not in md
 
 
-@needs_shared
+@pytest.mark.rootless
+def test_shipped_csv_is_the_default_and_keeps_sources() -> None:
+    assert published.DEFAULT == SHIPPED and SHIPPED.is_file()
+    pub = published.load_published(SHIPPED)
+    for col in ("source", "url", "hardware", "mtu", "streams"):
+        assert pub["source"].notna().all() and col in pub.columns
+    listed = (REPO / "results" / "published.md").read_text()
+    for url in set(pub["url"]):
+        assert url in listed  # every source is named with its address
+
+
+@pytest.mark.rootless
+def test_published_calico_pairs_with_calico_ipip(tmp_path: Path) -> None:
+    pub = pd.DataFrame([row("Lab A", "host", "host-to-host", 1, 10.0),
+                        row("Lab A", "calico", "pod-to-pod-cross-node", 1, 8.0)])
+    assert list(published.ratios(pub)["cni"]) == ["calico-ipip"]
+    rows = [dict(r, cni="calico-ipip") for r in fixture_rows(("tcp",)) if r["cni"] == "calico-bgp"]
+    ours = results.load([write_csv(tmp_path / "r.csv", rows)])
+    md = published.comparison_markdown(ours, pub)
+    (line,) = [line for line in md.splitlines() if line.startswith("| calico-ipip |")]
+    assert "0.80 (Lab 2000" in line
+
+
+@pytest.mark.rootless
 def test_real_csv_ratios_match_value_over_host_value() -> None:
-    pub = published.load_published(SHARED)
+    pub = published.load_published(SHIPPED)
     got = published.ratios(pub)
     assert not got.empty
     assert "host-to-host" not in set(got["scenario"]) and "host" not in set(got["cni"])
@@ -104,15 +134,27 @@ def test_real_csv_ratios_match_value_over_host_value() -> None:
         assert hit["ratio_to_host"].item() == pytest.approx(r.value / host_by_streams[r.streams])
 
 
-@needs_shared
+@pytest.mark.rootless
 def test_real_csv_comparison_names_our_cnis(tmp_path: Path) -> None:
     ours = results.load([write_csv(tmp_path / "r.csv", fixture_rows(("tcp",)))])
-    md = published.comparison_markdown(ours, published.load_published(SHARED))
+    md = published.comparison_markdown(ours, published.load_published(SHIPPED))
     assert "CPU-bound emulation on shared cores" in md and "ratios" in md.splitlines()[0]
     for cni in CNIS:  # calico-bgp is published only without a baseline: named, not tabled
         assert cni in md
     (line,) = [l for l in md.splitlines() if l.startswith("| flannel-vxlan |")]
-    ours_ratio = plots.summary(ours).set_index(["cni", "scenario"]).loc[
+    ours_ratio = analysis.summary(ours).set_index(["cni", "scenario"]).loc[
         ("flannel-vxlan", "pod-to-pod-cross-node"), "tcp_ratio_to_host"]
-    assert line.split(" | ")[4] == f"{ours_ratio:.2f}"
+    assert line.split(" | ")[3].startswith(f"{ours_ratio:.2f} [")
     assert "InfraBuilder 2024" in line
+    plots.plot_all(ours, tmp_path / "without")
+    plots.plot_all(ours, tmp_path / "with", published.load_published(SHIPPED))
+    for name in ("summary.csv", "summary.md"):  # published rows never enter our numbers
+        assert (tmp_path / "with" / name).read_text() == (tmp_path / "without" / name).read_text()
+
+
+def test_bench_published_without_plots_is_bad_input(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "k8stopo", "bench", "--cni", "host",
+                           "--published", str(SHIPPED), "--out", str(tmp_path / "r.csv")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and "--published needs --plots" in done.stderr
+    assert not (tmp_path / "r.csv").exists()
