@@ -29,6 +29,7 @@ What calico-node does on each node, and how this emulation does it:
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import ipaddress
 import json
@@ -155,6 +156,8 @@ class CalicoBird(Calico):
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
         self.birds: dict[str, Any] = {}
+        self.started_at: float | None = None  # monotonic time the first BIRD was started
+        self.converged_at: float | None = None  # ... and every node held every block
 
     # -- BIRD -----------------------------------------------------------------------
     def kernel_programming(self, node: Node) -> dict[str, Any]:
@@ -194,30 +197,54 @@ class CalicoBird(Calico):
         return base / "bird.conf", base / "bird.ctl", base / "bird.log"
 
     def connect(self) -> None:
-        for node in self.cluster.nodes:
-            conf, ctl, _ = self._paths(node)
+        for node in self.cluster.nodes:  # every config checked before any BIRD starts
+            conf = self._paths(node)[0]
             conf.write_text(self.bird_config(node))
             node.run(["bird", "-p", "-c", conf])  # BIRD's own config check first
-            self.birds[node.name] = node.spawn(["bird", "-f", "-c", conf, "-s", ctl],
-                                               what=f"bird@{node.name}")
+        self.started_at = time.monotonic()
+        for node in self.cluster.nodes:
+            self.start_bird(node)
+
+    def start_bird(self, node: Node) -> None:
+        conf, ctl, _ = self._paths(node)
+        self.birds[node.name] = node.spawn(["bird", "-f", "-c", conf, "-s", ctl],
+                                           what=f"bird@{node.name}")
+
+    def stop_bird(self, node: Node) -> None:
+        """Stop a node's BIRD as calico-node's shutdown does (SIGTERM: it closes its sessions
+        with a Cease, so peers withdraw its block at once)."""
+        node.stop(self.birds.pop(node.name))
 
     def birdc(self, node: Node, *command: str) -> str:
         return node.output(["birdc", "-s", self._paths(node)[1], *command])
+
+    def established(self, node: Node) -> int:
+        """BGP sessions of this node that are up."""
+        return sum(1 for line in self.birdc(node, "show", "protocols").splitlines()
+                   if line.startswith(("Mesh_", "Node_")) and "Established" in line)
+
+    def missing_everywhere(self) -> dict[str, list[str]]:
+        """Per node, the peer blocks its kernel table lacks (nodes lacking none left out);
+        the nodes are asked at once, so a poll round of a large cluster stays short."""
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            found = dict(zip([n.name for n in self.cluster.nodes],
+                             pool.map(self._missing_blocks, self.cluster.nodes)))
+        return {name: blocks for name, blocks in found.items() if blocks}
 
     def wait_ready(self, timeout: float) -> None:
         """Poll every node's kernel table until it holds every peer's block via BIRD."""
         deadline = time.monotonic() + timeout
         while True:
-            missing = {n.name: self._missing_blocks(n) for n in self.cluster.nodes}
-            missing = {k: v for k, v in missing.items() if v}
+            missing = self.missing_everywhere()
             if not missing:
+                self.converged_at = time.monotonic()
                 return
             for name, proc_ in self.birds.items():
                 if proc_.poll() is not None:
                     raise RunError(f"bird on {name} exited: {proc_.stderr.read().strip()}")
             if time.monotonic() >= deadline:
                 break
-            time.sleep(0.25)
+            time.sleep(0.1)
         worst = max(missing, key=lambda n: len(missing[n]))
         try:
             protocols = self.birdc(self.cluster.node(worst), "show", "protocols").strip()

@@ -1,0 +1,176 @@
+"""The scale benchmark and the BGP experiment: what a cluster's size costs the control plane.
+
+For each size and BGP mode (Calico's node-to-node mesh, one or two route reflectors)
+one cluster is built and measured, then torn down:
+
+* bring-up, per phase (underlay, agents, pods, ready) and in all, and teardown;
+* for Calico's BIRD variants: BGP sessions (per node at most, and in total, counted from
+  ``birdc show protocols``), the time from the first BIRD's start until every node's
+  kernel holds every peer's block (``converge_ms``; the pods are attached meanwhile, so
+  this is an upper bound when pods are many), BIRD's memory (VmRSS, average per node);
+* then a node's BIRD is stopped as calico-node stops it (``withdraw_ms``: until no node
+  routes to its block any more) and started again (``rejoin_ms``: until every node routes
+  to it again, which is what a new node's block costs to spread).
+
+Every value is a clock or counter read during that run; the rows go to the same tidy CSV
+as ``bench`` (scenario ``bring-up`` or ``bgp``, protocol ``control``), one per value.
+Times are polled: a poll round asks every node once (about a second at a thousand
+nodes on two cores), which bounds their resolution; the row's ``poll_ms`` says how long
+rounds took.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__, results
+from .cluster import Cluster
+from .cni.calico import CalicoBird
+from .errors import RunError
+from .measure import Sample
+from .spec import ClusterSpec, SpecError
+
+log = logging.getLogger("k8stopo.scale")
+
+MODES = {"mesh": ("mesh", 1), "rr1": ("rr", 1), "rr2": ("rr", 2)}
+EVENT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """One ``k8stopo scale`` invocation: variant × sizes × BGP modes × repeats."""
+
+    cni: str
+    nodes: tuple[int, ...]
+    pods_per_node: int
+    modes: tuple[str, ...] = ("mesh",)
+    repeat: int = 1
+
+    def clusters(self) -> Iterator[tuple[int, str, ClusterSpec]]:
+        for size in self.nodes:
+            for mode in self.modes:
+                bgp, reflectors = MODES[mode]
+                yield size, mode, ClusterSpec(cni=self.cni, nodes=size,
+                                              pods_per_node=self.pods_per_node,
+                                              bgp=bgp, route_reflectors=reflectors)
+
+    def check(self) -> None:
+        """Every cluster's shape is checked before the first is built."""
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown:
+            raise SpecError(f"unknown BGP mode {unknown[0]!r} (known: {', '.join(MODES)})")
+        if not 1 <= self.repeat <= 20:
+            raise SpecError(f"--repeat must be between 1 and 20, not {self.repeat}")
+        if self.modes != ("mesh",) and not _bird(self.cni):
+            raise SpecError(f"BGP modes apply to Calico's BIRD variants, not {self.cni}")
+        for size, mode, spec in self.clusters():
+            if mode != "mesh" and size < 3:
+                raise SpecError(f"BGP mode {mode} needs 3 nodes or more, not {size}")
+            Cluster(spec)  # the variant's and the spec's own checks (SpecError)
+
+
+def _bird(cni: str) -> bool:
+    from .cni import variant
+    return issubclass(variant(cni), CalicoBird)
+
+
+def _ms(seconds: float) -> Sample:
+    return Sample("", seconds * 1000.0, "ms")
+
+
+def _wait(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> tuple[float, float]:
+    """Seconds until ``condition()`` holds, and the longest poll round; TimeoutError after."""
+    started = time.monotonic()
+    longest = 0.0
+    while True:
+        before = time.monotonic()
+        done = condition()
+        longest = max(longest, time.monotonic() - before)
+        if done:
+            return time.monotonic() - started, longest
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"not within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def _bird_rss_kib(variant: CalicoBird) -> float:
+    """Average VmRSS of the cluster's BIRD processes, from /proc."""
+    sizes = []
+    for proc_ in variant.birds.values():
+        status = Path(f"/proc/{proc_.pid}/status").read_text()
+        sizes += [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
+    return sum(sizes) / len(sizes)
+
+
+def bgp_samples(cluster: Cluster) -> list[tuple[str, Sample]]:
+    """Sessions, memory, convergence, withdrawal and rejoin of one built Calico cluster."""
+    variant = cluster.variant
+    assert isinstance(variant, CalicoBird)
+    assert variant.started_at is not None and variant.converged_at is not None
+    sessions = [variant.established(n) for n in cluster.nodes]
+    out = [("bgp_sessions_total", Sample("", float(sum(sessions)), "count")),
+           ("bgp_sessions_max_per_node", Sample("", float(max(sessions)), "count")),
+           ("bird_rss_per_node", Sample("", _bird_rss_kib(variant), "KiB")),
+           ("converge_ms", _ms(variant.converged_at - variant.started_at))]
+    # The last node: never a reflector, so what is measured is a client's block.
+    node = cluster.nodes[-1]
+    block = str(node.pod_cidr)
+
+    def nobody_routes() -> bool:
+        return all(block in variant._missing_blocks(n) for n in cluster.nodes if n is not node)
+
+    variant.stop_bird(node)
+    withdraw, poll_w = _wait(nobody_routes)
+    variant.start_bird(node)
+    rejoin, poll_r = _wait(lambda: not variant.missing_everywhere())
+    out += [("withdraw_ms", _ms(withdraw)), ("rejoin_ms", _ms(rejoin)),
+            ("poll_ms", _ms(max(poll_w, poll_r)))]
+    return out
+
+
+def measure_one(spec: ClusterSpec) -> list[tuple[str, str, Sample]]:
+    """Build one cluster, measure it, tear it down: (scenario, metric, sample) triples."""
+    started = time.monotonic()
+    cluster = Cluster(spec)
+    with cluster:
+        build = time.monotonic() - started
+        found = [("bring-up", f"{phase}_ms", _ms(secs)) for phase, secs in cluster.timings.items()]
+        found.append(("bring-up", "build_ms", _ms(build)))
+        if isinstance(cluster.variant, CalicoBird):
+            found += [("bgp", metric, sample) for metric, sample in bgp_samples(cluster)]
+    found.append(("bring-up", "teardown_ms", _ms(cluster.timings["teardown"])))
+    return found
+
+
+def run(spec: ScaleSpec, out: Path) -> tuple[str, int]:
+    """Every cluster of ``spec``, one after the other; rows appended as each is measured."""
+    run_id = results.new_run_id()
+    sink = results.CsvSink(out)
+    failures = 0
+    for repeat in range(spec.repeat):
+        for size, mode, cluster_spec in spec.clusters():
+            print(f"scale: {spec.cni} {size} nodes × {spec.pods_per_node} pods, {mode}, "
+                  f"repeat {repeat}", flush=True)
+            started_at = results.utc_now()
+            try:
+                found = measure_one(cluster_spec)
+            except (TimeoutError, RunError) as exc:
+                failures += 1
+                log.error("%d nodes %s: %s", size, mode, exc)
+                continue
+            for scenario, metric, sample in found:
+                ctx = results.Context(
+                    run_id=run_id, cni=spec.cni, scenario=scenario, protocol="control",
+                    repeat=repeat, nodes=size, pods_per_node=spec.pods_per_node, streams=1,
+                    duration_s=0, mtu=cluster_spec.mtu, kernel=platform.release(),
+                    k8stopo_version=__version__, client="", server="", client_ip="",
+                    server_ip="", raw_file="",
+                    extra={"bgp_mode": mode if _bird(spec.cni) else "", "experiment": "scale"})
+                sink.write(results.rows(ctx, started_at,
+                                        [dataclasses.replace(sample, metric=metric)]))
+    return run_id, failures
