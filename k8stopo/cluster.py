@@ -31,6 +31,9 @@ from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
 from .topo import SWITCH, K8sTopo, UnderlaySwitch, node_name
 
+# Importing mininet.log makes MininetLogger the class of every logger created later, each
+# with its own console handler: every k8stopo line would be printed twice. Undo that.
+logging.setLoggerClass(logging.Logger)
 log = logging.getLogger("k8stopo.cluster")
 
 READY_TIMEOUT = 90.0
