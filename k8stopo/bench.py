@@ -153,7 +153,7 @@ def clusters(spec: BenchSpec) -> dict[ClusterKey, Cluster]:
 
 def cpu_model(cpuinfo: str) -> str:
     """The first ``model name`` of /proc/cpuinfo (x86), else ``unknown``."""
-    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     return match.group(1).strip() if match else "unknown"
 
 

@@ -45,7 +45,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn, Self
 
 from . import proc
 from .node import Endpoint
@@ -267,7 +267,7 @@ def parse_ping(text: str) -> list[Sample]:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_SP_ERROR = re.compile(r"^sockperf: ERROR: (.*)$", re.M)
+_SP_ERROR = re.compile(r"^sockperf: ERROR: (.*)$", re.MULTILINE)
 _SP_VALID = re.compile(r"\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=(\d+); "
                        r"ReceivedMessages=(\d+)")
 _SP_PERCENTILE = re.compile(r"---> percentile ([\d.]+) =\s*([\d.]+)")
@@ -446,7 +446,7 @@ class TcpRR:
         self.connected = False  # "Warmup stage" seen: connected, about to sleep
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> TcpRR:
+    def __enter__(self) -> Self:
         with self._stack as stack:
             stack.enter_context(_serving(self.server, ["sockperf", "server", "--tcp", "-i",
                                                        "0.0.0.0", "-p", str(SOCKPERF_PORT)],

@@ -9,9 +9,9 @@ import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .workload import Workload
-
 
 #: every variant SPEC names, in its order (the registry in k8stopo.cni has those built so far)
 SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
@@ -111,7 +111,8 @@ class BenchSpec:
         if self.sweep is None:
             return [self]
         name, values = self.sweep
-        return [dataclasses.replace(self, sweep=None, **{name: v}) for v in values]
+        changes: list[dict[str, Any]] = [{name: v} for v in values]
+        return [dataclasses.replace(self, sweep=None, **c) for c in changes]
 
     def _check_parameters(self) -> None:
         if not 1 <= self.streams <= 128:

@@ -19,7 +19,7 @@ from k8stopo.cluster import Cluster
 from k8stopo.cni.base import Variant
 from k8stopo.cni.flannel import FlannelVXLAN
 from k8stopo.cni.host import HostNetwork
-from k8stopo.spec import ClusterSpec, BenchSpec, SpecError
+from k8stopo.spec import BenchSpec, ClusterSpec, SpecError
 
 from conftest import REPO, k8stopo, run_dirs
 

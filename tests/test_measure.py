@@ -394,11 +394,10 @@ def test_rr_idle_time_hosts_a_measurement_and_overrun_is_caught(state: runstate.
         assert rr.idle_until < rr.started_at  # the ping ended before sockperf's test began
         assert by_metric(inside.samples)["rtt_avg_ms"].value > 0
         assert parse_sockperf(run.raw)
-        with pytest.raises(Overlap, match="began"):
-            with TcpRR(a, str(b.ip), b, Params(duration=1)) as rr:
-                with rr.idle():
-                    time.sleep(measure_mod.RR_IDLE_S + 0.3)  # overruns the idle sleep
-                rr.run()
+        with pytest.raises(Overlap, match="began"), TcpRR(a, str(b.ip), b, Params(duration=1)) as rr:
+            with rr.idle():
+                time.sleep(measure_mod.RR_IDLE_S + 0.3)  # overruns the idle sleep
+            rr.run()
         assert_nothing_left(state, a, b)
 
 
@@ -409,9 +408,10 @@ def test_measure_failures_raise_and_leave_nothing(state: runstate.RunState) -> N
             with pytest.raises(MeasurementError, match="Network is unreachable|No route"):
                 measure(a, "10.98.0.2", b, protocol)  # ping says so on stderr only
         # b's address, but nobody answers there on sockperf's port: sockperf exits 0
-        with pytest.raises(MeasurementError, match="Connection refused|did not connect"):
-            with TcpRR(a, str(b.ip), a, Params(duration=1)) as rr:  # server in a, not b
-                rr.run()
+        # server in a, not b
+        with pytest.raises(MeasurementError, match="Connection refused|did not connect"), \
+                TcpRR(a, str(b.ip), a, Params(duration=1)) as rr:
+            rr.run()
         with pytest.raises(ValueError):
             measure(a, b.ip, b, "tcp", Params(duration=0.5))  # type: ignore[arg-type]
         with pytest.raises(ValueError):
