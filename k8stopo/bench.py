@@ -32,7 +32,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -253,7 +253,8 @@ def run(spec: BenchSpec, out: Path, pending: dict[ClusterKey, Cluster], env: Env
             for cell in _cells(steps):
                 bar.set_description(f"{cell[0].cni} {cell[0].scenario} r{cell[0].repeat}")
                 cluster = built[cluster_key(cell[0].cni, cell[0].point)]
-                _measure_cell(cluster, cell, writer, bar.update)
+                _measure_cell(cluster, cell, writer)
+                bar.update(len(cell))  # per cell: a cell's measurements end together
         return run_id, len(failed) + writer.failures
 
 
@@ -321,8 +322,7 @@ def _one(cluster: Cluster, step: Step) -> Outcome:
         return started_at, exc
 
 
-def _measure_cell(cluster: Cluster, cell: list[Step], writer: _Writer,
-                  done: Callable[[], object]) -> None:
+def _measure_cell(cluster: Cluster, cell: list[Step], writer: _Writer) -> None:
     """Measure one cell's protocols, one at a time, and write their rows in plan order.
 
     With tcp_rr in the cell, the others that fit are measured while sockperf sits in its
@@ -350,11 +350,8 @@ def _measure_cell(cluster: Cluster, cell: list[Step], writer: _Writer,
             outcomes.clear()
         except measure.MeasurementError as exc:
             outcomes["tcp_rr"] = (started_at, exc)
-        for _ in outcomes:
-            done()
     for step in cell:
         if step.protocol not in outcomes:
             outcomes[step.protocol] = _one(cluster, step)
-            done()
     for step in cell:
         writer.write(cluster, step, *outcomes[step.protocol])
