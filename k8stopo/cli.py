@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from . import __version__
 from .cni import names as cni_names
-from .measure import MeasurementError
+from .measure import REQUIRES, MeasurementError
 from .pods import CNIError
 from .proc import CommandError
 from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
@@ -234,7 +234,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.published and not plots_dir:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
     pub = _published(args.published)
-    runnable = _runnable({c.spec.cni: c.requires for c in pending.values()},
+    tools = tuple(t for protocol in spec.protocols for t in REQUIRES[protocol])
+    runnable = _runnable({c.spec.cni: (*c.requires, *tools) for c in pending.values()},
                          settings["cni"].strip() == "all")
     spec = dataclasses.replace(spec, cnis=runnable)
     pending = {key: c for key, c in pending.items() if key[0] in runnable}

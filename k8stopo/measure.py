@@ -540,6 +540,11 @@ PROTOCOLS: dict[str, tuple[Runner, Parser]] = {
     "tcp_rr": (_sockperf, _only(parse_sockperf)),
 }
 
+#: protocol -> the doctor probes (tools) it needs, checked before a bench builds anything
+REQUIRES: dict[str, tuple[str, ...]] = {
+    "tcp": ("iperf3",), "udp": ("iperf3",), "icmp": ("ping",), "tcp_rr": ("sockperf",),
+}
+
 
 def measure(client: Endpoint, target: ipaddress.IPv4Address | str, server: Endpoint,
             protocol: str, params: Params = Params()) -> Measurement:

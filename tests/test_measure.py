@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from k8stopo import measure as measure_mod
-from k8stopo import proc, runstate
+from k8stopo import doctor, proc, runstate
 from k8stopo.measure import (PROTOCOLS, CpuTimes, Measurement, MeasurementError, Overlap, Params,
                              Sample, TcpRR, cpu_busy_pct, cpu_busy_seconds, delivered_gbit,
                              fits_idle, measure, parse_iperf3, parse_ping, parse_proc_stat,
@@ -261,8 +261,10 @@ def test_cpu_seconds_per_gbit_uses_the_receivers_bytes() -> None:
         cpu_busy_seconds(before, after) / delivered_gbit(text))
 
 
-def test_protocol_registry_is_specs() -> None:
+def test_protocol_registry_is_specs_and_names_doctors_tools() -> None:
     assert tuple(PROTOCOLS) == SPEC_PROTOCOLS
+    assert set(measure_mod.REQUIRES) == set(PROTOCOLS)
+    assert {t for tools in measure_mod.REQUIRES.values() for t in tools} <= set(doctor.TOOLS)
 
 
 def test_only_what_fits_runs_in_sockperfs_idle_time() -> None:
