@@ -244,7 +244,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if plots_dir:
         df = results.load([out])
         run = df[df.run_id == run_id]
-        written = plots.plot_all(run, plots_dir)
+        try:
+            written = plots.plot_all(run, plots_dir)
+        except ValueError as exc:  # the rows are safe; say why there are no charts
+            print(f"k8stopo: no charts drawn: {exc}", file=sys.stderr)
+            return 1
         if pub is not None:
             written.append(_write_comparison(run, pub, plots_dir))
         for path in written:
