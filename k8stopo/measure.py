@@ -468,15 +468,18 @@ class TcpRR:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if "Starting test" in line:
-                self.started_at, self.cpu["before"] = time.monotonic(), read_cpu()
-            elif "Test end" in line:
-                self.cpu["after"] = read_cpu()
-            self.lines.append(line)
-            if "Warmup stage" in line:
-                self.connected = True
-                self._connected.set()
+        try:
+            for line in self.proc.stdout:
+                if "Starting test" in line:
+                    self.started_at, self.cpu["before"] = time.monotonic(), read_cpu()
+                elif "Test end" in line:
+                    self.cpu["after"] = read_cpu()
+                self.lines.append(line)
+                if "Warmup stage" in line:
+                    self.connected = True
+                    self._connected.set()
+        except ValueError:  # stopped on a failure: __exit__ closed the pipe under us
+            pass
         self._connected.set()  # exited: __enter__ sees it
 
     def _fail(self, what: str) -> NoReturn:
