@@ -8,15 +8,18 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import signal
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from . import __version__
 from .cni import names as cni_names
 from .cni import variant as variant_class
 from .errors import RunError
+from .measure import REQUIRES
 from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
@@ -49,6 +52,46 @@ def _published_args(p: argparse.ArgumentParser, when: str) -> None:
     p.add_argument("--no-published", action="store_true", help="no published comparison")
 
 
+#: bench's settings when neither an experiment file nor a flag gives them
+BENCH_DEFAULTS: dict[str, object] = {
+    "cni": "all", "scenarios": "host-to-host,pod-to-pod-same-node,pod-to-pod-cross-node,node-to-pod",
+    "protocols": "tcp,udp,icmp", "nodes": 2, "pods_per_node": 2, "mtu": 1500, "duration": 10,
+    "repeat": 3, "streams": 1, "udp_bandwidth": "0", "offloads": "on", "msg_size": 64,
+    "bgp": "mesh", "route_reflectors": 1, "ipip_mode": "always",
+}
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    """bench's flags; each one given overrides the experiment file's setting."""
+    def opt(flag: str, help: str, **kw: Any) -> None:
+        key = flag[2:].replace("-", "_")
+        p.add_argument(flag, help=f"{help} (default {BENCH_DEFAULTS[key]})", **kw)
+    p.add_argument("--experiment", type=Path, metavar="YAML",
+                   help="run experiments/NAME.yaml; the flags below override its settings")
+    opt("--cni", "comma list of variants, or all")
+    opt("--scenarios", "comma list of scenarios")
+    opt("--protocols", f"comma list of {', '.join(PROTOCOLS)}")
+    opt("--nodes", "Kubernetes nodes", type=int)
+    opt("--pods-per-node", "pods per node", type=int)
+    opt("--mtu", "underlay MTU", type=int)
+    opt("--duration", "whole seconds per measurement (iperf3 -t, sockperf -t)", type=int)
+    opt("--repeat", "repeats, interleaved across variants", type=int)
+    opt("--streams", "parallel iperf3 streams (-P)", type=int)
+    opt("--udp-bandwidth", "iperf3 -b for UDP, per stream; 0 is unlimited as in published "
+        "benchmarks")
+    opt("--offloads", "segmentation/checksum offloads on the emulated wire's veths",
+        choices=("on", "off"))
+    opt("--msg-size", "tcp_rr request and response size in bytes (sockperf -m)", type=int)
+    opt("--bgp", "Calico BIRD peering: mesh (node-to-node) or rr (route reflectors)")
+    opt("--route-reflectors", "with --bgp rr: 1 (n1) or 2 (n1, n2) reflectors", type=int)
+    opt("--ipip-mode", "calico-ipip: always or cross-subnet")
+    p.add_argument("--out", type=Path, help="CSV to append the rows to (required without "
+                   "--experiment; with it: results/NAME/NAME-<UTC time>.csv)")
+    p.add_argument("--plots", type=Path, help="also draw the charts of this run into DIR "
+                   "(with --experiment: results/NAME/plots)")
+    _published_args(p, "with --plots: ")
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="k8stopo", description="Kubernetes networking emulated with Mininet.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v progress, -vv commands")
@@ -65,20 +108,7 @@ def parser() -> argparse.ArgumentParser:
                     help="if the build fails, keep the cluster up for inspection until Ctrl-C")
 
     bench = sub.add_parser("bench", help="measure variants × scenarios × protocols into a CSV")
-    bench.add_argument("--cni", default="all", help="comma list of variants, or all")
-    bench.add_argument("--scenarios", default="host-to-host,pod-to-pod-same-node,"
-                       "pod-to-pod-cross-node,node-to-pod")
-    bench.add_argument("--protocols", default="tcp,udp,icmp")
-    _cluster_args(bench, 2, 2)
-    bench.add_argument("--duration", type=int, default=10,
-                       help="whole seconds per measurement (iperf3 -t)")
-    bench.add_argument("--repeat", type=int, default=3, help="repeats, interleaved across variants")
-    bench.add_argument("--streams", type=int, default=1, help="parallel iperf3 streams (-P)")
-    bench.add_argument("--udp-bandwidth", default="0",
-                       help="iperf3 -b for UDP (default 0: unlimited, as published benchmarks)")
-    bench.add_argument("--out", type=Path, required=True, help="CSV to append the rows to")
-    bench.add_argument("--plots", type=Path, help="also draw the charts of this run into DIR")
-    _published_args(bench, "with --plots: ")
+    _bench_args(bench)
 
     plot = sub.add_parser("plot", help="charts and a summary table from result CSVs")
     plot.add_argument("csv", type=Path, nargs="+")
@@ -202,46 +232,77 @@ def _published(args: argparse.Namespace) -> pandas.DataFrame | None:
         raise SpecError(str(exc)) from None
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench, plots, results
-    from .cluster import Cluster
-    _require_root()
-    all_requested = args.cni.strip() == "all"
-    names = cni_names(args.cni)
-    spec = BenchSpec(cnis=names, scenarios=pick(args.scenarios, SCENARIOS, "scenario"),
-                     protocols=pick(args.protocols, PROTOCOLS, "protocol"), nodes=args.nodes,
-                     pods_per_node=args.pods_per_node, duration=args.duration,
-                     repeat=args.repeat, streams=args.streams, mtu=args.mtu,
-                     udp_bandwidth=args.udp_bandwidth, bgp=args.bgp,
-                     route_reflectors=args.route_reflectors, ipip_mode=args.ipip_mode)
+def _bench_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the experiment file, then the flags given on the command line."""
+    from . import experiment
+    settings: dict[str, Any] = {**BENCH_DEFAULTS, "sweep": None, "experiment": ""}
+    if args.experiment:
+        settings.update(experiment.load(args.experiment))
+    given = {k: getattr(args, k) for k in BENCH_DEFAULTS if getattr(args, k) is not None}
+    swept = settings["sweep"][0] if settings["sweep"] else None
+    if swept in given:
+        raise SpecError(f"--{swept.replace('_', '-')} conflicts with the experiment's sweep over it")
+    return {**settings, **given}
+
+
+def _bench_spec(s: dict[str, Any]) -> BenchSpec:
+    spec = BenchSpec(cnis=cni_names(s["cni"]),
+                     scenarios=pick(s["scenarios"], SCENARIOS, "scenario"),
+                     protocols=pick(s["protocols"], PROTOCOLS, "protocol"), nodes=s["nodes"],
+                     pods_per_node=s["pods_per_node"], duration=s["duration"],
+                     repeat=s["repeat"], streams=s["streams"], mtu=s["mtu"],
+                     udp_bandwidth=s["udp_bandwidth"], offloads=s["offloads"],
+                     msg_size=s["msg_size"], sweep=s["sweep"], experiment=s["experiment"],
+                     bgp=s["bgp"], route_reflectors=s["route_reflectors"],
+                     ipip_mode=s["ipip_mode"])
     spec.check()
     for option in ("bgp", "route_reflectors", "ipip_mode"):
         if getattr(spec, option) != getattr(BenchSpec, option) and not any(
-                option in variant_class(cni).options for cni in names):
+                option in variant_class(cni).options for cni in spec.cnis):
             raise SpecError(f"--{option.replace('_', '-')} applies to none of the requested "
                             "variants")
-    # checks each cluster's shape; Calico's options go to the variants that honour them
-    agents = bench.agents(spec)
-    clusters = {cni: Cluster(spec.cluster(cni, variant_class(cni).options), agents)
-                for cni in names}
-    results.check_appendable(args.out)
-    _check_output_dir(args.plots, "--plots")
-    if args.published and not args.plots:
+    return spec
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench, plots, results
+    _require_root()
+    settings = _bench_settings(args)
+    spec = _bench_spec(settings)
+    pending = bench.clusters(spec)  # checks each cluster's shape
+    name = spec.experiment
+    out = args.out
+    if out is None:
+        if not name:
+            raise SpecError("--out FILE.csv is required without --experiment")
+        out = Path("results", name, f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
+    plots_dir = args.plots or (Path("results", name, "plots") if name else None)
+    results.check_appendable(out)
+    _check_output_dir(plots_dir, "--plots")
+    if args.published and not plots_dir:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
-    pub = _published(args) if args.plots else None
-    spec = dataclasses.replace(spec, cnis=_runnable({c: clusters[c].requires for c in names},
-                                                    all_requested))
+    pub = _published(args) if plots_dir else None
+    tools = tuple(t for protocol in spec.protocols for t in REQUIRES[protocol])
+    runnable = _runnable({c.spec.cni: (*c.requires, *tools) for c in pending.values()},
+                         settings["cni"].strip() == "all")
+    spec = dataclasses.replace(spec, cnis=runnable)
+    pending = {key: c for key, c in pending.items() if key[0] in runnable}
     _clean_dead_runs()
-    run_id, failures = bench.run(spec, args.out, {cni: clusters[cni] for cni in spec.cnis})
-    print(f"run {run_id}: rows in {args.out}")
-    if args.plots:
-        df = results.load([args.out])
+    run_id, failures = bench.run(spec, out, pending, bench.Environment.here(args.command_line))
+    print(f"run {run_id}: rows in {out}")
+    if plots_dir:
+        df = results.load([out])
         run = df[df.run_id == run_id]
-        written = plots.plot_all(run, args.plots, pub)
+        try:
+            written = plots.plot_all(run, plots_dir, pub)
+        except ValueError as exc:  # the rows are safe; say why there are no charts
+            print(f"k8stopo: no charts drawn: {exc}", file=sys.stderr)
+            return 1
         for path in written:
             print(f"  {path}")
     if failures:
-        print(f"k8stopo: {failures} measurement(s) failed; see the log above", file=sys.stderr)
+        print(f"k8stopo: {failures} measurement(s) or build(s) failed; see the log above",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -275,7 +336,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    args.command_line = shlex.join(["k8stopo", *argv])  # recorded on every result row
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

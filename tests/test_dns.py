@@ -230,7 +230,7 @@ def test_bench_pod_to_dns_measures_dnsperf_against_the_service(tmp_path: Path) -
     assert {(r["scenario"], r["protocol"], r["server"], r["server_ip"]) for r in rows} == {
         ("pod-to-dns", "dns", "kube-system/kube-dns", "10.96.0.10")}
     assert all(float(r["value"]) > 0 for r in rows)
-    raw = gzip.decompress((out.parent / rows[0]["raw_file"]).read_bytes()).decode()
+    raw = (out.parent / rows[0]["raw_file"]).read_text()
     assert "Queries per second" in raw and "kube-dns.kube-system.svc.cluster.local A" in raw
 
 

@@ -1,9 +1,10 @@
 """Tests of k8stopo.measure.
 
-Parsers are checked against real iperf3 3.12 / iputils ping output recorded
-between two network namespaces on this machine (tests/data/); the runners are
-checked end to end between two namespaces created here (needs root). Expected
-values are read from the recorded files themselves, never retyped.
+Parsers are checked against real iperf3 3.12 / iputils ping / sockperf 3.7 output
+and /proc/stat readings recorded between two network namespaces on this machine
+(tests/data/); the runners are checked end to end between two namespaces created
+here (needs root). Expected values are read from the recorded files themselves,
+never retyped.
 """
 from __future__ import annotations
 
@@ -19,9 +20,14 @@ from typing import Iterator
 
 import pytest
 
-from k8stopo import proc, runstate
-from k8stopo.measure import Measurement, MeasurementError, Sample, measure, parse_iperf3, parse_ping
+from k8stopo import measure as measure_mod
+from k8stopo import doctor, proc, runstate
+from k8stopo.measure import (PROTOCOLS, CpuTimes, Measurement, MeasurementError, Overlap, Params,
+                             Sample, TcpRR, cpu_busy_pct, cpu_busy_seconds, delivered_gbit,
+                             fits_idle, measure, parse_iperf3, parse_ping, parse_proc_stat,
+                             parse_sockperf)
 from k8stopo.node import Endpoint
+from k8stopo.spec import PROTOCOLS as SPEC_PROTOCOLS
 
 DATA = Path(__file__).parent / "data"
 
@@ -31,7 +37,11 @@ SPEC_METRICS = {
     "udp": {"throughput_bps": "bit/s", "jitter_ms": "ms", "loss_pct": "%"},
     "icmp": {"rtt_avg_ms": "ms", "rtt_min_ms": "ms", "rtt_max_ms": "ms",
              "rtt_p50_ms": "ms", "rtt_p99_ms": "ms"},
+    "tcp_rr": {"transactions_per_s": "1/s", "latency_p50_us": "us", "latency_p90_us": "us",
+               "latency_p99_us": "us"},
 }
+# what measure() adds to the tool's own metrics
+CPU_METRICS = {"tcp": {"cpu_busy_pct": "%", "cpu_s_per_gbit": "s/Gbit"}}
 
 
 def read(name: str) -> str:
@@ -47,6 +57,12 @@ def by_metric(samples: list[Sample]) -> dict[str, Sample]:
 def assert_spec_metrics(protocol: str, samples: list[Sample]) -> None:
     got = {s.metric: s.unit for s in samples}
     assert got == SPEC_METRICS[protocol]
+
+
+def assert_measured_metrics(protocol: str, samples: list[Sample]) -> None:
+    got = {s.metric: s.unit for s in samples}
+    assert got == {**SPEC_METRICS[protocol],
+                   **CPU_METRICS.get(protocol, {"cpu_busy_pct": "%"})}
 
 
 # --- parsers on recorded output ------------------------------------------------------
@@ -159,6 +175,104 @@ def test_parse_ping_without_statistics_raises() -> None:
         parse_ping("ping: connect: Network is unreachable\n")
 
 
+def test_parse_sockperf_full_round_trip_percentiles_and_rate() -> None:
+    text = read("sockperf_pp_tcp_rtt.txt")
+    got = by_metric(parse_sockperf(text))
+    assert_spec_metrics("tcp_rr", list(got.values()))
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    pct = dict(re.findall(r"percentile ([\d.]+) =\s*([\d.]+)", plain))
+    assert got["latency_p50_us"].value == float(pct["50.000"])
+    assert got["latency_p90_us"].value == float(pct["90.000"])
+    assert got["latency_p99_us"].value == float(pct["99.000"])
+    valid = re.search(r"\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=\d+; "
+                      r"ReceivedMessages=(\d+)", plain)
+    assert valid is not None
+    # the valid duration's replies over its run time, not the whole run's (warm-up included)
+    assert got["transactions_per_s"].value == int(valid.group(2)) / float(valid.group(1))
+    total = re.search(r"\[Total Run\] RunTime=([\d.]+) sec.*ReceivedMessages=(\d+)", plain)
+    assert total is not None
+    assert got["transactions_per_s"].value != int(total.group(2)) / float(total.group(1))
+
+
+def test_parse_sockperf_refuses_half_round_trips() -> None:
+    """Without --full-rtt sockperf prints latency = RTT/2, not a transaction's time."""
+    text = read("sockperf_pp_tcp_halfrtt.txt")
+    assert "avg-latency=" in text and "percentile 50.000" in text
+    with pytest.raises(MeasurementError, match="half round trips"):
+        parse_sockperf(text)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("sockperf_refused.txt", "Connection refused"),
+    ("sockperf_noroute.txt", "No route to host"),
+])
+def test_parse_sockperf_errors_although_it_exits_0(name: str, message: str) -> None:
+    with pytest.raises(MeasurementError, match=message):
+        parse_sockperf(read(name))
+
+
+def test_parse_sockperf_without_statistics_or_a_percentile_raises() -> None:
+    with pytest.raises(MeasurementError, match="no round-trip statistics"):
+        parse_sockperf("sockperf: Starting test...\n")
+    text = re.sub(r".*percentile 90\.000.*\n", "", read("sockperf_pp_tcp_rtt.txt"))
+    with pytest.raises(MeasurementError, match="percentile 90"):
+        parse_sockperf(text)
+
+
+def test_proc_stat_busy_share_from_recorded_readings() -> None:
+    """Two real readings one second apart while a shell loop spun on one core."""
+    before, after = (parse_proc_stat(read(f"proc_stat_{w}.txt")) for w in ("before", "after"))
+    first = [int(v) for v in read("proc_stat_before.txt").split("\n")[0].split()[1:]]
+    last = [int(v) for v in read("proc_stat_after.txt").split("\n")[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        b - a for a, b in zip(first[:8], last[:8]))
+    busy = user + nice + system + irq + softirq + steal
+    assert cpu_busy_pct(before, after) == pytest.approx(100 * busy / (busy + idle + iowait))
+    assert cpu_busy_seconds(before, after, hz=100) == busy / 100
+    assert 1.0 <= cpu_busy_seconds(before, after, hz=100) <= 2.0 + 0.05  # 2 cores, ~1 s
+
+
+def test_proc_stat_counts_softirq_and_not_guest_twice() -> None:
+    """SYNTHETIC lines: softirq is busy time; guest is already inside user."""
+    line = "cpu  {u} 0 {s} {i} 0 0 {si} 0 {g} 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
+    before = parse_proc_stat(line.format(u=100, s=100, i=1000, si=0, g=0))
+    after = parse_proc_stat(line.format(u=150, s=100, i=1100, si=50, g=40))
+    assert after.busy - before.busy == 100  # 50 user (40 of it guest) + 50 softirq
+    assert cpu_busy_pct(before, after) == 50.0
+    with pytest.raises(MeasurementError, match="did not advance"):
+        cpu_busy_pct(after, after)
+    with pytest.raises(MeasurementError, match="no aggregate cpu line"):
+        parse_proc_stat("intr 1 2 3\n")
+
+
+def test_cpu_seconds_per_gbit_uses_the_receivers_bytes() -> None:
+    text = read("iperf3_tcp_client.json")
+    end = json.loads(text)["end"]
+    assert delivered_gbit(text) == end["sum_received"]["bytes"] * 8 / 1e9
+    data = json.loads(text)
+    data["end"]["sum_sent"]["bytes"] *= 2  # what the sender wrote does not count
+    assert delivered_gbit(json.dumps(data)) == delivered_gbit(text)
+    data["end"]["sum_received"]["bytes"] //= 2
+    assert delivered_gbit(json.dumps(data)) == pytest.approx(delivered_gbit(text) / 2)
+    _, parser = PROTOCOLS["tcp"]
+    before, after = CpuTimes(busy=1000, total=5000), CpuTimes(busy=1300, total=5400)
+    got = by_metric(parser(text, before, after))
+    assert got["cpu_s_per_gbit"].value == pytest.approx(
+        cpu_busy_seconds(before, after) / delivered_gbit(text))
+
+
+def test_protocol_registry_is_specs_and_names_doctors_tools() -> None:
+    assert tuple(PROTOCOLS) == SPEC_PROTOCOLS
+    assert set(measure_mod.REQUIRES) == set(PROTOCOLS)
+    assert {t for tools in measure_mod.REQUIRES.values() for t in tools} <= set(doctor.TOOLS)
+
+
+def test_only_what_fits_runs_in_sockperfs_idle_time() -> None:
+    assert fits_idle(["tcp", "tcp_rr", "icmp"], Params(duration=1)) == ["tcp", "icmp"]
+    assert fits_idle(["tcp", "icmp"], Params(duration=2)) == ["icmp"]  # 2 s of TCP cannot
+    assert fits_idle(["tcp", "udp"], Params(duration=1)) == ["tcp"]
+
+
 # --- runners between two real network namespaces ---------------------------------------
 
 def netns_inode(pid: int) -> str:
@@ -240,39 +354,68 @@ def assert_nothing_left(state: runstate.RunState, *endpoints: Endpoint) -> None:
         assert pids_in_netns(netns_inode(ep.pid)) == {ep.pid}, f"stray process in {ep.name}"
 
 
-def test_measure_tcp_udp_icmp_between_namespaces(state: runstate.RunState) -> None:
+def test_measure_every_protocol_between_namespaces(state: runstate.RunState) -> None:
     with two_endpoints(state) as (a, b):
         results: dict[str, Measurement] = {}
-        for protocol in ("tcp", "udp", "icmp"):
-            results[protocol] = measure(a, b, protocol, 1)
+        for protocol in PROTOCOLS:
+            results[protocol] = measure(a, b.ip, b, protocol, Params(duration=1))
             assert results[protocol].protocol == protocol
-            assert_spec_metrics(protocol, results[protocol].samples)
+            assert_measured_metrics(protocol, results[protocol].samples)
             assert all(isinstance(s.value, float) for s in results[protocol].samples)
+            busy = by_metric(results[protocol].samples)["cpu_busy_pct"].value
+            assert 0 < busy <= 100  # the tools themselves ran, so the box was busy
         for protocol in ("tcp", "udp"):
             m = results[protocol]
             assert by_metric(m.samples)["throughput_bps"].value > 0
             assert m.peer_seen_by_server == str(a.ip)
             assert json.loads(m.raw)["start"]["connected"][0]["remote_host"] == str(b.ip)
             assert json.loads(m.server_raw)["start"]["accepted_connection"]["host"] == str(a.ip)
-            assert m.samples == parse_iperf3(m.raw, protocol)  # values are the raw output's
+            tool = [s for s in m.samples if s.metric not in ("cpu_busy_pct", "cpu_s_per_gbit")]
+            assert tool == parse_iperf3(m.raw, protocol)  # values are the raw output's
         icmp = results["icmp"]
         assert icmp.server_raw == "" and icmp.peer_seen_by_server is None
-        assert "20 received" in icmp.raw  # max(20, 1 s / 50 ms) pings, all answered
+        assert "100 received" in icmp.raw  # 100 pings per second of duration, all answered
         rtt = by_metric(icmp.samples)
         assert 0 < rtt["rtt_min_ms"].value <= rtt["rtt_p50_ms"].value <= rtt["rtt_max_ms"].value
+        rr = results["tcp_rr"]
+        assert "avg-rtt=" in rr.raw and f"IP = {b.ip}" in rr.raw  # full round trips, to b
+        assert [s for s in rr.samples if s.metric != "cpu_busy_pct"] == parse_sockperf(rr.raw)
+        lat = by_metric(rr.samples)
+        assert lat["latency_p50_us"].value <= lat["latency_p90_us"].value \
+            <= lat["latency_p99_us"].value
+        assert_nothing_left(state, a, b)
+
+
+def test_rr_idle_time_hosts_a_measurement_and_overrun_is_caught(state: runstate.RunState) -> None:
+    with two_endpoints(state) as (a, b):
+        with TcpRR(a, str(b.ip), b, Params(duration=1)) as rr:
+            with rr.idle():
+                inside = measure(a, b.ip, b, "icmp", Params(duration=1))
+            run = rr.run()
+        assert rr.started_at is not None and rr.idle_until is not None
+        assert rr.idle_until < rr.started_at  # the ping ended before sockperf's test began
+        assert by_metric(inside.samples)["rtt_avg_ms"].value > 0
+        assert parse_sockperf(run.raw)
+        with pytest.raises(Overlap, match="began"), TcpRR(a, str(b.ip), b, Params(duration=1)) as rr:
+            with rr.idle():
+                time.sleep(measure_mod.RR_IDLE_S + 0.3)  # overruns the idle sleep
+            rr.run()
         assert_nothing_left(state, a, b)
 
 
 def test_measure_failures_raise_and_leave_nothing(state: runstate.RunState) -> None:
     with two_endpoints(state) as (a, b):
         # an address the client has no route to: the client fails, the server is stopped
-        nowhere = Endpoint("nowhere", ipaddress.IPv4Address("10.98.0.2"), b.pid, state)
-        with pytest.raises(MeasurementError, match="Network is unreachable"):
-            measure(a, nowhere, "tcp", 1)
-        with pytest.raises(MeasurementError, match="Network is unreachable"):
-            measure(a, nowhere, "icmp", 1)  # ping says so on stderr only
+        for protocol in PROTOCOLS:
+            with pytest.raises(MeasurementError, match="Network is unreachable|No route"):
+                measure(a, "10.98.0.2", b, protocol)  # ping says so on stderr only
+        # b's address, but nobody answers there on sockperf's port: sockperf exits 0
+        # server in a, not b
+        with pytest.raises(MeasurementError, match="Connection refused|did not connect"), \
+                TcpRR(a, str(b.ip), a, Params(duration=1)) as rr:
+            rr.run()
         with pytest.raises(ValueError):
-            measure(a, b, "tcp", 0.5)  # iperf3 -t 0.5 would mean -t 0: run forever
+            measure(a, b.ip, b, "tcp", Params(duration=0.5))  # type: ignore[arg-type]
         with pytest.raises(ValueError):
-            measure(a, b, "sctp", 1)
+            measure(a, b.ip, b, "sctp")
         assert_nothing_left(state, a, b)

@@ -13,7 +13,8 @@ import re
 from collections.abc import Sequence
 
 from .. import proc
-from ..measure import Measurement, MeasurementError, Sample, _nearest_rank
+from ..measure import (PROTOCOLS, REQUIRES, CpuTimes, Measurement, MeasurementError, Params,
+                       Run, Sample, _nearest_rank, read_cpu)
 from ..node import Endpoint
 
 OUTSTANDING = 100  # dnsperf's default -q: the latency is that of a saturated server
@@ -55,10 +56,21 @@ def service_names(client: Endpoint) -> list[str]:
     return path.read_text().splitlines()
 
 
-def measure(client: Endpoint, target: str, duration: float) -> Measurement:
+def _run(client: Endpoint, target: str, server: Endpoint, p: Params) -> Run:
     """bench's ``dns`` protocol: dnsperf from ``client`` to ``target`` (10.96.0.10) with
-    the names of every Service, for ``duration`` seconds."""
-    return dnsperf(client, target, service_names(client), duration)
+    the names of every Service, for ``duration`` seconds (/proc/stat read around it)."""
+    before = read_cpu()
+    m = dnsperf(client, target, service_names(client), p.duration)
+    return Run(m.raw, ".txt", before, read_cpu())
+
+
+def _parse(raw: str, before: CpuTimes, after: CpuTimes) -> list[Sample]:
+    return parse_dnsperf(raw)
+
+
+# The protocol registry's dns entry (measure cannot import this module: it imports measure).
+PROTOCOLS["dns"] = (_run, _parse)
+REQUIRES["dns"] = ("dnsperf",)
 
 
 def dnsperf(client: Endpoint, server: str, queries: Sequence[str], duration: float,
