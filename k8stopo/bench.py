@@ -256,6 +256,11 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
                "commit": env.commit, "command": env.command, "experiment": spec.experiment})
 
 
+#: the parameter and environment columns every bench row adds to results.COLUMNS
+EXTRA_COLUMNS = ("udp_bandwidth", "msg_size", "offloads", "underlay_mtu", "bgp_mode",
+                 "ipip_mode", "cpu_model", "iptables_mode", "commit", "command", "experiment")
+
+
 def _own(cni: str, point: BenchSpec, option: str) -> object:
     """A variant's own option's value on its rows (empty for variants without it)."""
     return getattr(point, option) if option in variant_class(cni).options else ""

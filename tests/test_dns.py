@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import gzip
 import ipaddress
 import json
 import sys
@@ -225,8 +224,8 @@ def test_bench_pod_to_dns_measures_dnsperf_against_the_service(tmp_path: Path) -
     assert res.returncode == 0, res.stderr
     with out.open() as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["metric"] for r in rows) == ["latency_avg_ms", "latency_p99_ms",
-                                                 "queries_per_s"]
+    assert sorted(r["metric"] for r in rows) == ["cpu_busy_pct", "latency_avg_ms",
+                                                 "latency_p99_ms", "queries_per_s"]
     assert {(r["scenario"], r["protocol"], r["server"], r["server_ip"]) for r in rows} == {
         ("pod-to-dns", "dns", "kube-system/kube-dns", "10.96.0.10")}
     assert all(float(r["value"]) > 0 for r in rows)

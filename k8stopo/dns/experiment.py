@@ -17,7 +17,7 @@ Part 2 (glibc's getaddrinfo in the pod, :mod:`k8stopo.dns.lookup`): for each nam
 form, the A queries kubedns receives for one lookup with an empty cache (its
 per-type counter), and the latency of ``lookup_count`` lookups once warm.
 
-``python -m k8stopo.dns.experiment experiments/dns.yaml --out results/dns``
+``python -m k8stopo.dns.experiment experiments/control-plane/dns.yaml --out results/dns``
 writes dns_perf.csv, dns_ndots.csv, dns.png and the raw dnsperf outputs.
 """
 from __future__ import annotations
