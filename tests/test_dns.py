@@ -261,7 +261,8 @@ def test_experiment_file_refuses_unknown_keys_and_bad_values(tmp_path: Path) -> 
     bad.write_text("duration: 60\n")
     with pytest.raises(SpecError, match="30 s TTL"):
         Params.load(bad)
-    assert Params.load(Path(__file__).parent.parent / "experiments" / "dns.yaml").services == 2000
+    shipped = Path(__file__).parent.parent / "experiments" / "control-plane" / "dns.yaml"
+    assert Params.load(shipped).services == 2000
 
 
 def test_health_endpoints_answer_and_fail_when_their_server_stops(cluster: Cluster) -> None:
