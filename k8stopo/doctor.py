@@ -28,7 +28,7 @@ from .runstate import RunState
 
 FEATURES = ("netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem",
             "htb", "tbf", "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf",
-            "policy-routing")
+            "policy-routing", "ipset")
 # tool -> arguments that make it print its version (None: it has no such option)
 TOOLS: dict[str, tuple[str, ...] | None] = {
     "iperf3": ("--version",), "ping": ("-V",), "tcpdump": ("--version",),
@@ -85,6 +85,7 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
     masq = ("-t", "nat", "POSTROUTING", "-s", net, "-j", "MASQUERADE")
     ct = ("INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
     rule = ("from", net, "table", "100", "priority", "100")
+    match_set = ("INPUT", "-m", "set", "--match-set", f"{p}set", "src", "-j", "ACCEPT")
     return {
         "veth": _Steps("ip link add type veth", (veth(f"{p}v0", f"{p}v1"),),
                        (link_del(f"{p}v0"),)),
@@ -128,6 +129,9 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
                             (("iptables", "-A", *ct),), (("iptables", "-D", *ct),)),
         "policy-routing": _Steps("ip rule add", (("ip", "rule", "add", *rule),),
                                  (("ip", "rule", "del", *rule),)),
+        "ipset": _Steps("ipset + iptables -m set", (("ipset", "create", f"{p}set", "hash:net"),
+                                                   ("iptables", "-A", *match_set)),
+                        (("iptables", "-D", *match_set), ("ipset", "destroy", f"{p}set"))),
     }
 
 

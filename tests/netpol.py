@@ -6,10 +6,21 @@ reference (never computed by the evaluator under test)."""
 from __future__ import annotations
 
 import ipaddress
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-from k8stopo.policy.semantics import Host
+from k8stopo.cluster import Cluster
+from k8stopo.cni import variant
+from k8stopo.node import Pod
+from k8stopo.policy import agents_for
+from k8stopo.policy.model import parse_all
+from k8stopo.policy.semantics import Host, truth_table
+from k8stopo.spec import ClusterSpec
 from k8stopo.workload import ContainerPort, PodSpec, Workload
 
 NAMESPACES = ("x", "y", "z")
@@ -148,3 +159,86 @@ def render(table: dict[tuple[str, str], bool]) -> str:
     lines = ["-\t" + "\t".join(names)]
     lines += [s + "\t" + "\t".join("." if table[(s, d)] else "X" for d in names) for s in names]
     return "\n".join(lines)
+
+
+# -- real clusters ----------------------------------------------------------------------------
+AGENT = Path(__file__).resolve().parent / "netpol_agent.py"
+
+
+class E2ECluster(Cluster):
+    """A cluster whose pods are the workload's, placed by nodeName, with their ports."""
+
+    def pod_plan(self):  # type: ignore[override]
+        assert self.spec.workload is not None
+        return [(self.node(p.node_name), p.name, p.namespace, dict(p.labels))
+                for p in self.spec.workload.pods]
+
+    def _add_pod(self, node, name, namespace="default", labels=None):  # type: ignore[override]
+        pod = super()._add_pod(node, name, namespace, labels)
+        assert self.spec.workload is not None
+        pod.ports = next(p.ports for p in self.spec.workload.pods if p.name == name)
+        return pod
+
+
+def e2e_cluster(cni: str, policies: tuple[dict[str, Any], ...] = (), nodes: int = 3) -> E2ECluster:
+    spec = ClusterSpec(cni=cni, nodes=nodes, pods_per_node=0, workload=workload(policies, nodes))
+    return E2ECluster(spec, agents=agents_for(variant(cni)))
+
+
+def start_servers(cluster: Cluster) -> None:
+    """Every pod answers on 80 and 81, TCP and UDP, with its ``ns/pod`` (stopped with the
+    cluster: the processes are tracked in the run's manifest)."""
+    for pod in cluster.pods:
+        p = pod.spawn([sys.executable, str(AGENT), "serve", f"{pod.namespace}/{pod.labels['pod']}",
+                       *(f"{port}/{proto}" for port, proto in PROBES)], what=f"netpol@{pod.name}",
+                      stdout=subprocess.PIPE)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", pod.name
+
+
+def _probe(cluster: Cluster, todo: list[tuple[Pod, Pod, int, str]]) -> dict[tuple, bool]:
+    by_client: dict[str, list] = {}
+    for src, dst, port, proto in todo:
+        by_client.setdefault(src.name, []).append(
+            [f"{dst.name}|{port}|{proto}", str(dst.ip), port, proto])
+
+    def one(client: str) -> dict[str, str | None]:
+        out = cluster.pod(client).output([sys.executable, str(AGENT), "probe",
+                                          json.dumps(by_client[client])])
+        return json.loads(out)
+
+    with ThreadPoolExecutor(max_workers=len(by_client) or 1) as pool:
+        answers = dict(zip(by_client, pool.map(one, by_client)))
+    result = {}
+    for src, dst, port, proto in todo:
+        got = answers[src.name][f"{dst.name}|{port}|{proto}"]
+        assert got in (None, f"{dst.namespace}/{dst.labels['pod']}"), f"{dst.name} answered as {got}"
+        result[(src.name, dst.name, port, proto)] = got is not None
+    return result
+
+
+def measure(cluster: Cluster) -> dict[tuple[int, str], dict[tuple[str, str], bool]]:
+    """The truth table per port/protocol, from real connections; a blocked probe is tried a
+    second time (as the e2e suite retries) so a lost datagram does not read as a policy."""
+    pods = [p for p in cluster.pods]
+    todo = [(s, d, port, proto) for s in pods for d in pods if s is not d for port, proto in PROBES]
+    seen = _probe(cluster, todo)
+    again = [t for t in todo if not seen[(t[0].name, t[1].name, t[2], t[3])]]
+    if again:
+        seen.update(_probe(cluster, again))
+    key = {p.name: f"{p.namespace}/{p.labels['pod']}" for p in pods}
+    return {(port, proto): {(key[s.name], key[d.name]): s is d or seen[(s.name, d.name, port, proto)]
+                            for s in pods for d in pods}
+            for port, proto in PROBES}
+
+
+def evaluate(cluster: Cluster, documents) -> dict[tuple[int, str], dict[tuple[str, str], bool]]:
+    """The reference evaluator's tables for the cluster's real pods."""
+    policies = parse_all(documents)
+    hosts = [Host(p.ip, p.namespace, dict(p.labels), tuple(p.ports),
+                  f"{p.namespace}/{p.labels['pod']}") for p in cluster.pods]
+    return {(port, proto): truth_table(policies, NS_LABELS, hosts, port, proto)
+            for port, proto in PROBES}
+
+
+def pod_ips(cluster: Cluster) -> dict[str, str]:
+    return {f"{p.namespace}/{p.labels['pod']}": str(p.ip) for p in cluster.pods}
