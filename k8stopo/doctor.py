@@ -28,13 +28,13 @@ from .runstate import RunState
 
 FEATURES = ("netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem",
             "htb", "tbf", "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf",
-            "policy-routing", "ipset")
+            "policy-routing", "rpfilter", "ipip-datapath", "ipset")
 # tool -> arguments that make it print its version (None: it has no such option)
 TOOLS: dict[str, tuple[str, ...] | None] = {
     "iperf3": ("--version",), "ping": ("-V",), "tcpdump": ("--version",),
     "bird": ("--version",), "birdc": None, "mnexec": None, "brctl": ("-V",),
     "dnsmasq": ("--version",), "socat": ("-V",), "sockperf": ("--version",),
-    "nsenter": ("--version",),
+    "nsenter": ("--version",), "ipset": ("--version",), "clang": ("--version",),
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "ptp", "loopback", "macvlan")
@@ -85,6 +85,7 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
     masq = ("-t", "nat", "POSTROUTING", "-s", net, "-j", "MASQUERADE")
     ct = ("INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
     rule = ("from", net, "table", "100", "priority", "100")
+    rpf = ("-t", "raw", "PREROUTING", "-m", "rpfilter", "--validmark", "--invert", "-j", "DROP")
     match_set = ("INPUT", "-m", "set", "--match-set", f"{p}set", "src", "-j", "ACCEPT")
     return {
         "veth": _Steps("ip link add type veth", (veth(f"{p}v0", f"{p}v1"),),
@@ -129,6 +130,9 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
                             (("iptables", "-A", *ct),), (("iptables", "-D", *ct),)),
         "policy-routing": _Steps("ip rule add", (("ip", "rule", "add", *rule),),
                                  (("ip", "rule", "del", *rule),)),
+        "rpfilter": _Steps("iptables -m rpfilter (Felix's anti-spoofing)",
+                           (("iptables", *rpf[:2], "-A", *rpf[2:]),),
+                           (("iptables", *rpf[:2], "-D", *rpf[2:]),)),
         "ipset": _Steps("ipset + iptables -m set", (("ipset", "create", f"{p}set", "hash:net"),
                                                    ("iptables", "-A", *match_set)),
                         (("iptables", "-D", *match_set), ("ipset", "destroy", f"{p}set"))),
@@ -266,6 +270,8 @@ def probe(wanted: Iterable[str] | None = None) -> dict[str, Probe]:
     what their variants need: creating a device can autoload a module, and some modules
     (ipip, ip_gre) then leave fallback devices in every namespace, the root one included."""
     want = None if wanted is None else frozenset(wanted)
+    if want is not None and "ipip-datapath" in want:
+        want |= {"ipip", "tc-bpf", "clang"}
     probes = _probe_features(want)
     for tool, version_args in TOOLS.items():
         if want is None or tool in want:
@@ -273,7 +279,20 @@ def probe(wanted: Iterable[str] | None = None) -> dict[str, Probe]:
     for plugin in CNI_PLUGINS:
         if want is None or f"cni:{plugin}" in want:
             probes[f"cni:{plugin}"] = _guarded(f"cni:{plugin}", _probe_cni_plugin, plugin)
+    if want is None or "ipip-datapath" in want:
+        probes["ipip-datapath"] = _ipip_datapath(probes)
     return probes
+
+
+def _ipip_datapath(probes: dict[str, Probe]) -> Probe:
+    """Which IP-in-IP calico-ipip gets: the kernel's ipip tunl0, or, without the module,
+    the tc eBPF stand-in (clsact + clang-built programs that push/pop the outer header)."""
+    name = "ipip-datapath"
+    if probes["ipip"].ok:
+        return Probe(name, True, "calico-ipip uses the kernel's ipip tunl0")
+    if probes["tc-bpf"].ok and probes["clang"].ok:
+        return Probe(name, True, "no ipip module: calico-ipip uses a tc eBPF stand-in for tunl0")
+    return Probe(name, False, "neither the ipip module nor tc eBPF with clang")
 
 
 def missing(requires: Iterable[str], probes: dict[str, Probe]) -> list[str]:

@@ -21,6 +21,8 @@ SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
 PROTOCOLS = ("tcp", "udp", "icmp")
 UNDERLAY_CIDR = "172.20.0.0/16"  # k8stopo/topo.py repeats it: it must load alone (mn --custom)
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
+BGP_MODES = ("mesh", "rr")  # Calico's node-to-node mesh, or route reflectors
+IPIP_MODES = ("always", "cross-subnet")  # Calico IPPool ipipMode Always / CrossSubnet
 
 
 class SpecError(ValueError):
@@ -61,6 +63,9 @@ class ClusterSpec:
     pod_cidr: str | None = None  # None: the variant's real default
     node_block: int | None = None  # prefix length of a node's pod range; None: default
     workload: Workload | None = None  # from --manifests; None: pods_per_node plain pods
+    bgp: str = "mesh"  # Calico's BIRD peering: node-to-node mesh or route reflectors
+    route_reflectors: int = 1  # with bgp "rr": how many nodes (n1, n2) reflect
+    ipip_mode: str = "always"  # calico-ipip: encapsulate always, or only across subnets
 
     def check_basics(self) -> None:
         """Checks that do not depend on the variant."""
@@ -70,6 +75,18 @@ class ClusterSpec:
             raise SpecError(f"--pods-per-node must be 0 or more, not {self.pods_per_node}")
         if not MIN_MTU <= self.mtu <= 65535:
             raise SpecError(f"--mtu must be between {MIN_MTU} and 65535, not {self.mtu}")
+        if self.bgp not in BGP_MODES:
+            raise SpecError(f"--bgp must be one of {', '.join(BGP_MODES)}, not {self.bgp!r}")
+        if self.ipip_mode not in IPIP_MODES:
+            raise SpecError(f"--ipip-mode must be one of {', '.join(IPIP_MODES)}, "
+                            f"not {self.ipip_mode!r}")
+        if not 1 <= self.route_reflectors <= 2:
+            raise SpecError(f"--route-reflectors must be 1 or 2, not {self.route_reflectors}")
+        if self.bgp == "mesh" and self.route_reflectors != 1:
+            raise SpecError("--route-reflectors needs --bgp rr")
+        if self.bgp == "rr" and self.route_reflectors >= self.nodes:
+            raise SpecError(f"--bgp rr with {self.route_reflectors} route reflector(s) needs "
+                            f"more nodes than that (--nodes {self.nodes})")
         underlay = ipv4_network(self.underlay_cidr, "underlay CIDR")
         if underlay.num_addresses - 2 < self.nodes:
             raise SpecError(f"underlay {underlay} has no room for {self.nodes} nodes")
@@ -89,6 +106,9 @@ class BenchSpec:
     streams: int = 1
     mtu: int = 1500
     udp_bandwidth: str = "0"
+    bgp: str = "mesh"
+    route_reflectors: int = 1
+    ipip_mode: str = "always"
 
     def check(self) -> None:
         if not 1 <= self.duration <= 3600:
@@ -111,6 +131,11 @@ class BenchSpec:
         if self.pods_per_node < 1 and {"pod-to-pod-cross-node", "node-to-pod"} & set(self.scenarios):
             raise SpecError("pod scenarios need --pods-per-node 1 or more")
 
-    def cluster(self, cni: str) -> ClusterSpec:
+    def cluster(self, cni: str, options: frozenset[str] = frozenset()) -> ClusterSpec:
+        """The cluster of one variant; ``options`` are the variant's own ClusterSpec fields
+        (Variant.options): the others keep their defaults, so ``--bgp rr`` applies to the
+        Calico BIRD variants of a ``--cni all`` run and leaves flannel alone."""
+        own = {f: getattr(self, f) for f in ("bgp", "route_reflectors", "ipip_mode")
+               if f in options}
         return ClusterSpec(cni=cni, nodes=self.nodes, pods_per_node=self.pods_per_node,
-                           mtu=self.mtu)
+                           mtu=self.mtu, **own)

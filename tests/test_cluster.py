@@ -12,7 +12,7 @@ from k8stopo import measure, proc, runstate
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
-from k8stopo.cni.calico import Calico, cali_name
+from k8stopo.cni.calico import Calico, CalicoBird, cali_name
 from k8stopo.node import Node, Pod
 from k8stopo.spec import ClusterSpec
 
@@ -127,8 +127,8 @@ def test_cross_node_traffic_has_the_variants_wire_format(cluster: Cluster,
 
 
 def test_bird_sessions_establish_and_every_node_learns_every_block(cluster: Cluster) -> None:
-    if not isinstance(cluster.variant, Calico):
-        pytest.skip("BGP is Calico's")
+    if not isinstance(cluster.variant, CalicoBird):
+        pytest.skip("BGP is Calico's (with BIRD)")
     for node in cluster.nodes:
         protocols = cluster.variant.birdc(node, "show", "protocols")
         sessions = [l for l in protocols.splitlines() if l.startswith("Mesh_")]
@@ -187,14 +187,15 @@ def test_bgp_that_does_not_converge_in_time_fails_clearly_and_leaves_nothing(mon
     from k8stopo import cluster as cluster_module
     monkeypatch.setattr(cluster_module, "READY_TIMEOUT", 0.0)  # BIRD cannot be that quick
     seen: dict = {}
-    original = Calico.wait_ready
+    original = CalicoBird.wait_ready
 
     def record(self, timeout):
         seen["prefix"], seen["pids"] = self.cluster.state.prefix, list(self.cluster.state.data["pids"])
         original(self, timeout)
 
-    monkeypatch.setattr(Calico, "wait_ready", record)
-    with pytest.raises(TimeoutError, match=r"BGP did not converge in 0s: \d of 2 nodes"):
+    monkeypatch.setattr(CalicoBird, "wait_ready", record)
+    with pytest.raises(TimeoutError, match=r"BGP did not converge in 0s: \d of 2 nodes(.|\n)*"
+                       r"`birdc show protocols` on n\d:\n.*BIRD"):
         with Cluster(ClusterSpec(cni="calico-bgp", nodes=2, pods_per_node=1)):
             pass
     assert any("bird@" in p["what"] for p in seen["pids"])

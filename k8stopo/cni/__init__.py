@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from ..spec import SPEC_VARIANTS, SpecError, pick
 from .base import Variant
-from .calico import CalicoBGP
+from .calico import CalicoBGP, CalicoIPIP, CalicoVXLAN
 from .flannel import FlannelHostGW, FlannelVXLAN
 from .host import HostNetwork
 
 VARIANTS: dict[str, type[Variant]] = {
-    cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, CalicoBGP)
+    cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, CalicoBGP, CalicoIPIP,
+                               CalicoVXLAN)
 }
 
 

@@ -66,6 +66,8 @@ class Variant(Agent):
     masquerades: ClassVar[bool] = True
     #: the real project enforces NetworkPolicy
     enforces_policy: ClassVar[bool] = False
+    #: ClusterSpec fields beyond the basics that this variant honours (bgp, ipip_mode, ...)
+    options: ClassVar[frozenset[str]] = frozenset()
 
     # -- before anything exists -------------------------------------------------
     @classmethod
@@ -74,6 +76,10 @@ class Variant(Agent):
         if spec.mtu - cls.overhead < MIN_MTU:
             raise SpecError(f"MTU {spec.mtu} leaves no room for {cls.name}'s {cls.overhead}-byte "
                             f"encapsulation (pods would get {spec.mtu - cls.overhead} < {MIN_MTU})")
+        for option in ("bgp", "route_reflectors", "ipip_mode"):
+            if (getattr(spec, option) != getattr(ClusterSpec, option)
+                    and option not in cls.options):
+                raise SpecError(f"--{option.replace('_', '-')} does not apply to {cls.name}")
         if cls.host_network:
             return []
         pod_cidr = ipv4_network(spec.pod_cidr or cls.pod_cidr, "pod CIDR")

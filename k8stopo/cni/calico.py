@@ -1,4 +1,4 @@
-"""Calico: routed pods (no bridge), routes exchanged by real BIRD over BGP.
+"""Calico: routed pods (no bridge), Felix's chains, and BIRD, IP-in-IP or VXLAN between nodes.
 
 What calico-node does on each node, and how this emulation does it:
 
@@ -9,26 +9,46 @@ What calico-node does on each node, and how this emulation does it:
   sha1("<namespace>.<pod>"), gets MAC ee:ee:ee:ee:ee:ee, no address, proxy-ARP on
   (so it answers for 169.254.1.1), a ``<pod>/32 dev caliX scope link`` route;
   the pod keeps its address as a /32 with ``default via 169.254.1.1 dev eth0``.
-* BIRD 2 per node in the node's namespace, its own control socket, config
-  rendered from templates/bird.conf (Calico's template): a static blackhole for
-  the node's block, exported to every other node over an iBGP full mesh in
-  AS 64512, peers' blocks imported into the kernel table.
-* Felix's natOutgoing rule for the pool (templates/calico-iptables.rules):
-  pod traffic leaving the pool is masqueraded, pod-to-pod never is.
+* Felix's iptables chains (:mod:`.felix`), with no NetworkPolicy: raw anti-spoofing
+  (strict rpfilter on every pod packet), mangle, filter dispatch to per-workload
+  ``cali-tw-``/``cali-fw-`` chains with conntrack rules and the namespace's allow-all
+  profile, and natOutgoing for the pool.
+* calico-bgp / calico-ipip: BIRD 2 per node in the node's namespace, its own control
+  socket and log in the run's directory, config rendered from templates/bird.conf
+  (Calico's confd templates): a static blackhole for the node's block, exported over
+  iBGP in AS 64512, as a node-to-node mesh or through route reflectors (``--bgp rr``).
+* calico-ipip: as the BIRD variant, plus ``tunl0`` (MTU underlay - 20, the node's tunnel
+  address from its block) and BIRD installing peers' blocks ``via <peer> dev tunl0
+  onlink`` (Calico's ``krt_tunnel = "tunl0"``; BIRD 2 spells it ``ifname``/``onlink``/``gw``).
+  With ``--ipip-mode cross-subnet``, peers on the node's own subnet are reached directly.
+  Where the kernel has no ipip module, tunl0 is a stand-in device and a tc eBPF program
+  (k8stopo/bpf/calico_ipip.c) pushes and pops the outer header; see :class:`CalicoIPIP`.
+* calico-vxlan: no BIRD (calico-node's rc.local: no BGP daemon with the vxlan backend);
+  Felix's ``vxlan.calico`` (VNI 4096, UDP 4789, MTU underlay - 50) and, per peer, the ARP,
+  FDB and onlink route of felix/dataplane/linux/vxlan_mgr.go; the outer UDP is NOTRACK.
 """
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from .. import proc
 from ..node import Node, Pod
+from . import felix
 from .base import Variant, render
+
+log = logging.getLogger("k8stopo.calico")
 
 CALICO_POOL = "192.168.0.0/16"
 GATEWAY = ipaddress.IPv4Address("169.254.1.1")
+RR_CLUSTER_ID = "244.0.0.1"  # Calico docs' example routeReflectorClusterID
+BPF_SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "calico_ipip.c"
 
 
 def cali_name(namespace: str, pod: str) -> str:
@@ -36,18 +56,22 @@ def cali_name(namespace: str, pod: str) -> str:
     return "cali" + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest()[:11]
 
 
+def tunnel_address(node: Node) -> ipaddress.IPv4Address:
+    """The node's tunnel address (tunl0 / vxlan.calico): Calico IPAM gives the tunnel the
+    first address of the node's block."""
+    assert node.pod_cidr is not None
+    return node.pod_cidr.network_address
+
+
 class Calico(Variant):
-    """Calico's routed pod plumbing and BIRD mesh; subclasses add encapsulation."""
+    """Calico's routed pod plumbing and Felix's chains; subclasses add BIRD and tunnels."""
 
     pod_cidr = CALICO_POOL
     node_prefixlen = 26
     requires = Variant.requires + ("iptables-nat", "cni:ptp", "cni:host-local", "cni:loopback",
-                                   "bird", "birdc")
-    ASN = 64512
-
-    def __init__(self, cluster: Any) -> None:
-        super().__init__(cluster)
-        self.birds: dict[str, Any] = {}
+                                   "ipset", "rpfilter")
+    #: the tunnel device Felix's nat rules name (None: no encapsulation)
+    tunnel_device: ClassVar[str | None] = None
 
     def netconf(self, node: Node) -> dict[str, Any]:
         return {
@@ -62,6 +86,18 @@ class Calico(Variant):
                 "ranges": [[{"subnet": str(node.pod_cidr)}]],
             },
         }
+
+    def setup_node(self, node: Node) -> None:
+        """Felix's static chains (and the host ipsets they match) before any pod exists."""
+        hosts = [n.ip for n in self.cluster.nodes]
+        sets = {felix.IPSET_ALL_HOSTS: hosts} if self.tunnel_device == "tunl0" else \
+            {felix.IPSET_ALL_VXLAN: hosts} if self.tunnel_device else {}
+        if sets:
+            felix.ipsets(node, sets)
+        felix.restore(node, felix.static_rules(
+            node, self.cluster.pod_cidr, ipip=self.tunnel_device == "tunl0",
+            vxlan=self.tunnel_device == CalicoVXLAN.DEVICE, tunnel_device=self.tunnel_device),
+            record="felix-static.rules")
 
     def pod_added(self, pod: Pod) -> None:
         """The calico plugin's and Felix's part, after ptp made the veth pair."""
@@ -80,29 +116,79 @@ class Calico(Variant):
         pod.run(["ip", "addr", "add", f"{pod.ip}/32", "dev", pod.ifname])
         pod.run(["ip", "route", "replace", GATEWAY, "dev", pod.ifname, "scope", "link"])
         pod.run(["ip", "route", "replace", "default", "via", GATEWAY, "dev", pod.ifname])
+        self.program_workload(pod)
+
+    def program_workload(self, pod: Pod) -> None:
+        """Felix's endpoint manager: the pod's chains and the node's dispatch, one batch."""
+        node = pod.node
+        assert node is not None
+        ifaces = [cali_name(p.namespace, p.name) for p in node.pods if not p.host_network]
+        felix.restore(node, felix.table("filter", [
+            *felix.workload_rules(cali_name(pod.namespace, pod.name), pod),
+            *felix.dispatch_rules(ifaces)]))
+
+
+@dataclass(frozen=True)
+class Peering:
+    """One BGP session of a node, as confd renders it."""
+
+    name: str  # Mesh_<ip> (node-to-node mesh) or Node_<ip> (BGPPeer, e.g. to a reflector)
+    ip: str
+    passive: bool = False  # mesh: only the side with the lower IP (as strings) dials
+    rr_client: bool = False  # on a reflector: the peer is its client
+
+
+class CalicoBird(Calico):
+    """Calico with calico-node's BIRD: the mesh or route reflectors carry the blocks."""
+
+    requires = Calico.requires + ("bird", "birdc")
+    options = frozenset({"bgp", "route_reflectors"})
+    ASN = 64512
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        self.birds: dict[str, Any] = {}
 
     # -- BIRD -----------------------------------------------------------------------
-    def kernel_programming(self) -> str:
-        """Extra lines of the calico_kernel_programming filter (tunnels, in subclasses)."""
-        return ""
+    def kernel_programming(self, node: Node) -> dict[str, Any]:
+        """Template values of the calico_kernel_programming filter (tunnels, in subclasses)."""
+        return {"tunnel": None, "direct_subnet": None}
+
+    def reflectors(self) -> list[Node]:
+        """The route reflector nodes (n1, and n2 with two), none for the mesh."""
+        spec = self.cluster.spec
+        return self.cluster.nodes[:spec.route_reflectors] if spec.bgp == "rr" else []
+
+    def peerings(self, node: Node) -> list[Peering]:
+        """confd's peers: every other node in the mesh; with reflectors, a reflector peers
+        with everyone (its clients as ``rr client``), a client with the reflectors only."""
+        def ip_name(prefix: str, peer: Node) -> str:
+            return f"{prefix}_{str(peer.ip).replace('.', '_')}"
+
+        reflectors = self.reflectors()
+        others = [p for p in self.cluster.nodes if p is not node]
+        if not reflectors:
+            return [Peering(ip_name("Mesh", p), str(p.ip), passive=str(p.ip) > str(node.ip))
+                    for p in others]
+        if node in reflectors:
+            return [Peering(ip_name("Node", p), str(p.ip), rr_client=p not in reflectors)
+                    for p in others]
+        return [Peering(ip_name("Node", p), str(p.ip)) for p in reflectors]
 
     def bird_config(self, node: Node) -> str:
-        peers = [str(p.ip) for p in self.cluster.nodes if p is not node]
+        conf, _, logfile = self._paths(node)
         return render(
             "bird.conf", node=node.name, router_id=node.ip, node_ip=node.ip, block=node.pod_cidr,
-            pool=self.cluster.pod_cidr, asn=self.ASN, peers=peers,
-            kernel_programming=self.kernel_programming())
+            pool=self.cluster.pod_cidr, asn=self.ASN, peers=self.peerings(node),
+            cluster_id=RR_CLUSTER_ID, log=logfile, **self.kernel_programming(node))
 
-    def _paths(self, node: Node) -> tuple[Path, Path]:
+    def _paths(self, node: Node) -> tuple[Path, Path, Path]:
         base = self.cluster.state.directory(node.name, "bird")
-        return base / "bird.conf", base / "bird.ctl"
-
-    def setup_node(self, node: Node) -> None:
-        self.install_rules(node, "calico-iptables.rules")
+        return base / "bird.conf", base / "bird.ctl", base / "bird.log"
 
     def connect(self) -> None:
         for node in self.cluster.nodes:
-            conf, ctl = self._paths(node)
+            conf, ctl, _ = self._paths(node)
             conf.write_text(self.bird_config(node))
             node.run(["bird", "-p", "-c", conf])  # BIRD's own config check first
             self.birds[node.name] = node.spawn(["bird", "-f", "-c", conf, "-s", ctl],
@@ -126,10 +212,14 @@ class Calico(Variant):
                 break
             time.sleep(0.25)
         worst = max(missing, key=lambda n: len(missing[n]))
+        try:
+            protocols = self.birdc(self.cluster.node(worst), "show", "protocols").strip()
+        except proc.CommandError as exc:
+            protocols = f"(birdc failed: {exc})"
         raise TimeoutError(
             f"BGP did not converge in {timeout:.0f}s: {len(missing)} of {len(self.cluster.nodes)} "
             f"nodes still lack peer blocks ({worst} lacks {len(missing[worst])}, e.g. "
-            f"{', '.join(missing[worst][:3])}); see `birdc show protocols` on a node")
+            f"{', '.join(missing[worst][:3])}); `birdc show protocols` on {worst}:\n{protocols}")
 
     def _missing_blocks(self, node: Node) -> list[str]:
         routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])
@@ -143,6 +233,131 @@ class Calico(Variant):
         self.birds.clear()
 
 
-class CalicoBGP(Calico):
+class CalicoBGP(CalicoBird):
     name = "calico-bgp"
     wire = "plain IP with pod IPs; BGP on TCP 179 between nodes"
+
+
+class CalicoIPIP(CalicoBird):
+    """calico-bgp plus IP-in-IP: pool ``ipipMode: Always`` (or ``CrossSubnet``).
+
+    Where the kernel has the ipip module, ``tunl0`` is its fallback device, configured as
+    Felix's ipip_mgr does. This kernel has none (nor gre/fou), so the stand-in keeps every
+    hop that Calico's routes and rules see: ``tunl0`` is one end of a veth pair (ARP off;
+    the other end, ``tunl0-sink``, receives nothing) holding the tunnel address, BIRD's
+    routes point at it, and tc eBPF programs compiled by clang for this run
+    (k8stopo/bpf/calico_ipip.c) encapsulate on tunl0's egress — next hop from the route,
+    outer header protocol 4, GSO typed IPXIP4 — and redirect to the NIC, and decapsulate
+    protocol 4 from Calico hosts at the NIC's ingress. Decapsulated packets enter the stack
+    on the NIC rather than on tunl0 (no Felix rule matches ``-i tunl0``), and Felix's
+    cali-INPUT IPIP rules see no protocol-4 packet (the program applies the same host check).
+    """
+
+    name = "calico-ipip"
+    wire = "IP protocol 4 between node IPs, inner pod IPs"
+    overhead = 20  # the outer IPv4 header (felix ipipMTUOverhead)
+    requires = CalicoBird.requires + ("ipip-datapath",)
+    options = CalicoBird.options | {"ipip_mode"}
+    tunnel_device = "tunl0"
+    SINK = "tunl0-sink"
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        self.datapath: str | None = None  # "ipip" (kernel module) or "tc-bpf"
+        self._bpf_object: Path | None = None
+
+    def kernel_programming(self, node: Node) -> dict[str, Any]:
+        """BIRD puts peers' blocks on tunl0 (onlink via the peer); cross-subnet leaves the
+        peers of the node's own underlay subnet on the NIC."""
+        direct = None
+        if self.cluster.spec.ipip_mode == "cross-subnet":
+            addr = json.loads(node.output(["ip", "-j", "-4", "addr", "show", "dev", node.intf]))
+            info = addr[0]["addr_info"][0]
+            direct = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
+        return {"tunnel": self.tunnel_device, "direct_subnet": direct}
+
+    def setup_node(self, node: Node) -> None:
+        super().setup_node(node)
+        if self.datapath is None:
+            self.datapath = "ipip" if self._kernel_tunl0(node) else "tc-bpf"
+            log.info("calico-ipip datapath: %s", "kernel ipip tunl0" if self.datapath == "ipip"
+                     else "tc eBPF stand-in for the absent ipip module")
+        elif self.datapath == "ipip":
+            self._kernel_tunl0(node)
+        if self.datapath == "tc-bpf":
+            self._bpf_tunl0(node)
+        node.run(["ip", "link", "set", "tunl0", "mtu", self.pod_mtu, "up"])
+        node.run(["ip", "addr", "add", f"{tunnel_address(node)}/32", "dev", "tunl0"])
+
+    @staticmethod
+    def _kernel_tunl0(node: Node) -> bool:
+        """Felix's ``LinkAdd(Iptun{tunl0})``, tolerating the module's fallback device."""
+        if node.run(["ip", "link", "show", "tunl0"], check=False).returncode == 0:
+            return True
+        return node.run(["ip", "link", "add", "tunl0", "type", "ipip"],
+                        check=False).returncode == 0
+
+    def _bpf_tunl0(self, node: Node) -> None:
+        obj = self._compile()
+        node.batch("ip", [["link", "add", "tunl0", "type", "veth", "peer", "name", self.SINK],
+                          ["link", "set", "tunl0", "arp", "off"],
+                          ["link", "set", self.SINK, "mtu", self.pod_mtu, "up"]])
+        for dev in ("tunl0", self.SINK):
+            node.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", 1)
+        node.batch("tc", [["qdisc", "add", "dev", "tunl0", "clsact"],
+                          ["filter", "add", "dev", "tunl0", "egress", "bpf", "direct-action",
+                           "obj", obj, "sec", "tc/egress"],
+                          ["qdisc", "add", "dev", node.intf, "clsact"],
+                          ["filter", "add", "dev", node.intf, "ingress", "bpf", "direct-action",
+                           "obj", obj, "sec", "tc/ingress"]])
+
+    def _compile(self) -> Path:
+        """Build the BPF object once per run, into the run's directory: the Calico hosts
+        (Felix's cali40all-hosts-net) are compiled in as a switch."""
+        if self._bpf_object is None:
+            build = self.cluster.state.directory("bpf")
+            (build / "calico_hosts.h").write_text(render(
+                "calico_hosts.h", hosts=sorted(int(n.ip) for n in self.cluster.nodes)))
+            obj = build / "calico_ipip.o"
+            arch = proc.output(["uname", "-m"]).strip()
+            proc.run(["clang", "-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
+                      f"-I/usr/include/{arch}-linux-gnu", "-I", build,
+                      "-c", BPF_SOURCE, "-o", obj])
+            self._bpf_object = obj
+        return self._bpf_object
+
+
+class CalicoVXLAN(Calico):
+    """Felix's VXLAN mode Always: no BIRD; Felix programs every peer from the datastore."""
+
+    name = "calico-vxlan"
+    wire = "UDP dst 4789, VXLAN VNI 4096, inner pod IPs"
+    overhead = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (felix vxlanMTUOverhead)
+    requires = Calico.requires + ("vxlan",)
+    DEVICE = "vxlan.calico"
+    VNI = 4096
+    PORT = felix.VXLAN_PORT
+    tunnel_device = DEVICE
+
+    def setup_node(self, node: Node) -> None:
+        super().setup_node(node)
+        node.run(["ip", "link", "add", self.DEVICE, "type", "vxlan", "id", self.VNI,
+                  "local", node.ip, "dev", node.intf, "dstport", self.PORT, "nolearning"])
+        node.run(["ip", "link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"])
+        node.run(["ip", "addr", "add", f"{tunnel_address(node)}/32", "dev", self.DEVICE])
+        # Felix's route manager blackholes the local block (BIRD would, were it running).
+        node.run(["ip", "route", "add", "blackhole", node.pod_cidr, "proto", "80"])
+
+    def connect(self) -> None:
+        """vxlan_mgr: per peer a permanent ARP entry for its VTEP, an FDB entry to its node,
+        and its block via its VTEP address onlink (calico-node publishes the VTEP MAC)."""
+        macs = {n.name: n.link(self.DEVICE)["address"] for n in self.cluster.nodes}
+        for node in self.cluster.nodes:
+            peers = [p for p in self.cluster.nodes if p is not node]
+            node.batch("bridge", [["fdb", "replace", macs[p.name], "dev", self.DEVICE,
+                                   "dst", p.ip, "self", "permanent"] for p in peers])
+            node.batch("ip", [["neigh", "replace", tunnel_address(p), "lladdr", macs[p.name],
+                               "dev", self.DEVICE, "nud", "permanent"] for p in peers] +
+                             [["route", "replace", p.pod_cidr, "via", tunnel_address(p),
+                               "dev", self.DEVICE, "onlink", "mtu", self.pod_mtu]
+                              for p in peers])
