@@ -28,7 +28,7 @@ from .runstate import RunState
 
 FEATURES = ("netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem",
             "htb", "tbf", "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf",
-            "policy-routing", "rpfilter", "ipip-datapath", "ipset")
+            "policy-routing", "rpfilter", "ipip-datapath")
 # tool -> arguments that make it print its version (None: it has no such option)
 TOOLS: dict[str, tuple[str, ...] | None] = {
     "iperf3": ("--version",), "ping": ("-V",), "tcpdump": ("--version",),
@@ -86,7 +86,6 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
     ct = ("INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
     rule = ("from", net, "table", "100", "priority", "100")
     rpf = ("-t", "raw", "PREROUTING", "-m", "rpfilter", "--validmark", "--invert", "-j", "DROP")
-    match_set = ("INPUT", "-m", "set", "--match-set", f"{p}set", "src", "-j", "ACCEPT")
     return {
         "veth": _Steps("ip link add type veth", (veth(f"{p}v0", f"{p}v1"),),
                        (link_del(f"{p}v0"),)),
@@ -133,9 +132,6 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
         "rpfilter": _Steps("iptables -m rpfilter (Felix's anti-spoofing)",
                            (("iptables", *rpf[:2], "-A", *rpf[2:]),),
                            (("iptables", *rpf[:2], "-D", *rpf[2:]),)),
-        "ipset": _Steps("ipset + iptables -m set", (("ipset", "create", f"{p}set", "hash:net"),
-                                                   ("iptables", "-A", *match_set)),
-                        (("iptables", "-D", *match_set), ("ipset", "destroy", f"{p}set"))),
     }
 
 
