@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import proc
+from . import native, proc
 from .proc import CommandError
 from .runstate import RunState
 
@@ -252,6 +252,14 @@ def _probe_cni_plugin(plugin: str) -> Probe:
     return Probe(name, True, f"{path} (CNI spec {span})")
 
 
+def _probe_native(name: str) -> Probe:
+    """One of our C forwarders (k8stopo/native), built by ``make install``."""
+    path = native.binary(name)
+    if not os.access(path, os.X_OK):
+        return Probe(f"native:{name}", False, f"{path} not built: run `make install` (needs gcc)")
+    return Probe(f"native:{name}", True, str(path))
+
+
 def probe_all() -> dict[str, Probe]:
     """Every feature, tool and CNI plugin probe, keyed by probe name; leaves nothing behind."""
     return probe()
@@ -269,6 +277,9 @@ def probe(wanted: Iterable[str] | None = None) -> dict[str, Probe]:
     for plugin in CNI_PLUGINS:
         if want is None or f"cni:{plugin}" in want:
             probes[f"cni:{plugin}"] = _guarded(f"cni:{plugin}", _probe_cni_plugin, plugin)
+    for name in native.PROGRAMS:
+        if want is None or f"native:{name}" in want:
+            probes[f"native:{name}"] = _guarded(f"native:{name}", _probe_native, name)
     return probes
 
 

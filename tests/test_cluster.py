@@ -108,6 +108,8 @@ def test_same_node_pods_share_the_bridge_or_have_host_routes(cluster: Cluster) -
 WIRE = {
     "flannel-vxlan": lambda p, a, b: p.proto == 17 and p.dport == 8472 and p.vni == 1
     and (p.inner_src, p.inner_dst) == (a, b),
+    "flannel-udp": lambda p, a, b: p.proto == 17 and p.dport == 8285 and p.sport == 8285
+    and (p.inner_src, p.inner_dst) == (a, b),
     "flannel-host-gw": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
     "calico-bgp": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
     "host": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),

@@ -4,11 +4,11 @@ from __future__ import annotations
 from ..spec import SPEC_VARIANTS, SpecError, pick
 from .base import Variant
 from .calico import CalicoBGP
-from .flannel import FlannelHostGW, FlannelVXLAN
+from .flannel import FlannelHostGW, FlannelUDP, FlannelVXLAN
 from .host import HostNetwork
 
 VARIANTS: dict[str, type[Variant]] = {
-    cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, CalicoBGP)
+    cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, FlannelUDP, CalicoBGP)
 }
 
 
