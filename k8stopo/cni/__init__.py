@@ -6,9 +6,11 @@ from .base import Variant
 from .calico import CalicoBGP
 from .flannel import FlannelHostGW, FlannelUDP, FlannelVXLAN
 from .host import HostNetwork
+from .weave import WeaveFastDP, WeaveSleeve
 
 VARIANTS: dict[str, type[Variant]] = {
-    cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, FlannelUDP, CalicoBGP)
+    cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, FlannelUDP, CalicoBGP,
+                              WeaveFastDP, WeaveSleeve)
 }
 
 
