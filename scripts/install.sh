@@ -37,4 +37,12 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
+# Our C forwarders (flannel-udp's proxy, weave-sleeve's router): k8stopo/native/*.c -> build/native/.
+mkdir -p build/native
+for src in k8stopo/native/*.c; do
+  bin="build/native/$(basename "$src" .c | tr _ -)"
+  if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ]; then
+    gcc -O2 -Wall -Wextra -o "$bin" "$src"
+  fi
+done
 ln -sfn "$(pwd)/.venv/bin/k8stopo" /usr/local/bin/k8stopo
