@@ -27,10 +27,10 @@ port).
 """
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
 
 from ..cni.base import render
+from ..cni.weave import Weave, default_allow_sets, short_name
 from ..spec import SpecError
 from .agent import IPSet, PolicyAgent, host, policies_of
 from .model import IPBlock, LabelSelector, NetworkPolicy, Peer, Rule
@@ -41,19 +41,7 @@ if TYPE_CHECKING:
     from ..node import Node
     from ..spec import ClusterSpec
 
-SHORT_NAME_SYMBOLS = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                      "(){}[]+=_$%^!*|/?.;:@#~")
 EGRESS_MARK = "0x40000"
-
-
-def short_name(arbitrary: str) -> str:
-    """npc/shortname.go: SHA-1 as a base-85 number, least significant digit first."""
-    i = int.from_bytes(hashlib.sha1(arbitrary.encode()).digest(), "big")
-    out = []
-    while i > 0:
-        i, r = divmod(i, len(SHORT_NAME_SYMBOLS))
-        out.append(SHORT_NAME_SYMBOLS[r])
-    return "".join(out)
 
 
 def set_name(key: str) -> str:
@@ -79,7 +67,7 @@ class WeaveNPC(PolicyAgent):
 
     @classmethod
     def serves(cls, variant: type["Variant"]) -> bool:
-        return getattr(variant, "weave_bridge", None) is not None
+        return issubclass(variant, Weave)
 
     @classmethod
     def validate(cls, spec: "ClusterSpec") -> None:
@@ -172,14 +160,12 @@ class WeaveNPC(PolicyAgent):
         """Per namespace: the pods no policy targets for ingress / for egress."""
         out = []
         for ns in self.all_namespaces():
-            names = []
-            for direction in ("ingress", "egress"):
-                name = set_name(f"{direction}-default-allow:{ns}")
+            names = default_allow_sets(ns)
+            for direction, name in zip(("ingress", "egress"), names):
                 targeted = [p for p in self.policies if direction.title() in p.policy_types]
                 sets[name] = IPSet("hash:ip", sorted(
                     str(h.ip) for h in map(host, self.pods()) if h.namespace == ns
                     and not any(p.selects(ns, h.labels) for p in targeted)))
-                names.append(name)
             out.append((ns, names[0], names[1]))
         return out
 
@@ -187,9 +173,9 @@ class WeaveNPC(PolicyAgent):
         sets: dict[str, IPSet] = {}
         namespaces = self.default_allow(sets)
         ingress, egress = self.rules(sets)
-        variant = self.cluster.variant
-        text = render("weave-npc.rules", hooks=variant.npc_hooks(), router_port=variant.router_port,
-                      mark=EGRESS_MARK, namespaces=namespaces, ingress=ingress, egress=egress)
+        text = render("weave-npc.rules", overlay_port=self.cluster.variant.overlay_port,
+                      mark=EGRESS_MARK, namespaces=namespaces, ingress=ingress, egress=egress,
+                      egress_drop=any("Egress" in p.policy_types for p in self.policies))
         # list:set members must exist first
         ordered = dict(sorted(sets.items(), key=lambda kv: kv[1].kind == "list:set"))
         return ordered, text
