@@ -4,17 +4,13 @@ PY        := $(VENV)/bin/python
 K8STOPO   := $(VENV)/bin/k8stopo
 STAMP     := $(VENV)/.k8stopo-installed
 
-# The default comparison of `make bench` (override on the command line).
-CNI       ?= host,flannel-vxlan,flannel-host-gw,calico-bgp
-SCENARIOS ?= host-to-host,pod-to-pod-same-node,pod-to-pod-cross-node,node-to-pod
-PROTOCOLS ?= tcp,udp,icmp
-NODES     ?= 2
-PODS      ?= 2
-DURATION  ?= 5
-REPEAT    ?= 3
-RUN       := $(shell date -u +%Y%m%dT%H%M%SZ)
-OUT       ?= results/runs/bench-$(RUN).csv
-PLOTS     ?= results/plots
+# `make bench` runs experiments/default.yaml, `make bench-NAME` experiments/NAME.yaml
+# (bench-full: the exhaustive matrix). Each of these, when given, overrides the file:
+#   make bench CNI=host,flannel-vxlan REPEAT=1
+OVERRIDES := $(if $(CNI),--cni $(CNI)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
+  $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) $(if $(NODES),--nodes $(NODES)) \
+  $(if $(PODS),--pods-per-node $(PODS)) $(if $(DURATION),--duration $(DURATION)) \
+  $(if $(REPEAT),--repeat $(REPEAT)) $(if $(OUT),--out $(OUT)) $(if $(PLOTS),--plots $(PLOTS))
 # Published CNI figures to put our ratios beside, when the shared copy is there.
 PUBLISHED := $(wildcard ../shared/published/cni-benchmarks.csv)
 COMPARE   := $(if $(PUBLISHED),--published $(PUBLISHED))
@@ -30,14 +26,15 @@ $(STAMP): setup.py scripts/install.sh $(wildcard k8stopo/native/*.c)
 test: $(STAMP)
 	$(PY) -m pytest -v -p no:cacheprovider tests
 
-bench: $(STAMP)
-	$(K8STOPO) bench --cni $(CNI) --scenarios $(SCENARIOS) --protocols $(PROTOCOLS) \
-	  --nodes $(NODES) --pods-per-node $(PODS) --duration $(DURATION) --repeat $(REPEAT) \
-	  --out $(OUT) --plots $(PLOTS) $(COMPARE)
+bench: bench-default
 
-# Charts of the newest run CSV in results/runs (k8stopo plot takes several files too).
+bench-%: experiments/%.yaml $(STAMP)
+	$(K8STOPO) bench --experiment $< $(OVERRIDES) $(COMPARE)
+
+# Charts of the newest default run (k8stopo plot takes several files too).
 plots: $(STAMP)
-	$(K8STOPO) plot $(lastword $(sort $(wildcard results/runs/*.csv))) --out $(PLOTS) $(COMPARE)
+	$(K8STOPO) plot $(lastword $(sort $(wildcard results/default/default-*.csv))) \
+	  --out $(or $(PLOTS),results/default/plots) $(COMPARE)
 
 notebooks:
 	@echo "notebooks come with a later issue (see README)"; exit 1

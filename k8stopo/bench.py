@@ -1,42 +1,198 @@
-"""The experiment runner: variants × scenarios × protocols × repeats -> CSV rows.
+"""The experiment runner: variants × sweep points × scenarios × protocols × repeats -> rows.
 
-Every variant's cluster is built once, up front, and kept up for the whole run;
-the measurements are then interleaved (repeat 0 of every variant, then repeat 1
-of every variant, …) so that the machine's slow drift (±15% between runs on two
-shared cores) spreads over all variants instead of biasing one. Idle clusters
-cost nothing but a few sleeping processes. Each measurement's rows are appended
-to the CSV (flushed) the moment it ends, and the tool's raw output is kept next
-to it, so an interrupted run loses nothing already measured.
+Every cluster (one per variant and per value of a parameter that shapes the
+cluster: MTU, offloads) is built once, up front, and kept up for the whole run;
+nothing is measured while one is being built, and no two measurements ever run
+at once (they would share the two cores). Measurements are interleaved (repeat 0
+of every variant, then repeat 1, …) so that the machine's slow drift spreads over
+all variants instead of biasing one. Each measurement's rows are appended to the
+CSV (flushed) the moment it ends, and the tool's raw output is kept in a directory
+of that run alone, ``<csv stem>.raw/<run_id>/``, so a later run appending to the
+same CSV never overwrites what an earlier row's ``raw_file`` points to.
+
+Only what is distinct is measured (docs/bench.md):
+
+* a scenario whose client and server are, by construction, the same namespaces
+  and address as an earlier scenario of the same variant is not measured again
+  (hostNetwork pods are their node's stack: for ``host``, pod-to-pod-cross-node
+  and node-to-pod are host-to-host);
+* a scenario the variant's real datapath cannot do (its capability flags say so)
+  is not measured: a node reaching its own pods without ``reaches_own_node``, a
+  pod IP dialled from another node without ``pod_ip_routable``.
+
+Both are printed as one line each before the run starts, never written as rows:
+every row holds a value a tool measured.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import platform
+import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
-from . import __version__, measure, results
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from . import __version__, measure, proc, results
 from .cluster import Cluster
+from .cni import variant as variant_class
+from .cni.base import Variant
 from .node import Endpoint, Pod
-from .spec import BenchSpec
+from .spec import CLUSTER_PARAMS, BenchSpec
 
 log = logging.getLogger("k8stopo.bench")
 
+CHECKOUT = Path(__file__).resolve().parent.parent
 
-def endpoints(cluster: Cluster, scenario: str) -> tuple[Endpoint, Endpoint]:
-    """Client and server of a scenario (SPEC's scenario table)."""
-    a, b = cluster.nodes[0], cluster.nodes[-1]
-    return {
-        "host-to-host": lambda: (a, b),
-        "pod-to-pod-same-node": lambda: (a.pods[0], a.pods[1]),
-        "pod-to-pod-cross-node": lambda: (a.pods[0], b.pods[0]),
-        "node-to-pod": lambda: (a, b.pods[0]),
-    }[scenario]()
 
+# --- where each scenario's ends are -------------------------------------------------
+
+@dataclass(frozen=True)
+class Place:
+    """One end of a scenario: a node's own stack (``pod`` None) or one of its pods.
+    ``node`` 0 is node A, -1 node B (the last)."""
+
+    node: int
+    pod: int | None = None
+
+
+#: SPEC's scenario table as data: (client, server)
+SCENARIO_ENDS: dict[str, tuple[Place, Place]] = {
+    "host-to-host": (Place(0), Place(-1)),
+    "pod-to-pod-same-node": (Place(0, 0), Place(0, 1)),
+    "pod-to-pod-cross-node": (Place(0, 0), Place(-1, 0)),
+    "node-to-pod": (Place(0), Place(-1, 0)),
+}
+
+
+def endpoints(cluster: Cluster, scenario: str) -> tuple[Endpoint, str, Endpoint]:
+    """(client, address the client dials, endpoint the server runs in) of a scenario."""
+    def resolve(place: Place) -> Endpoint:
+        node = cluster.nodes[place.node]
+        return node if place.pod is None else node.pods[place.pod]
+    client, server = (resolve(p) for p in SCENARIO_ENDS[scenario])
+    return client, str(server.ip), server
+
+
+def not_measured(cls: type[Variant], scenarios: tuple[str, ...], nodes: int) -> dict[str, str]:
+    """Scenarios of ``cls`` left out, each with the reason (module docstring)."""
+    def node_of(place: Place) -> int:
+        return place.node % nodes
+
+    def as_built(place: Place) -> Place:  # a hostNetwork pod is its node's own stack
+        return Place(node_of(place), None if cls.host_network else place.pod)
+
+    reasons: dict[str, str] = {}
+    seen: dict[tuple[Place, Place], str] = {}
+    for scenario in scenarios:
+        client, server = SCENARIO_ENDS[scenario]
+        cross = node_of(client) != node_of(server)
+        if server.pod is not None and cross and not cls.pod_ip_routable:
+            reasons[scenario] = (f"impossible by design: {cls.name}'s pod IPs are not "
+                                 "routable from other nodes")
+        elif server.pod is not None and client.pod is None and not cross \
+                and not cls.reaches_own_node:
+            reasons[scenario] = f"impossible by design: a {cls.name} node cannot reach its own pods"
+        else:
+            ends = (as_built(client), as_built(server))
+            if ends in seen:
+                reasons[scenario] = (f"identical to {seen[ends]} by construction (same "
+                                     "namespaces, same address)")
+            else:
+                seen[ends] = scenario
+    return reasons
+
+
+# --- the plan -------------------------------------------------------------------------
+
+ClusterKey = tuple[object, ...]  # (cni, *CLUSTER_PARAMS values)
+
+
+def cluster_key(cni: str, point: BenchSpec) -> ClusterKey:
+    return (cni, *(getattr(point, p) for p in CLUSTER_PARAMS))
+
+
+@dataclass(frozen=True)
+class Step:
+    repeat: int
+    cni: str
+    point: BenchSpec  # the spec at one sweep value (sweep None)
+    scenario: str
+    protocol: str
+
+
+def plan(spec: BenchSpec) -> list[Step]:
+    """Interleaved order: every variant and sweep point within a repeat before the next
+    repeat; scenarios that are not measured (:func:`not_measured`) are left out."""
+    kept = {cni: [s for s in spec.scenarios
+                  if s not in not_measured(variant_class(cni), spec.scenarios, spec.nodes)]
+            for cni in spec.cnis}
+    return [Step(r, cni, point, scenario, protocol)
+            for r in range(spec.repeat) for cni in spec.cnis for point in spec.points()
+            for scenario in kept[cni] for protocol in spec.protocols]
+
+
+def skipped_lines(spec: BenchSpec) -> list[str]:
+    """One line per variant and scenario that the plan leaves out, with why."""
+    return [f"not measured: {cni} {scenario}: {why}" for cni in spec.cnis
+            for scenario, why in not_measured(variant_class(cni), spec.scenarios,
+                                              spec.nodes).items()]
+
+
+def clusters(spec: BenchSpec) -> dict[ClusterKey, Cluster]:
+    """One (validated, not yet built) cluster per variant and cluster-shaping point."""
+    return {cluster_key(cni, point): Cluster(point.cluster(cni))
+            for cni in spec.cnis for point in spec.points()}
+
+
+# --- the machine the rows were measured on -------------------------------------------
+
+def cpu_model(cpuinfo: str) -> str:
+    """The first ``model name`` of /proc/cpuinfo (x86), else ``unknown``."""
+    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    return match.group(1).strip() if match else "unknown"
+
+
+def iptables_mode(version: str) -> str:
+    """``nf_tables`` or ``legacy`` from ``iptables -V`` (``iptables v1.8.9 (nf_tables)``)."""
+    match = re.search(r"\((nf_tables|legacy)\)", version)
+    return match.group(1) if match else "unknown"
+
+
+def _git_describe() -> str:
+    try:
+        return proc.output(["git", "-C", str(CHECKOUT), "describe", "--always", "--dirty",
+                            "--tags"], timeout=10).strip() or "unknown"
+    except (proc.CommandError, OSError):  # no git, or not a checkout (installed package)
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What every row says about where and how it was measured."""
+
+    command: str
+    kernel: str
+    cpu_model: str
+    iptables_mode: str
+    commit: str
+
+    @classmethod
+    def here(cls, command: str) -> Environment:
+        try:
+            version = proc.output(["iptables", "-V"], timeout=10)
+        except (proc.CommandError, OSError):
+            version = ""
+        return cls(command=command, kernel=platform.release(),
+                   cpu_model=cpu_model(Path("/proc/cpuinfo").read_text()),
+                   iptables_mode=iptables_mode(version), commit=_git_describe())
+
+
+# --- running it -----------------------------------------------------------------------
 
 def path_mtu(cluster: Cluster, client: Endpoint, server: Endpoint) -> int:
     """The smaller interface MTU of the two ends (pods carry the CNI's MTU)."""
@@ -45,89 +201,160 @@ def path_mtu(cluster: Cluster, client: Endpoint, server: Endpoint) -> int:
     return min(mtu(client), mtu(server))
 
 
-@dataclass(frozen=True)
-class Step:
-    repeat: int
-    cni: str
-    scenario: str
-    protocol: str
+def _build(stack: contextlib.ExitStack, pending: dict[ClusterKey, Cluster]
+           ) -> tuple[dict[ClusterKey, Cluster], list[str]]:
+    """Build every cluster; one that fails is torn down, reported and left out."""
+    built, failed = {}, []
+    for key, cluster in pending.items():
+        log.info("building %s", cluster.spec.cni)
+        try:
+            built[key] = stack.enter_context(cluster)
+        except (RuntimeError, TimeoutError) as exc:  # CommandError, CNIError, BGP not converging
+            failed.append(f"{cluster.spec.cni} (mtu {cluster.spec.mtu}, offloads "
+                          f"{cluster.spec.offloads}) failed to build: {exc}")
+    return built, failed
 
 
-def plan(spec: BenchSpec) -> list[Step]:
-    """Interleaved order: all variants within a repeat before the next repeat."""
-    return [Step(r, cni, scenario, protocol)
-            for r in range(spec.repeat) for cni in spec.cnis
-            for scenario in spec.scenarios for protocol in spec.protocols]
+def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster: Cluster,
+             ends: tuple[Endpoint, str, Endpoint], raw_file: str) -> results.Context:
+    client, target, server = ends  # server_ip is the address dialled
+    p = step.point
+    return results.Context(
+        run_id=run_id, cni=step.cni, scenario=step.scenario, protocol=step.protocol,
+        repeat=step.repeat, nodes=p.nodes, pods_per_node=p.pods_per_node,
+        streams=p.streams if step.protocol in ("tcp", "udp") else 1,
+        duration_s=p.duration, mtu=path_mtu(cluster, client, server), kernel=env.kernel,
+        k8stopo_version=__version__, client=client.name, server=server.name,
+        client_ip=str(client.ip), server_ip=target, raw_file=raw_file,
+        udp_bandwidth=p.udp_bandwidth if step.protocol == "udp" else "",
+        msg_size=p.msg_size if step.protocol == "tcp_rr" else "",
+        offloads=p.offloads, cpu_model=env.cpu_model, iptables_mode=env.iptables_mode,
+        commit=env.commit, command=env.command, experiment=spec.experiment)
 
 
-class Progress:
-    """A one-line bar on stderr: done/total, what runs now, time left."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.total, self.done, self.stream = total, 0, stream
-        self.started = time.monotonic()
-        self.tty = stream.isatty()
-
-    def show(self, what: str) -> None:
-        elapsed = time.monotonic() - self.started
-        left = elapsed / self.done * (self.total - self.done) if self.done else None
-        eta = f"{left / 60:.0f}m{left % 60:02.0f}s left" if left is not None else "estimating"
-        width = 24
-        filled = width * self.done // self.total
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"{what} — {eta}")
-        self.stream.write(("\r\x1b[K" + line) if self.tty else line + "\n")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-
-
-def run(spec: BenchSpec, out: Path, pending: dict[str, Cluster],
+def run(spec: BenchSpec, out: Path, pending: dict[ClusterKey, Cluster], env: Environment,
         progress_stream: TextIO = sys.stderr) -> tuple[str, int]:
-    """Run the whole matrix on ``pending`` (one validated, not yet built cluster per
-    variant); return (run_id, number of failed measurements)."""
+    """Run the whole matrix on ``pending`` (from :func:`clusters`, validated, not built);
+    return (run_id, number of failed measurements and builds)."""
     run_id = results.new_run_id()
-    raw_dir = out.parent / f"{out.stem}.raw"
-    steps = plan(spec)
-    failures = 0
+    for line in skipped_lines(spec):
+        print(f"k8stopo: {line}", file=progress_stream)
     with contextlib.ExitStack() as stack, results.CsvSink(out) as sink:
-        clusters = {}
-        for cni, cluster in pending.items():
-            log.info("building %s", cni)
-            clusters[cni] = stack.enter_context(cluster)
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        bar = Progress(len(steps), progress_stream)
-        for step in steps:
-            bar.show(f"{step.cni} {step.scenario} {step.protocol} r{step.repeat}")
-            cluster = clusters[step.cni]
-            client, server = endpoints(cluster, step.scenario)
-            started_at = results.utc_now()
-            try:
-                m = measure.measure(client, server, step.protocol, spec.duration,
-                                    streams=spec.streams, udp_bandwidth=spec.udp_bandwidth)
-            except measure.MeasurementError as exc:
-                failures += 1
-                log.error("%s %s %s repeat %d failed: %s", step.cni, step.scenario,
-                          step.protocol, step.repeat, exc)
-                bar.done += 1
-                continue
-            stem = f"{step.cni}_{step.scenario}_{step.protocol}_r{step.repeat}"
-            raw = raw_dir / (stem + (".txt" if step.protocol == "icmp" else ".json"))
-            raw.write_text(m.raw)
-            if m.server_raw:  # the iperf3 server's own view of the same test
-                (raw_dir / f"{stem}.server.json").write_text(m.server_raw)
-            ctx = results.Context(
-                run_id=run_id, cni=step.cni, scenario=step.scenario, protocol=step.protocol,
-                repeat=step.repeat, nodes=spec.nodes, pods_per_node=spec.pods_per_node,
-                streams=spec.streams if step.protocol != "icmp" else 1,
-                duration_s=spec.duration, mtu=path_mtu(cluster, client, server),
-                kernel=platform.release(), k8stopo_version=__version__,
-                client=client.name, server=server.name, client_ip=str(client.ip),
-                server_ip=str(server.ip), raw_file=str(raw.relative_to(out.parent)))
-            sink.write(results.rows(ctx, started_at, m.samples))
-            bar.done += 1
-        bar.show("done")
-        bar.finish()
-    return run_id, failures
+        built, failed = _build(stack, pending)
+        for line in failed:
+            log.error("%s; its measurements are skipped", line)
+        steps = [s for s in plan(spec) if cluster_key(s.cni, s.point) in built]
+        raw_dir = out.parent / f"{out.stem}.raw" / run_id
+        raw_dir.mkdir(parents=True, exist_ok=False)  # a run id is never reused
+        writer = _Writer(run_id, spec, env, sink, raw_dir, out.parent)
+        bar = tqdm(total=len(steps), file=progress_stream, unit="measurement",
+                   smoothing=0, dynamic_ncols=True, disable=not progress_stream.isatty())
+        with bar, (logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()):
+            for cell in _cells(steps):
+                bar.set_description(f"{cell[0].cni} {cell[0].scenario} r{cell[0].repeat}")
+                cluster = built[cluster_key(cell[0].cni, cell[0].point)]
+                _measure_cell(cluster, cell, writer, bar.update)
+        return run_id, len(failed) + writer.failures
+
+
+def _cells(steps: list[Step]) -> list[list[Step]]:
+    """Consecutive steps of one variant, point, scenario and repeat: one cell."""
+    cells: list[list[Step]] = []
+    for step in steps:
+        if cells and _cell_of(cells[-1][0]) == _cell_of(step):
+            cells[-1].append(step)
+        else:
+            cells.append([step])
+    return cells
+
+
+def _cell_of(step: Step) -> tuple[object, ...]:
+    return (step.repeat, step.cni, step.point, step.scenario)
+
+
+class _Writer:
+    """Turns one step's measurement (or failure) into rows and a raw file of this run."""
+
+    def __init__(self, run_id: str, spec: BenchSpec, env: Environment, sink: results.CsvSink,
+                 raw_dir: Path, csv_dir: Path) -> None:
+        self.run_id, self.spec, self.env, self.sink = run_id, spec, env, sink
+        self.raw_dir, self.csv_dir = raw_dir, csv_dir
+        self.index = 0  # numbers the raw files in the order they were measured
+        self.failures = 0
+
+    def write(self, cluster: Cluster, step: Step, started_at: str,
+              m: measure.Measurement | measure.MeasurementError) -> None:
+        if isinstance(m, measure.MeasurementError):
+            self.failures += 1
+            log.error("%s %s %s repeat %d failed: %s", step.cni, step.scenario, step.protocol,
+                      step.repeat, m)
+            return
+        self.index += 1
+        stem = f"{self.index:04d}_{step.cni}_{step.scenario}_{step.protocol}_r{step.repeat}"
+        raw = self.raw_dir / (stem + m.suffix)
+        with raw.open("x") as f:  # "x": never overwrite
+            f.write(m.raw)
+        if m.server_raw:  # the iperf3 server's own view of the same test
+            with (self.raw_dir / f"{stem}.server.json").open("x") as f:
+                f.write(m.server_raw)
+        ctx = _context(self.run_id, self.spec, step, self.env, cluster,
+                       endpoints(cluster, step.scenario), str(raw.relative_to(self.csv_dir)))
+        self.sink.write(results.rows(ctx, started_at, m.samples))
+
+
+Outcome = tuple[str, measure.Measurement | measure.MeasurementError]  # (started_at, result)
+
+
+def _params(point: BenchSpec) -> measure.Params:
+    return measure.Params(duration=point.duration, streams=point.streams,
+                          udp_bandwidth=point.udp_bandwidth, msg_size=point.msg_size)
+
+
+def _one(cluster: Cluster, step: Step) -> Outcome:
+    client, target, server = endpoints(cluster, step.scenario)
+    log.info("%s %s %s repeat %d", step.cni, step.scenario, step.protocol, step.repeat)
+    started_at = results.utc_now()
+    try:
+        return started_at, measure.measure(client, target, server, step.protocol,
+                                           _params(step.point))
+    except measure.MeasurementError as exc:
+        return started_at, exc
+
+
+def _measure_cell(cluster: Cluster, cell: list[Step], writer: _Writer,
+                  done: Callable[[], object]) -> None:
+    """Measure one cell's protocols, one at a time, and write their rows in plan order.
+
+    With tcp_rr in the cell, the others that fit are measured while sockperf sits in its
+    fixed idle sleep (:class:`measure.TcpRR`); if one overran it, the test and the
+    measurements run in that time are thrown away and measured again one after another.
+    """
+    outcomes: dict[str, Outcome] = {}
+    rr = next((s for s in cell if s.protocol == "tcp_rr"), None)
+    params = _params(cell[0].point)
+    hosted = [s for s in cell if s.protocol in
+              measure.fits_idle([s.protocol for s in cell], params)] if rr else []
+    if rr is not None and hosted:
+        client, target, server = endpoints(cluster, rr.scenario)
+        started_at = results.utc_now()
+        try:
+            with measure.TcpRR(client, target, server, params) as sockperf:
+                with sockperf.idle():
+                    for step in hosted:
+                        outcomes[step.protocol] = _one(cluster, step)
+                outcomes["tcp_rr"] = (started_at,
+                                      measure.measurement("tcp_rr", sockperf.run()))
+        except measure.Overlap as exc:
+            log.warning("%s %s repeat %d: %s; measuring them again one by one", rr.cni,
+                        rr.scenario, rr.repeat, exc)
+            outcomes.clear()
+        except measure.MeasurementError as exc:
+            outcomes["tcp_rr"] = (started_at, exc)
+        for _ in outcomes:
+            done()
+    for step in cell:
+        if step.protocol not in outcomes:
+            outcomes[step.protocol] = _one(cluster, step)
+            done()
+    for step in cell:
+        writer.write(cluster, step, *outcomes[step.protocol])

@@ -8,10 +8,12 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import signal
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from . import __version__
 from .cni import names as cni_names
@@ -37,6 +39,44 @@ def _cluster_args(p: argparse.ArgumentParser, nodes: int, pods: int) -> None:
     p.add_argument("--mtu", type=int, default=1500, help="underlay MTU (default 1500)")
 
 
+#: bench's settings when neither an experiment file nor a flag gives them
+BENCH_DEFAULTS: dict[str, object] = {
+    "cni": "all", "scenarios": "host-to-host,pod-to-pod-same-node,pod-to-pod-cross-node,node-to-pod",
+    "protocols": "tcp,udp,icmp", "nodes": 2, "pods_per_node": 2, "mtu": 1500, "duration": 10,
+    "repeat": 3, "streams": 1, "udp_bandwidth": "0", "offloads": "on", "msg_size": 64,
+}
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    """bench's flags; each one given overrides the experiment file's setting."""
+    def opt(flag: str, help: str, **kw: Any) -> None:
+        key = flag[2:].replace("-", "_")
+        p.add_argument(flag, help=f"{help} (default {BENCH_DEFAULTS[key]})", **kw)
+    p.add_argument("--experiment", type=Path, metavar="YAML",
+                   help="run experiments/NAME.yaml; the flags below override its settings")
+    opt("--cni", "comma list of variants, or all")
+    opt("--scenarios", "comma list of scenarios")
+    opt("--protocols", f"comma list of {', '.join(PROTOCOLS)}")
+    opt("--nodes", "Kubernetes nodes", type=int)
+    opt("--pods-per-node", "pods per node", type=int)
+    opt("--mtu", "underlay MTU", type=int)
+    opt("--duration", "whole seconds per measurement (iperf3 -t, sockperf -t)", type=int)
+    opt("--repeat", "repeats, interleaved across variants", type=int)
+    opt("--streams", "parallel iperf3 streams (-P)", type=int)
+    opt("--udp-bandwidth", "iperf3 -b for UDP, per stream; 0 is unlimited as in published "
+        "benchmarks")
+    opt("--offloads", "segmentation/checksum offloads on the emulated wire's veths",
+        choices=("on", "off"))
+    opt("--msg-size", "tcp_rr request and response size in bytes (sockperf -m)", type=int)
+    p.add_argument("--out", type=Path, help="CSV to append the rows to (required without "
+                   "--experiment; with it: results/NAME/NAME-<UTC time>.csv)")
+    p.add_argument("--plots", type=Path, help="also draw the charts of this run into DIR "
+                   "(with --experiment: results/NAME/plots)")
+    p.add_argument("--published", type=Path, metavar="CSV",
+                   help="with --plots: also write DIR/published_comparison.md, our ratios "
+                   "to host beside these published ones")
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="k8stopo", description="Kubernetes networking emulated with Mininet.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v progress, -vv commands")
@@ -51,22 +91,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cli", action="store_true", help="drop into the Mininet CLI")
 
     bench = sub.add_parser("bench", help="measure variants × scenarios × protocols into a CSV")
-    bench.add_argument("--cni", default="all", help="comma list of variants, or all")
-    bench.add_argument("--scenarios", default="host-to-host,pod-to-pod-same-node,"
-                       "pod-to-pod-cross-node,node-to-pod")
-    bench.add_argument("--protocols", default="tcp,udp,icmp")
-    _cluster_args(bench, 2, 2)
-    bench.add_argument("--duration", type=int, default=10,
-                       help="whole seconds per measurement (iperf3 -t)")
-    bench.add_argument("--repeat", type=int, default=3, help="repeats, interleaved across variants")
-    bench.add_argument("--streams", type=int, default=1, help="parallel iperf3 streams (-P)")
-    bench.add_argument("--udp-bandwidth", default="0",
-                       help="iperf3 -b for UDP (default 0: unlimited, as published benchmarks)")
-    bench.add_argument("--out", type=Path, required=True, help="CSV to append the rows to")
-    bench.add_argument("--plots", type=Path, help="also draw the charts of this run into DIR")
-    bench.add_argument("--published", type=Path, metavar="CSV",
-                       help="with --plots: also write DIR/published_comparison.md, our ratios "
-                       "to host beside these published ones")
+    _bench_args(bench)
 
     plot = sub.add_parser("plot", help="charts and a summary table from result CSVs")
     plot.add_argument("csv", type=Path, nargs="+")
@@ -167,37 +192,65 @@ def _write_comparison(df: pandas.DataFrame, pub: pandas.DataFrame, out_dir: Path
     return path
 
 
+def _bench_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the experiment file, then the flags given on the command line."""
+    from . import experiment
+    settings: dict[str, Any] = {**BENCH_DEFAULTS, "sweep": None, "experiment": ""}
+    if args.experiment:
+        settings.update(experiment.load(args.experiment))
+    given = {k: getattr(args, k) for k in BENCH_DEFAULTS if getattr(args, k) is not None}
+    swept = settings["sweep"][0] if settings["sweep"] else None
+    if swept in given:
+        raise SpecError(f"--{swept.replace('_', '-')} conflicts with the experiment's sweep over it")
+    return {**settings, **given}
+
+
+def _bench_spec(s: dict[str, Any]) -> BenchSpec:
+    spec = BenchSpec(cnis=cni_names(s["cni"]),
+                     scenarios=pick(s["scenarios"], SCENARIOS, "scenario"),
+                     protocols=pick(s["protocols"], PROTOCOLS, "protocol"), nodes=s["nodes"],
+                     pods_per_node=s["pods_per_node"], duration=s["duration"],
+                     repeat=s["repeat"], streams=s["streams"], mtu=s["mtu"],
+                     udp_bandwidth=s["udp_bandwidth"], offloads=s["offloads"],
+                     msg_size=s["msg_size"], sweep=s["sweep"], experiment=s["experiment"])
+    spec.check()
+    return spec
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench, plots, results
-    from .cluster import Cluster
     _require_root()
-    all_requested = args.cni.strip() == "all"
-    names = cni_names(args.cni)
-    spec = BenchSpec(cnis=names, scenarios=pick(args.scenarios, SCENARIOS, "scenario"),
-                     protocols=pick(args.protocols, PROTOCOLS, "protocol"), nodes=args.nodes,
-                     pods_per_node=args.pods_per_node, duration=args.duration,
-                     repeat=args.repeat, streams=args.streams, mtu=args.mtu,
-                     udp_bandwidth=args.udp_bandwidth)
-    spec.check()
-    clusters = {cni: Cluster(spec.cluster(cni)) for cni in names}  # checks each cluster's shape
-    results.check_appendable(args.out)
-    if args.published and not args.plots:
+    settings = _bench_settings(args)
+    spec = _bench_spec(settings)
+    pending = bench.clusters(spec)  # checks each cluster's shape
+    name = spec.experiment
+    out = args.out
+    if out is None:
+        if not name:
+            raise SpecError("--out FILE.csv is required without --experiment")
+        out = Path("results", name, f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
+    plots_dir = args.plots or (Path("results", name, "plots") if name else None)
+    results.check_appendable(out)
+    if args.published and not plots_dir:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
     pub = _published(args.published)
-    spec = dataclasses.replace(spec, cnis=_runnable({c: clusters[c].requires for c in names},
-                                                    all_requested))
-    run_id, failures = bench.run(spec, args.out, {cni: clusters[cni] for cni in spec.cnis})
-    print(f"run {run_id}: rows in {args.out}")
-    if args.plots:
-        df = results.load([args.out])
+    runnable = _runnable({c.spec.cni: c.requires for c in pending.values()},
+                         settings["cni"].strip() == "all")
+    spec = dataclasses.replace(spec, cnis=runnable)
+    pending = {key: c for key, c in pending.items() if key[0] in runnable}
+    run_id, failures = bench.run(spec, out, pending, bench.Environment.here(args.command_line))
+    print(f"run {run_id}: rows in {out}")
+    if plots_dir:
+        df = results.load([out])
         run = df[df.run_id == run_id]
-        written = plots.plot_all(run, args.plots)
+        written = plots.plot_all(run, plots_dir)
         if pub is not None:
-            written.append(_write_comparison(run, pub, args.plots))
+            written.append(_write_comparison(run, pub, plots_dir))
         for path in written:
             print(f"  {path}")
     if failures:
-        print(f"k8stopo: {failures} measurement(s) failed; see the log above", file=sys.stderr)
+        print(f"k8stopo: {failures} measurement(s) or build(s) failed; see the log above",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -229,7 +282,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    args.command_line = shlex.join(["k8stopo", *argv])  # recorded on every result row
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from mininet.log import lg, setLogLevel

@@ -29,11 +29,13 @@ COLUMNS: tuple[str, ...] = (
     "run_id", "started_at", "cni", "scenario", "protocol", "metric", "value", "unit",
     "repeat", "nodes", "pods_per_node", "streams", "duration_s", "mtu", "kernel",
     "k8stopo_version", "client", "server", "client_ip", "server_ip", "raw_file",
+    "udp_bandwidth", "msg_size", "offloads", "cpu_model", "iptables_mode", "commit", "command",
+    "experiment",
 )
 # The columns SPEC.md requires; the rest of COLUMNS are welcome extras.
 REQUIRED: tuple[str, ...] = COLUMNS[:COLUMNS.index("k8stopo_version") + 1]
 NUMERIC: frozenset[str] = frozenset(
-    {"value", "repeat", "nodes", "pods_per_node", "streams", "duration_s", "mtu"})
+    {"value", "repeat", "nodes", "pods_per_node", "streams", "duration_s", "mtu", "msg_size"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,14 @@ class Context:
     client_ip: str
     server_ip: str
     raw_file: str
+    udp_bandwidth: str = ""  # iperf3 -b, on udp rows only
+    msg_size: int | str = ""  # sockperf -m, on tcp_rr rows only
+    offloads: str = ""  # on | off (segmentation/checksum offloads of the emulated wire)
+    cpu_model: str = ""
+    iptables_mode: str = ""  # nf_tables | legacy (iptables -V)
+    commit: str = ""  # git describe of the k8stopo checkout, or "unknown"
+    command: str = ""  # the command line that produced the row
+    experiment: str = ""  # the experiment's name, empty without --experiment
 
 
 class Sample(Protocol):

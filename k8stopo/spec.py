@@ -5,6 +5,7 @@ exiting with status 2.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "cal
                  "docker-overlay")
 SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
              "pod-to-service", "node-to-pod")
-PROTOCOLS = ("tcp", "udp", "icmp")
+PROTOCOLS = ("tcp", "udp", "icmp", "tcp_rr")  # k8stopo.measure.PROTOCOLS runs them
+OFFLOADS = ("on", "off")
 UNDERLAY_CIDR = "172.20.0.0/16"  # k8stopo/topo.py repeats it: it must load alone (mn --custom)
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
 BGP_MODES = ("mesh", "rr")  # Calico's node-to-node mesh, or route reflectors
@@ -66,6 +68,7 @@ class ClusterSpec:
     bgp: str = "mesh"  # Calico's BIRD peering: node-to-node mesh or route reflectors
     route_reflectors: int = 1  # with bgp "rr": how many nodes (n1, n2) reflect
     ipip_mode: str = "always"  # calico-ipip: encapsulate always, or only across subnets
+    offloads: str = "on"  # "off": segmentation/checksum offloads off on every veth after the build
 
     def check_basics(self) -> None:
         """Checks that do not depend on the variant."""
@@ -88,20 +91,29 @@ class ClusterSpec:
             raise SpecError(f"--bgp rr with {self.route_reflectors} route reflector(s) needs "
                             f"more nodes than that (--nodes {self.nodes})")
         underlay = ipv4_network(self.underlay_cidr, "underlay CIDR")
+        if self.offloads not in OFFLOADS:
+            raise SpecError(f"--offloads must be on or off, not {self.offloads!r}")
         if underlay.num_addresses - 2 < self.nodes:
             raise SpecError(f"underlay {underlay} has no room for {self.nodes} nodes")
 
 
+#: BenchSpec parameters an experiment may sweep; the first two shape the cluster itself
+SWEEPABLE = ("mtu", "offloads", "streams", "msg_size", "udp_bandwidth")
+CLUSTER_PARAMS = ("mtu", "offloads")
+MIN_MSG_SIZE, MAX_MSG_SIZE = 14, 65506  # what sockperf accepts for -m
+
+
 @dataclass(frozen=True)
 class BenchSpec:
-    """One ``k8stopo bench`` invocation: a matrix of variants × scenarios × protocols."""
+    """One ``k8stopo bench`` invocation: a matrix of variants × scenarios × protocols,
+    optionally swept over one parameter (``sweep = (name, values)``)."""
 
     cnis: tuple[str, ...]
     scenarios: tuple[str, ...]
     protocols: tuple[str, ...]
     nodes: int = 2
     pods_per_node: int = 2
-    duration: int = 10  # iperf3 -t takes whole seconds
+    duration: int = 10  # whole seconds per measurement (iperf3 -t takes no fractions)
     repeat: int = 3
     streams: int = 1
     mtu: int = 1500
@@ -109,17 +121,41 @@ class BenchSpec:
     bgp: str = "mesh"
     route_reflectors: int = 1
     ipip_mode: str = "always"
+    offloads: str = "on"
+    msg_size: int = 64  # tcp_rr request and response size
+    sweep: tuple[str, tuple[object, ...]] | None = None
+    experiment: str = ""  # the experiment file's name, if it came from one
+
+    def points(self) -> list[BenchSpec]:
+        """One spec per sweep value (just this one without a sweep), in sweep order."""
+        if self.sweep is None:
+            return [self]
+        name, values = self.sweep
+        return [dataclasses.replace(self, sweep=None, **{name: v}) for v in values]
+
+    def _check_parameters(self) -> None:
+        if not 1 <= self.streams <= 128:
+            raise SpecError(f"--streams must be between 1 and 128, not {self.streams}")
+        if not re.fullmatch(r"\d+(\.\d+)?[KMG]?", self.udp_bandwidth):
+            raise SpecError(f"--udp-bandwidth {self.udp_bandwidth!r} is not an iperf3 rate "
+                            "such as 0 (unlimited), 500M or 2G")
+        if not MIN_MSG_SIZE <= self.msg_size <= MAX_MSG_SIZE:
+            raise SpecError(f"--msg-size must be between {MIN_MSG_SIZE} and {MAX_MSG_SIZE} "
+                            f"bytes, not {self.msg_size}")
 
     def check(self) -> None:
         if not 1 <= self.duration <= 3600:
             raise SpecError(f"--duration must be between 1 and 3600 seconds, not {self.duration}")
         if not 1 <= self.repeat <= 100:
             raise SpecError(f"--repeat must be between 1 and 100, not {self.repeat}")
-        if not 1 <= self.streams <= 128:
-            raise SpecError(f"--streams must be between 1 and 128, not {self.streams}")
-        if not re.fullmatch(r"\d+(\.\d+)?[KMG]?", self.udp_bandwidth):
-            raise SpecError(f"--udp-bandwidth {self.udp_bandwidth!r} is not an iperf3 rate "
-                            "such as 0 (unlimited), 500M or 2G")
+        if self.sweep is not None:
+            name, values = self.sweep
+            if name not in SWEEPABLE:
+                raise SpecError(f"cannot sweep {name!r} (sweepable: {', '.join(SWEEPABLE)})")
+            if not values or len(set(values)) != len(values):
+                raise SpecError(f"sweep over {name} needs distinct values, not {list(values)}")
+        for point in self.points():
+            point._check_parameters()
         if "pod-to-service" in self.scenarios:
             raise SpecError("scenario 'pod-to-service' needs Services, which this version "
                             "does not implement yet")
@@ -132,10 +168,11 @@ class BenchSpec:
             raise SpecError("pod scenarios need --pods-per-node 1 or more")
 
     def cluster(self, cni: str, options: frozenset[str] = frozenset()) -> ClusterSpec:
-        """The cluster of one variant; ``options`` are the variant's own ClusterSpec fields
-        (Variant.options): the others keep their defaults, so ``--bgp rr`` applies to the
-        Calico BIRD variants of a ``--cni all`` run and leaves flannel alone."""
+        """The cluster of one variant at this (single) point; ``options`` are the variant's
+        own ClusterSpec fields (Variant.options): the others keep their defaults, so ``--bgp
+        rr`` applies to the Calico BIRD variants of a ``--cni all`` run and leaves flannel
+        alone."""
         own = {f: getattr(self, f) for f in ("bgp", "route_reflectors", "ipip_mode")
                if f in options}
         return ClusterSpec(cni=cni, nodes=self.nodes, pods_per_node=self.pods_per_node,
-                           mtu=self.mtu, **own)
+                           mtu=self.mtu, offloads=self.offloads, **own)
