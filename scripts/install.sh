@@ -9,6 +9,8 @@ APT_PACKAGES=(
   mininet bridge-utils iproute2 iptables iputils-ping ethtool kmod util-linux
   iperf3 containernetworking-plugins bird2 dnsmasq-base socat tcpdump sockperf
   nftables ipset dnsperf
+  # first-packet (new connection) latency through NetworkPolicy chains (policy-cost)
+  hping3
   # tc eBPF (calico-ipip without the ipip module) and the C forwarders
   clang llvm libbpf-dev gcc libc6-dev make
   python3 python3-venv python3-pip python3-jinja2 python3-yaml python3-dnspython
