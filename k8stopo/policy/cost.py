@@ -16,9 +16,10 @@ Measured per variant and policy count, on one cluster whose agent is updated in 
   from the tools' own output. Both run over one connection: after its first packet,
   conntrack's ESTABLISHED rule at the head of ``cali-tw-*`` / ``WEAVE-NPC`` accepts every
   packet, so the policies are walked once per connection, not per packet;
-* ``tcp_syn``: what a *new* connection pays: hping3 sends SYNs to the server's iperf3 port,
-  each from the next source port (so each is a new conntrack entry that walks the
-  policies), and prints each SYN-ACK's round trip (0.1 ms resolution): median, p99, mean.
+* ``tcp_syn``: what a *new* connection pays: hping3 sends SYNs to a listening port of the
+  server, each from the next source port (so each is a new conntrack entry that walks the
+  policies); tcpdump on the client's eth0 timestamps each SYN and its SYN-ACK (us):
+  median, p99 and mean round trip.
 
 Run as ``python -m k8stopo.policy.cost [--cni calico-bgp,weave-fastdp] [--policies 0,10,100,1000]
 [--duration 2] [--repeat 2] [--out results/policy-cost]``; writes ``policy-cost.csv`` and
@@ -38,7 +39,8 @@ from typing import Any
 
 from .. import __version__, measure
 from ..cluster import Cluster
-from ..node import Endpoint
+from ..capture import Capture
+from ..node import Pod
 from ..cni import names as cni_names
 from ..cni import variant
 from ..results import new_run_id, utc_now
@@ -65,25 +67,37 @@ def policies(count: int, namespace: str = "default") -> tuple[dict[str, Any], ..
 
 
 SYNS = 300
-_HPING_RTT = re.compile(r"flags=SA .*rtt=([\d.]+) ms")
+_TCPDUMP = re.compile(r"^(\d+\.\d{6}) IP (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[(S|S\.)\]", re.M)
 
 
-def syn_rtts(client: Endpoint, server: Endpoint) -> list[measure.Sample]:
-    """SYN to SYN-ACK round trips of :data:`SYNS` new connections (hping3's own figures)."""
+def syn_rtts(client: Pod, server: Pod, pcap: Path) -> list[measure.Sample]:
+    """SYN to SYN-ACK round trips of :data:`SYNS` new connections: hping3 sends each SYN
+    from the next source port; tcpdump on the client's eth0 timestamps both (microseconds,
+    the kernel's capture times) and ``tcpdump -tt -r`` prints them."""
     listener = server.spawn(["iperf3", "-s", "-p", str(SYN_PORT)], what=f"iperf3@{server.name}")
     try:
         time.sleep(0.5)  # iperf3 binds at once; a SYN before that would be refused (RST, no SA)
-        out = client.run(["hping3", "-S", "-p", str(SYN_PORT), "-c", str(SYNS), "-i", "u3000",
-                          str(server.ip)], check=False, timeout=60).stdout
+        with Capture(client, client.ifname, pcap, ["tcp", "port", str(SYN_PORT)]):
+            client.run(["hping3", "-q", "-S", "-p", str(SYN_PORT), "-c", str(SYNS), "-i", "u3000",
+                        str(server.ip)], check=False, timeout=60)
     finally:
         server.stop(listener)
-    rtts = sorted(float(v) for v in _HPING_RTT.findall(out))
+    sent: dict[str, int] = {}
+    rtts = []
+    for ts, _, sport, _, dport, flags in _TCPDUMP.findall(
+            client.output(["tcpdump", "-tt", "-n", "-r", str(pcap)])):
+        sec, usec = ts.split(".")
+        at = int(sec) * 1_000_000 + int(usec)  # exact microseconds (a float would round)
+        if flags == "S":
+            sent[sport] = at
+        elif dport in sent:
+            rtts.append(at - sent.pop(dport))
     if len(rtts) < SYNS // 2:
-        raise measure.MeasurementError(f"hping3 got {len(rtts)} of {SYNS} SYN-ACKs: {out[-300:]}")
-    p99 = rtts[min(len(rtts) - 1, int(round(0.99 * len(rtts))) - 1)]
-    return [measure.Sample("syn_rtt_p50_ms", statistics.median(rtts), "ms"),
-            measure.Sample("syn_rtt_p99_ms", p99, "ms"),
-            measure.Sample("syn_rtt_avg_ms", statistics.fmean(rtts), "ms")]
+        raise measure.MeasurementError(f"tcpdump saw {len(rtts)} SYN-ACKs for {SYNS} SYNs")
+    rtts.sort()
+    return [measure.Sample("syn_rtt_p50_us", statistics.median(rtts), "us"),
+            measure.Sample("syn_rtt_p99_us", rtts[min(len(rtts), round(0.99 * len(rtts))) - 1], "us"),
+            measure.Sample("syn_rtt_avg_us", statistics.fmean(rtts), "us")]
 
 
 def rule_count(cluster: Cluster, node: str) -> int:
@@ -118,7 +132,8 @@ def run(cni: str, counts: list[int], duration: int, repeat: int, writer: Any, ru
             for r in range(repeat):
                 for protocol in ("tcp_syn", "tcp", "tcp_rr"):
                     started_at = utc_now()
-                    samples = (syn_rtts(client, server) if protocol == "tcp_syn" else
+                    pcap = cluster.state.path("policy-cost", f"syn-{cni}-{count}-{r}.pcap")
+                    samples = (syn_rtts(client, server, pcap) if protocol == "tcp_syn" else
                                measure.measure(client, server.ip, server, protocol, params).samples)
                     for s in samples:
                         writer.writerow({**base, "policies": count, "repeat": r,
@@ -128,25 +143,29 @@ def run(cni: str, counts: list[int], duration: int, repeat: int, writer: Any, ru
 
 
 def chart(csv_path: Path, out: Path) -> Path:
-    """Throughput, RR latency (p50, p99) and programming time against the policy count."""
+    """New-connection RTT, throughput, RR latency (p50, p99), programming time and rule count
+    against the policy count, one line per variant."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
 
     df = pd.read_csv(csv_path)
-    panels = [("tcp_syn", "syn_rtt_p50_ms", 1e3, "new connection: SYN to SYN-ACK p50 (us)"),
+    panels = [("tcp_syn", "syn_rtt_p50_us", 1, "new connection: SYN to SYN-ACK p50 (us)"),
               ("tcp", "throughput_bps", 1e-9, "TCP throughput (Gbit/s)"),
               ("tcp_rr", "latency_p50_us", 1, "RR latency p50 (us)"),
               ("tcp_rr", "latency_p99_us", 1, "RR latency p99 (us)"),
-              (None, "program_s", 1, "seconds to program the nodes")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+              (None, "program_s", 1, "seconds to program both nodes"),
+              (None, "rules", 1, "filter rules on the server's node")]
+    fig, grid = plt.subplots(2, 3, figsize=(13, 7))
+    axes = grid.ravel()
     for ax, (protocol, metric, scale, title) in zip(axes, panels):
         sel = df[(df.metric == metric) & ((df.protocol == protocol) if protocol else df.protocol.isna())]
         for cni, group in sel.groupby("cni"):
             stats = group.groupby("policies")["value"].agg(["mean", "min", "max"]) * scale
-            ax.errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["min"],
-                                                         stats["max"] - stats["mean"]],
+            ax.errorbar(stats.index, stats["mean"],
+                        yerr=[(stats["mean"] - stats["min"]).clip(lower=0),
+                              (stats["max"] - stats["mean"]).clip(lower=0)],
                         marker="o", capsize=3, label=cni)
         ax.set_xscale("symlog", linthresh=10)
         ax.set_xlabel("NetworkPolicies selecting the server")
@@ -169,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("results/policy-cost"))
+    p.add_argument("--plot-only", action="store_true", help="redraw the chart of OUT's CSV")
     args = p.parse_args(argv)
+    if args.plot_only:
+        print(chart(args.out / "policy-cost.csv", args.out))
+        return 0
     try:
         cnis = cni_names(args.cni)
         counts = [int(v) for v in args.policies.split(",")]
