@@ -20,7 +20,7 @@ COMPARE   := $(if $(PUBLISHED),--published $(PUBLISHED))
 install:
 	@scripts/install.sh
 
-$(STAMP): setup.py scripts/install.sh $(wildcard k8stopo/native/*.c)
+$(STAMP): setup.py scripts/install.sh $(wildcard k8stopo/native/*.[ch])
 	@scripts/install.sh
 
 test: $(STAMP)

@@ -204,7 +204,9 @@ def _probe_features(wanted: frozenset[str] | None = None) -> dict[str, Probe]:
                 probes[name] = _guarded(name, _module, name, module)
     finally:
         state.remove_all()
-    notes = {"ovs": _tool_note("ovs-vsctl", "OVS userspace not installed"),
+    notes = {"ovs": _tool_note("ovs-vsctl", "OVS userspace not installed") + "; weave-fastdp "
+             "runs per-peer kernel VXLAN ports on the weave bridge in place of weave's OVS "
+             "datapath (same wire: UDP 6784, weave's VNIs)",
              "tc-bpf": _tool_note("clang", "no clang: BPF programs cannot be built here"),
              "iptables-nat": _iptables_version(),
              "conntrack": _tool_note("conntrack", "conntrack tool not installed")}

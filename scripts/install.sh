@@ -43,7 +43,7 @@ fi
 mkdir -p build/native
 for src in k8stopo/native/*.c; do
   bin="build/native/$(basename "$src" .c | tr _ -)"
-  if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ]; then
+  if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ] || [ k8stopo/native/forwarder.h -nt "$bin" ]; then
     gcc -O2 -Wall -Wextra -o "$bin" "$src"
   fi
 done

@@ -168,7 +168,7 @@ def test_teardown_leaves_nothing(cni: str) -> None:
     assert_gone(prefix, pids)
 
 
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp"])
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp", "flannel-udp", "weave-sleeve"])
 def test_a_build_that_fails_midway_leaves_nothing(cni: str, monkeypatch) -> None:
     seen: dict = {}
     original = VARIANTS[cni].pod_added
@@ -216,13 +216,15 @@ def test_bgp_that_does_not_converge_in_time_fails_clearly_and_leaves_nothing(mon
     assert_gone(seen["prefix"], seen["pids"])
 
 
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "flannel-host-gw", "calico-bgp"])
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "flannel-host-gw", "calico-bgp", "flannel-udp",
+                                 "weave-fastdp", "weave-sleeve"])
 def test_a_drop_rule_in_the_root_namespace_changes_nothing(cni: str) -> None:
     """The underlay switch is not in the root namespace, so the host's firewall (here a
     FORWARD DROP of every underlay and pod address, as a Docker host's policy would be)
     never sees a frame of the run; before, bridge-netfilter passed them all through it."""
     drops = [["FORWARD", "-s", net, "-m", "comment", "--comment", f"k8stopo-test-{os.getpid()}",
-              "-j", "DROP"] for net in ("172.20.0.0/16", "10.244.0.0/16", "192.168.0.0/16")]
+              "-j", "DROP"] for net in ("172.20.0.0/16", "10.244.0.0/16", "192.168.0.0/16",
+                                        "10.32.0.0/12")]
     for rule in drops:
         proc.run(["iptables", "-I", *rule])
     try:
@@ -231,7 +233,7 @@ def test_a_drop_rule_in_the_root_namespace_changes_nothing(cni: str) -> None:
             assert ping(c.node("n1"), c.node("n2"))
         counters = proc.output(["iptables", "-L", "FORWARD", "-v", "-n", "-x"])
         hits = [l for l in counters.splitlines() if f"k8stopo-test-{os.getpid()}" in l]
-        assert len(hits) == 3 and all(l.split()[0] == "0" for l in hits), hits
+        assert len(hits) == 4 and all(l.split()[0] == "0" for l in hits), hits
     finally:
         for rule in drops:
             proc.run(["iptables", "-D", *rule], check=False)

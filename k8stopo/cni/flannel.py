@@ -140,12 +140,14 @@ class FlannelUDP(Flannel):
             self.proxies[node.name] = native.start(
                 node, "flannel-udp-proxy",
                 ["--tun", self.DEVICE, "--bind", f"{node.ip}:{self.PORT}", "--mtu", self.pod_mtu,
-                 "--tun-ip", tun_ip, *routes],
-                self.cluster.state.path(node.name, "flannel-udp-proxy.log"))
+                 "--tun-ip", tun_ip, *routes])
             node.batch("ip", [["addr", "add", f"{tun_ip}/32", "dev", self.DEVICE],
                               ["link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"],
                               ["route", "add", self.cluster.pod_cidr, "dev", self.DEVICE,
                                "scope", "global"]])
+
+    def wait_ready(self, timeout: float) -> None:
+        native.check_running(self.cluster.state, self.proxies, "flannel-udp-proxy")
 
     def stop(self) -> None:
         for name, p in self.proxies.items():

@@ -115,6 +115,7 @@ class Weave(Variant):
     """The weave bridge, weave IPAM and attach semantics, weave's and weave-npc's iptables."""
 
     pod_cidr = WEAVE_RANGE
+    enforces_policy = True  # weave-npc; its no-policy state is here, policies are the policy agent's
     requires = Variant.requires + ("bridge", "iptables-nat", "ipset", "cni:bridge",
                                    "cni:host-local", "cni:loopback")
     #: the bridge port through which frames reach the other nodes (weave-npc's --bridge-port-name)
@@ -144,15 +145,14 @@ class Weave(Variant):
 
     @classmethod
     def capacity(cls, block: ipaddress.IPv4Network) -> int:
-        first, last = cls._usable(block, None)
-        return max(int(last) - int(first), 0)  # the first one is the bridge's
+        """The share's addresses less the bridge's and, at worst, the range's two ends."""
+        return max(block.num_addresses - 3, 0)
 
     @staticmethod
-    def _usable(block: ipaddress.IPv4Network, whole: ipaddress.IPv4Network | None
+    def _usable(block: ipaddress.IPv4Network, whole: ipaddress.IPv4Network
                 ) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
         """First and last address weave IPAM hands out in ``block``: all of them except the
         whole range's network and broadcast addresses."""
-        whole = whole or ipaddress.IPv4Network(WEAVE_RANGE)
         first, last = block.network_address, block.broadcast_address
         return (first + 1 if first == whole.network_address else first,
                 last - 1 if last == whole.broadcast_address else last)
@@ -278,7 +278,7 @@ class WeaveSleeve(Weave):
     wire = "UDP 6783: sender peer name, then per frame src/dst peer names, length, Ethernet frame"
     # outer IPv4 + UDP 28, sender name 6, frame header 6 + 6 + 2, inner Ethernet 14
     overhead = 62  # router/sleeve.go overheadDF
-    requires = Weave.requires + ("veth", "native:weave-sleeve")
+    requires = Weave.requires + ("native:weave-sleeve",)
     pod_tx_off = True
     PORT = 6783
     CAPTURE = "vethwe-pcap"
@@ -303,8 +303,10 @@ class WeaveSleeve(Weave):
                 node, "weave-sleeve",
                 ["--capture", self.CAPTURE, "--bind", f"{node.ip}:{self.PORT}",
                  "--name", peer_name(node), "--mtu", self.pod_mtu,
-                 "--pmtu", self.cluster.spec.mtu, *peers],
-                self.cluster.state.path(node.name, "weave-sleeve.log"))
+                 "--pmtu", self.cluster.spec.mtu, *peers])
+
+    def wait_ready(self, timeout: float) -> None:
+        native.check_running(self.cluster.state, self.routers, "weave-sleeve")
 
     def stop(self) -> None:
         for name, p in self.routers.items():

@@ -20,6 +20,7 @@ from ..proc import CommandError
 
 if TYPE_CHECKING:
     from ..node import Endpoint
+    from ..runstate import RunState
 
 SOURCES = Path(__file__).resolve().parent
 BUILD = SOURCES.parent.parent / "build" / "native"
@@ -34,10 +35,17 @@ def binary(name: str) -> Path:
     return BUILD / name
 
 
-def start(endpoint: "Endpoint", name: str, args: Sequence[object], log: Path,
+def log_path(state: "RunState", where: str, name: str) -> Path:
+    """Where forwarder ``name`` running in endpoint ``where`` writes its stderr."""
+    return state.path(where, f"{name}.log")
+
+
+def start(endpoint: "Endpoint", name: str, args: Sequence[object],
           timeout: float = 10.0) -> subprocess.Popen[str]:
-    """Spawn forwarder ``name`` in ``endpoint`` (tracked by the run, stderr into ``log``) and
-    return once it printed its ``ready`` line, i.e. its device exists and its socket is bound."""
+    """Spawn forwarder ``name`` in ``endpoint`` (tracked by the run, stderr into its log in the
+    run's state) and return once it printed its ``ready`` line, i.e. its device exists and its
+    socket is bound."""
+    log = log_path(endpoint.state, endpoint.name, name)
     path = binary(name)
     if not os.access(path, os.X_OK):
         raise FileNotFoundError(f"{path} is not built: run `make install`")
@@ -56,3 +64,14 @@ def start(endpoint: "Endpoint", name: str, args: Sequence[object], log: Path,
                                log.read_text() or f"{name} not ready after {timeout}s")
         seen += chunk
     return p
+
+
+def check_running(state: "RunState", processes: dict[str, subprocess.Popen[str]],
+                  name: str) -> None:
+    """RuntimeError naming the endpoint and the forwarder's last log line if one has exited
+    (its node's pods would silently lose every cross-node packet)."""
+    for where, p in processes.items():
+        if p.poll() is not None:
+            log = log_path(state, where, name).read_text().strip().splitlines()
+            raise RuntimeError(f"{name} on {where} exited with {p.returncode}: "
+                               f"{log[-1] if log else 'no log output'}")

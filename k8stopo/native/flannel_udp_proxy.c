@@ -20,20 +20,16 @@
  *                          [--route CIDR=IP:PORT]... [--log]
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
+#define PROGRAM "flannel-udp-proxy"
+#define SYNOPSIS "--tun NAME --bind IP:PORT --mtu N --tun-ip IP [--route CIDR=IP:PORT]... [--log]"
+#include "forwarder.h"
+
 #include <fcntl.h>
 #include <linux/icmp.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <linux/ip.h>
-#include <netinet/in.h>
 #include <poll.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -49,44 +45,6 @@ struct route {
 static struct route routes[MAX_ROUTES];
 static size_t nroutes;
 static uint32_t tun_addr;
-static int log_enabled;
-
-static void logf_(const char *fmt, ...)
-{
-	va_list ap;
-	if (!log_enabled)
-		return;
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "flannel-udp-proxy: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
-static void usage(const char *why)
-{
-	fprintf(stderr, "flannel-udp-proxy: %s\nusage: flannel-udp-proxy --tun NAME --bind IP:PORT "
-		"--mtu N --tun-ip IP [--route CIDR=IP:PORT]... [--log]\n", why);
-	exit(2);
-}
-
-static int parse_hostport(const char *s, struct sockaddr_in *sa)
-{
-	char host[64];
-	const char *colon = strrchr(s, ':');
-	if (!colon || (size_t)(colon - s) >= sizeof(host))
-		return -1;
-	memcpy(host, s, colon - s);
-	host[colon - s] = '\0';
-	memset(sa, 0, sizeof(*sa));
-	sa->sin_family = AF_INET;
-	sa->sin_port = htons((uint16_t)atoi(colon + 1));
-	return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -1;
-}
 
 static int parse_route(const char *s)
 {
@@ -250,15 +208,9 @@ int main(int argc, char **argv)
 	size_t mtu = 0;
 	char *buf;
 
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (!strcmp(a, "--log")) {
-			log_enabled = 1;
-			continue;
-		}
-		if (!v)
-			usage("missing value");
-		i++;
+	const char *a, *v;
+	int i = 0;
+	while ((a = next_option(argc, argv, &i, &v))) {
 		if (!strcmp(a, "--tun"))
 			tun_name = v;
 		else if (!strcmp(a, "--bind")) {

@@ -25,18 +25,15 @@
  *                     [--pmtu UNDERLAY_MTU] [--peer PEERNAME=IP:PORT]... [--log]
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
+#define PROGRAM "weave-sleeve"
+#define SYNOPSIS "--capture IFNAME --bind IP:PORT --name PEERNAME --mtu N [--pmtu N] " \
+	"[--peer PEERNAME=IP:PORT]... [--log]"
+#include "forwarder.h"
+
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
-#include <netinet/in.h>
 #include <poll.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -63,7 +60,6 @@ static struct peer peers[MAX_PEERS];
 static int npeers;
 static uint8_t self_name[NAME_SIZE];
 static struct mac_entry macs[MAC_SLOTS];
-static int log_enabled;
 static int cap_fd, udp_fd, cap_ifindex;
 static size_t max_payload; /* underlay PMTU - UDP overhead */
 
@@ -73,29 +69,6 @@ static size_t out_len;
 static int out_peer = -2;
 static int out_frames;
 
-static void logf_(const char *fmt, ...)
-{
-	va_list ap;
-	if (!log_enabled)
-		return;
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "weave-sleeve: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
-static void usage(const char *why)
-{
-	fprintf(stderr, "weave-sleeve: %s\nusage: weave-sleeve --capture IFNAME --bind IP:PORT "
-		"--name PEERNAME --mtu N [--pmtu N] [--peer PEERNAME=IP:PORT]... [--log]\n", why);
-	exit(2);
-}
-
 static int parse_name(const char *s, uint8_t *name)
 {
 	unsigned b[NAME_SIZE];
@@ -104,20 +77,6 @@ static int parse_name(const char *s, uint8_t *name)
 	for (int i = 0; i < NAME_SIZE; i++)
 		name[i] = (uint8_t)b[i];
 	return 0;
-}
-
-static int parse_hostport(const char *s, struct sockaddr_in *sa)
-{
-	char host[64];
-	const char *colon = strrchr(s, ':');
-	if (!colon || (size_t)(colon - s) >= sizeof(host))
-		return -1;
-	memcpy(host, s, colon - s);
-	host[colon - s] = '\0';
-	memset(sa, 0, sizeof(*sa));
-	sa->sin_family = AF_INET;
-	sa->sin_port = htons((uint16_t)atoi(colon + 1));
-	return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -1;
 }
 
 static int parse_peer(const char *s)
@@ -281,15 +240,9 @@ int main(int argc, char **argv)
 	size_t cap_len;
 	uint8_t *cap_buf, *udp_buf;
 
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (!strcmp(a, "--log")) {
-			log_enabled = 1;
-			continue;
-		}
-		if (!v)
-			usage("missing value");
-		i++;
+	const char *a, *v;
+	int i = 0;
+	while ((a = next_option(argc, argv, &i, &v))) {
 		if (!strcmp(a, "--capture"))
 			ifname = v;
 		else if (!strcmp(a, "--bind")) {
