@@ -122,7 +122,6 @@ class Weave(Variant):
     overlay_port: ClassVar[str] = "vethwe-bridge"
     #: weave's CNI plugin switches TX checksum offload off on the pod end unless fastdp
     pod_tx_off: ClassVar[bool] = False
-    enforces_policy = True  # weave-npc: k8stopo.policy.weave_npc
 
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
