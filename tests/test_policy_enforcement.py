@@ -43,6 +43,13 @@ def test_measured_tables_equal_the_api_semantics(cni):
         agent.update(())
         failures += _diff("no-policy-again", measure(cluster), open_table)
         assert not failures, "\n".join(failures)
+        for node in cluster.nodes:  # what the last policies needed is gone, nothing else
+            sets = {s for s in node.output(["ipset", "list", "-n"]).split()
+                    if s.startswith(("cali40s:", "cali40n:", "weave-"))}
+            assert sets == set(agent.loaded[node.name]), node.name
+            chains = [line for line in node.output(["iptables-save", "-t", "filter"]).splitlines()
+                      if line.startswith((":cali-pi-", ":cali-po-"))]
+            assert chains == [], chains
 
 
 @pytest.mark.skipif("calico-bgp" not in VARIANTS, reason="calico-bgp not built")
