@@ -17,7 +17,7 @@ OVERRIDES := $(if $(CNI),--cni $(CNI)) $(if $(SCENARIOS),--scenarios $(SCENARIOS
 install:
 	@scripts/install.sh
 
-$(STAMP): setup.py scripts/install.sh
+$(STAMP): setup.py scripts/install.sh $(wildcard k8stopo/native/*.[ch])
 	@scripts/install.sh
 
 test: $(STAMP) lint

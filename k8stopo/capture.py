@@ -1,7 +1,8 @@
 """Packet capture on the underlay, decoded in Python.
 
 The SPEC fixes what each CNI variant must look like on the wire between nodes
-(VXLAN on 8472 with VNI 1, IP-in-IP, raw IP in UDP 8285, plain pod IPs, ...).
+(VXLAN on 8472 with VNI 1, IP-in-IP, raw IP in UDP 8285, Ethernet frames in weave's
+sleeve framing on UDP 6783, plain pod IPs, ...).
 :class:`Capture` records that wire with tcpdump inside a node's namespace and
 :func:`read_pcap` decodes outer and inner headers, so tests can assert the
 encapsulation without tshark.
@@ -24,6 +25,9 @@ from .proc import CommandError
 
 VXLAN_PORTS = (4789, 8472, 6784)  # IANA/calico/docker, flannel, weave fastdp
 IP_IN_UDP_PORTS = (8285,)  # flannel's udp backend
+SLEEVE_PORTS = (6783,)  # weave's sleeve overlay
+SLEEVE_NAME = 6  # weave peer name bytes (mesh NameSize)
+SLEEVE_FRAME_HLEN = 2 * SLEEVE_NAME + 2  # src peer, dst peer, big-endian frame length
 LINKTYPE_ETHERNET = 1
 ETH_P_IP = 0x0800
 ETH_HLEN = 14
@@ -53,6 +57,12 @@ class Packet:
     inner_src: str | None
     inner_dst: str | None
     inner_proto: int | None
+    #: Ethernet inside (VXLAN, sleeve): the first inner frame's MACs and EtherType
+    inner_eth_src: str | None = None
+    inner_eth_dst: str | None = None
+    inner_ethertype: int | None = None
+    #: how many Ethernet frames the datagram carries (weave's sleeve aggregates several)
+    inner_frames: int | None = None
 
 
 def _ipv4(data: bytes) -> tuple[str, str, int, bytes] | None:
@@ -77,8 +87,26 @@ def _ethernet_ipv4(frame: bytes) -> bytes | None:
     return frame[ETH_HLEN:]
 
 
-def _decode(frame: bytes, vxlan_ports: frozenset[int],
-            ip_in_udp_ports: frozenset[int]) -> Packet | None:
+def _mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _sleeve_frames(payload: bytes) -> list[bytes]:
+    """The Ethernet frames of a weave sleeve datagram: after the sender's peer name, each
+    frame is [src peer][dst peer][length][frame] (router/frame_crypto.go NonEncryptor)."""
+    frames, offset = [], SLEEVE_NAME
+    while offset + SLEEVE_FRAME_HLEN <= len(payload):
+        length = struct.unpack_from("!H", payload, offset + 2 * SLEEVE_NAME)[0]
+        start = offset + SLEEVE_FRAME_HLEN
+        if length < ETH_HLEN or start + length > len(payload):
+            break
+        frames.append(payload[start:start + length])
+        offset = start + length
+    return frames
+
+
+def _decode(frame: bytes, vxlan_ports: frozenset[int], ip_in_udp_ports: frozenset[int],
+            sleeve_ports: frozenset[int]) -> Packet | None:
     ip = _ethernet_ipv4(frame)
     outer = _ipv4(ip) if ip is not None else None
     if outer is None:
@@ -86,6 +114,7 @@ def _decode(frame: bytes, vxlan_ports: frozenset[int],
     src, dst, proto, l4 = outer
     sport = dport = vni = None
     inner_ip: bytes | None = None
+    inner_eth: list[bytes] = []
     if proto in (IPPROTO_TCP, IPPROTO_UDP) and len(l4) >= 4:
         sport, dport = struct.unpack_from("!HH", l4, 0)
         if proto == IPPROTO_UDP:
@@ -93,25 +122,34 @@ def _decode(frame: bytes, vxlan_ports: frozenset[int],
             if (dport in vxlan_ports and len(udp_payload) >= VXLAN_HLEN
                     and udp_payload[0] & VXLAN_FLAG_VNI):
                 vni = int.from_bytes(udp_payload[4:7], "big")
-                inner_ip = _ethernet_ipv4(udp_payload[VXLAN_HLEN:])
+                inner_eth = [udp_payload[VXLAN_HLEN:]]
+            elif dport in sleeve_ports:
+                inner_eth = _sleeve_frames(udp_payload)
             elif dport in ip_in_udp_ports:
                 inner_ip = udp_payload
     elif proto == IPPROTO_IPIP:
         inner_ip = l4
+    first = inner_eth[0] if inner_eth and len(inner_eth[0]) >= ETH_HLEN else None
+    if first is not None:
+        inner_ip = _ethernet_ipv4(first)
     inner = _ipv4(inner_ip) if inner_ip is not None else None
     return Packet(src, dst, proto, sport, dport, vni,
                   inner[0] if inner else None, inner[1] if inner else None,
-                  inner[2] if inner else None)
+                  inner[2] if inner else None,
+                  _mac(first[6:12]) if first else None, _mac(first[0:6]) if first else None,
+                  struct.unpack_from("!H", first, 12)[0] if first else None,
+                  len(inner_eth) if inner_eth else None)
 
 
 def read_pcap(path: Path, vxlan_ports: Iterable[int] = VXLAN_PORTS,
-              ip_in_udp_ports: Iterable[int] = IP_IN_UDP_PORTS) -> list[Packet]:
+              ip_in_udp_ports: Iterable[int] = IP_IN_UDP_PORTS,
+              sleeve_ports: Iterable[int] = SLEEVE_PORTS) -> list[Packet]:
     """Decode the IPv4 frames of a classic libpcap file (Ethernet link type).
 
     Encapsulation is recognised by the UDP destination port the caller names
-    (``vxlan_ports``: a VXLAN header; ``ip_in_udp_ports``: a bare IPv4 packet)
-    and by IP protocol 4, never guessed from the payload. Non-IPv4 frames are
-    skipped.
+    (``vxlan_ports``: a VXLAN header; ``ip_in_udp_ports``: a bare IPv4 packet;
+    ``sleeve_ports``: weave's sleeve framing of Ethernet frames) and by IP
+    protocol 4, never guessed from the payload. Non-IPv4 frames are skipped.
     """
     data = Path(path).read_bytes()
     order = _MAGICS.get(data[:4])
@@ -120,14 +158,14 @@ def read_pcap(path: Path, vxlan_ports: Iterable[int] = VXLAN_PORTS,
     linktype = struct.unpack_from(order + "I", data, 20)[0] & 0x0FFFFFFF
     if linktype != LINKTYPE_ETHERNET:
         raise ValueError(f"{path}: link type {linktype}, only Ethernet (1) is decoded")
-    vx, iu = frozenset(vxlan_ports), frozenset(ip_in_udp_ports)
+    vx, iu, sl = frozenset(vxlan_ports), frozenset(ip_in_udp_ports), frozenset(sleeve_ports)
     packets: list[Packet] = []
     offset = 24
     while offset + 16 <= len(data):
         caplen = struct.unpack_from(order + "I", data, offset + 8)[0]
         frame = data[offset + 16:offset + 16 + caplen]
         offset += 16 + caplen
-        packet = _decode(frame, vx, iu)
+        packet = _decode(frame, vx, iu, sl)
         if packet is not None:
             packets.append(packet)
     return packets
@@ -144,6 +182,7 @@ class Capture:
     def __init__(self, endpoint: Endpoint, iface: str, path: Path,
                  bpf_filter: Sequence[str] = (), vxlan_ports: Iterable[int] = VXLAN_PORTS,
                  ip_in_udp_ports: Iterable[int] = IP_IN_UDP_PORTS,
+                 sleeve_ports: Iterable[int] = SLEEVE_PORTS,
                  ready_timeout: float = 10.0) -> None:
         self.endpoint = endpoint
         self.iface = iface
@@ -151,6 +190,7 @@ class Capture:
         self.bpf_filter = tuple(bpf_filter)
         self.vxlan_ports = tuple(vxlan_ports)
         self.ip_in_udp_ports = tuple(ip_in_udp_ports)
+        self.sleeve_ports = tuple(sleeve_ports)
         self.ready_timeout = ready_timeout
         self.packets: list[Packet] = []
         self._proc: subprocess.Popen[str] | None = None
@@ -212,4 +252,5 @@ class Capture:
         self._wait_drained()
         self.endpoint.stop(self._proc)
         if exc_type is None:  # on failure the pcap stays on disk; don't mask the error
-            self.packets = read_pcap(self.path, self.vxlan_ports, self.ip_in_udp_ports)
+            self.packets = read_pcap(self.path, self.vxlan_ports, self.ip_in_udp_ports,
+                                     self.sleeve_ports)

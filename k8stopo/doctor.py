@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import proc
+from . import native, proc
 from .proc import CommandError
 from .runstate import RunState
 
@@ -35,7 +35,7 @@ TOOLS: dict[str, tuple[str, ...] | None] = {
     "bird": ("--version",), "birdc": None, "mnexec": None, "brctl": ("-V",),
     "dnsmasq": ("--version",), "socat": ("-V",), "sockperf": ("--version",),
     "nsenter": ("--version",), "dnsperf": None, "curl": ("--version",),
-    "ipset": ("--version",), "clang": ("--version",),
+    "ipset": ("--version",), "clang": ("--version",), "ethtool": ("--version",),
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "ptp", "loopback", "macvlan")
@@ -204,7 +204,9 @@ def _probe_features(wanted: frozenset[str] | None = None) -> dict[str, Probe]:
                 probes[name] = _guarded(name, _module, name, module)
     finally:
         state.remove_all()  # a netns it cannot delete stays on record for `k8stopo clean`
-    notes = {"ovs": _tool_note("ovs-vsctl", "OVS userspace not installed"),
+    notes = {"ovs": _tool_note("ovs-vsctl", "OVS userspace not installed") + "; weave-fastdp "
+             "runs per-peer kernel VXLAN ports on the weave bridge in place of weave's OVS "
+             "datapath (same wire: UDP 6784, weave's VNIs)",
              "tc-bpf": _tool_note("clang", "no clang: BPF programs cannot be built here"),
              "iptables-nat": _iptables_version(),
              "conntrack": _tool_note("conntrack", "conntrack tool not installed")}
@@ -257,6 +259,14 @@ def _probe_cni_plugin(plugin: str) -> Probe:
     return Probe(name, True, f"{path} (CNI spec {span})")
 
 
+def _probe_native(name: str) -> Probe:
+    """One of our C forwarders (k8stopo/native), built by ``make install``."""
+    path = native.binary(name)
+    if not os.access(path, os.X_OK):
+        return Probe(f"native:{name}", False, f"{path} not built: run `make install` (needs gcc)")
+    return Probe(f"native:{name}", True, str(path))
+
+
 def probe_all() -> dict[str, Probe]:
     """Every feature, tool and CNI plugin probe, keyed by probe name; leaves nothing behind."""
     return probe()
@@ -278,6 +288,9 @@ def probe(wanted: Iterable[str] | None = None) -> dict[str, Probe]:
             probes[f"cni:{plugin}"] = _guarded(f"cni:{plugin}", _probe_cni_plugin, plugin)
     if want is None or "ipip-datapath" in want:
         probes["ipip-datapath"] = _ipip_datapath(probes)
+    for name in native.PROGRAMS:
+        if want is None or f"native:{name}" in want:
+            probes[f"native:{name}"] = _guarded(f"native:{name}", _probe_native, name)
     return probes
 
 

@@ -174,9 +174,10 @@ class BenchSpec:
             raise SpecError("pod scenarios need --pods-per-node 1 or more")
 
     def cluster(self, cni: str, options: frozenset[str] = frozenset()) -> ClusterSpec:
-        """The cluster of one variant; ``options`` are the variant's own ClusterSpec fields
-        (Variant.options): the others keep their defaults, so ``--bgp rr`` applies to the
-        Calico BIRD variants of a ``--cni all`` run and leaves flannel alone."""
+        """The cluster of one variant at this (single) point; ``options`` are the variant's
+        own ClusterSpec fields (Variant.options): the others keep their defaults, so ``--bgp
+        rr`` applies to the Calico BIRD variants of a ``--cni all`` run and leaves flannel
+        alone."""
         own = {f: getattr(self, f) for f in ("bgp", "route_reflectors", "ipip_mode")
                if f in options}
         return ClusterSpec(cni=cni, nodes=self.nodes, pods_per_node=self.pods_per_node,

@@ -9,6 +9,8 @@ APT_PACKAGES=(
   mininet bridge-utils iproute2 iptables iputils-ping ethtool kmod util-linux
   iperf3 containernetworking-plugins bird2 dnsmasq-base socat tcpdump sockperf
   nftables ipset dnsperf curl
+  # first-packet (new connection) latency through NetworkPolicy chains (policy-cost)
+  hping3
   # tc eBPF (calico-ipip without the ipip module) and the C forwarders
   clang llvm libbpf-dev gcc libc6-dev make
   python3 python3-venv python3-pip python3-jinja2 python3-yaml python3-dnspython
@@ -37,4 +39,12 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
+# Our C forwarders (flannel-udp's proxy, weave-sleeve's router): k8stopo/native/*.c -> build/native/.
+mkdir -p build/native
+for src in k8stopo/native/*.c; do
+  bin="build/native/$(basename "$src" .c | tr _ -)"
+  if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ] || [ k8stopo/native/forwarder.h -nt "$bin" ]; then
+    gcc -O2 -Wall -Wextra -o "$bin" "$src"
+  fi
+done
 ln -sfn "$(pwd)/.venv/bin/k8stopo" /usr/local/bin/k8stopo

@@ -107,6 +107,33 @@ def test_ipip_and_ip_in_udp_8285(tmp_path: Path) -> None:
     assert other_udp.inner_src is None and other_udp.dport == 9999
 
 
+def test_weave_sleeve_framing_on_6783(tmp_path: Path) -> None:
+    """One datagram aggregating an ARP and an IPv4 frame, as weave's sleeve sends them:
+    sender peer name, then per frame src peer, dst peer, 2-byte length, the frame."""
+    n1, n2 = bytes.fromhex("c20000000001"), bytes.fromhex("c20000000002")
+    pod_a, pod_b = bytes.fromhex("0a0000000001"), bytes.fromhex("0a0000000002")
+    arp = b"\xff" * 6 + pod_a + b"\x08\x06" + bytes(28)
+    icmp = pod_b + pod_a + b"\x08\x00" + _ipv4("10.32.0.2", "10.40.0.1", 1, bytes(8))
+
+    def framed(*frames: bytes) -> bytes:
+        return n1 + b"".join(n1 + n2 + struct.pack("!H", len(f)) + f for f in frames)
+
+    pcap = tmp_path / "sleeve.pcap"
+    _write_pcap(pcap, [_ipv4("172.20.0.1", "172.20.0.2", 17, _udp(6783, 6783, framed(icmp, arp))),
+                       _ipv4("172.20.0.1", "172.20.0.2", 17, _udp(6783, 6783, framed(arp))),
+                       _ipv4("172.20.0.1", "172.20.0.2", 17, _udp(6783, 6783, n1 + n1 + n2))])
+    aggregated, arp_only, truncated = read_pcap(pcap)
+    assert (aggregated.dport, aggregated.inner_frames, aggregated.inner_ethertype) == (6783, 2, 0x800)
+    assert (aggregated.inner_src, aggregated.inner_dst, aggregated.inner_proto) == (
+        "10.32.0.2", "10.40.0.1", 1)
+    assert (aggregated.inner_eth_src, aggregated.inner_eth_dst) == ("0a:00:00:00:00:01",
+                                                                    "0a:00:00:00:00:02")
+    assert (arp_only.inner_frames, arp_only.inner_ethertype, arp_only.inner_src) == (1, 0x806, None)
+    assert arp_only.inner_eth_dst == "ff:ff:ff:ff:ff:ff"
+    assert truncated.inner_frames is None and truncated.inner_ethertype is None
+    assert read_pcap(pcap, sleeve_ports=())[0].inner_frames is None  # only on the ports given
+
+
 def test_rejects_other_link_types_and_non_pcap(tmp_path: Path) -> None:
     sll = tmp_path / "sll.pcap"
     _write_pcap(sll, [], linktype=113)

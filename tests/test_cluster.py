@@ -96,19 +96,31 @@ def test_same_node_pods_share_the_bridge_or_have_host_routes(cluster: Cluster) -
             assert pod.output(["ip", "-4", "route", "show", "default"]).startswith(
                 "default via 169.254.1.1 dev eth0")
             assert f"{pod.ip}/32" in pod.output(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
-    else:
-        ports = json.loads(node.output(["ip", "-j", "link", "show", "master", "cni0"]))
-        assert len(ports) == len(node.pods) == 2
+    else:  # a bridge (flannel's cni0, weave's weave): pods' veths are ports, it is their gateway
         conf = node.pods[0].netconf
-        assert conf["bridge"] == "cni0" and conf["isGateway"] and conf["hairpinMode"]
-        assert ipaddress.IPv4Interface(
-            json.loads(node.output(["ip", "-j", "addr", "show", "cni0"]))[0]["addr_info"][0]
-            ["local"] + "/24").ip == node.pod_cidr[1]
+        bridge = conf["bridge"]
+        ports = json.loads(node.output(["ip", "-j", "link", "show", "master", bridge]))
+        pod_ports = [p for p in ports if "link_netnsid" in p]  # veths into pod namespaces
+        assert len(pod_ports) == len(node.pods) == 2
+        assert conf["hairpinMode"] and all(p["mtu"] == node.pods[0].mtu for p in pod_ports)
+        address = ipaddress.IPv4Address(json.loads(node.output(
+            ["ip", "-j", "addr", "show", bridge]))[0]["addr_info"][0]["local"])
+        assert address in node.pod_cidr
+        for pod in node.pods:
+            assert pod.output(["ip", "-4", "route", "show", "default"]).startswith(
+                f"default via {address} dev eth0")
 
 
 WIRE = {
     "flannel-vxlan": lambda p, a, b: p.proto == 17 and p.dport == 8472 and p.vni == 1
     and (p.inner_src, p.inner_dst) == (a, b),
+    "flannel-udp": lambda p, a, b: p.proto == 17 and p.dport == 8285 and p.sport == 8285
+    and (p.inner_src, p.inner_dst) == (a, b),
+    "weave-fastdp": lambda p, a, b: p.proto == 17 and p.dport == 6784
+    and p.vni == 1 | 2 << 12  # n1 -> n2: srcShortID | dstShortID << 12
+    and (p.inner_src, p.inner_dst) == (a, b),
+    "weave-sleeve": lambda p, a, b: p.proto == 17 and (p.sport, p.dport) == (6783, 6783)
+    and p.inner_frames is not None and (p.inner_src, p.inner_dst) == (a, b),
     "flannel-host-gw": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
     "calico-bgp": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
     "calico-ipip": lambda p, a, b: p.proto == 4 and (p.inner_src, p.inner_dst) == (a, b)
@@ -127,8 +139,9 @@ def test_cross_node_traffic_has_the_variants_wire_format(cluster: Cluster,
         assert ping(a, b)
     matching = [p for p in cap.packets if WIRE[cluster.spec.cni](p, str(a.ip), str(b.ip))]
     assert len(matching) >= 2, cap.packets[:5]
-    if cluster.variant.overhead:  # an encapsulating variant: nothing leaks unencapsulated
-        assert not [p for p in cap.packets if p.proto == 1 and p.src == str(a.ip)]
+    # nothing leaks unencapsulated where the variant encapsulates
+    if cluster.variant.overhead:
+        assert not [p for p in cap.packets if p.src == str(a.ip) or p.dst == str(a.ip)]
 
 
 def test_bird_sessions_establish_and_every_node_learns_every_block(cluster: Cluster) -> None:
@@ -159,7 +172,8 @@ def test_teardown_leaves_nothing(cni: str) -> None:
     assert_gone(prefix, pids)
 
 
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp", "calico-ipip"])
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp", "calico-ipip", "flannel-udp",
+                                 "weave-sleeve"])
 def test_a_build_that_fails_midway_leaves_nothing(cni: str, monkeypatch) -> None:
     seen: dict = {}
     original = VARIANTS[cni].pod_added
@@ -208,13 +222,14 @@ def test_bgp_that_does_not_converge_in_time_fails_clearly_and_leaves_nothing(mon
 
 
 @pytest.mark.parametrize("cni", ["flannel-vxlan", "flannel-host-gw", "calico-bgp", "calico-ipip",
-                                 "calico-vxlan"])
+                                 "calico-vxlan", "flannel-udp", "weave-fastdp", "weave-sleeve"])
 def test_a_drop_rule_in_the_root_namespace_changes_nothing(cni: str) -> None:
     """The underlay switch is not in the root namespace, so the host's firewall (here a
     FORWARD DROP of every underlay and pod address, as a Docker host's policy would be)
     never sees a frame of the run; before, bridge-netfilter passed them all through it."""
     drops = [["FORWARD", "-s", net, "-m", "comment", "--comment", f"k8stopo-test-{os.getpid()}",
-              "-j", "DROP"] for net in ("172.20.0.0/16", "10.244.0.0/16", "192.168.0.0/16")]
+              "-j", "DROP"] for net in ("172.20.0.0/16", "10.244.0.0/16", "192.168.0.0/16",
+                                        "10.32.0.0/12")]
     for rule in drops:
         proc.run(["iptables", "-I", *rule])
     try:
@@ -223,7 +238,7 @@ def test_a_drop_rule_in_the_root_namespace_changes_nothing(cni: str) -> None:
             assert ping(c.node("n1"), c.node("n2"))
         counters = proc.output(["iptables", "-L", "FORWARD", "-v", "-n", "-x"])
         hits = [l for l in counters.splitlines() if f"k8stopo-test-{os.getpid()}" in l]
-        assert len(hits) == 3 and all(l.split()[0] == "0" for l in hits), hits
+        assert len(hits) == 4 and all(l.split()[0] == "0" for l in hits), hits
     finally:
         for rule in drops:
             proc.run(["iptables", "-D", *rule], check=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from k8stopo import doctor, proc, runstate
+from k8stopo import doctor, native, proc, runstate
 from k8stopo.doctor import Probe, probe_all, report
 
 NAMES = {
@@ -16,8 +16,9 @@ NAMES = {
     "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf", "policy-routing",
     "rpfilter", "ipip-datapath", "ipset", "clang",
     "iperf3", "ping", "tcpdump", "bird", "birdc", "mnexec", "brctl", "dnsmasq", "socat",
-    "sockperf", "nsenter", "dnsperf", "curl",
+    "sockperf", "nsenter", "dnsperf", "curl", "ethtool",
     "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan",
+    "native:flannel-udp-proxy", "native:weave-sleeve",
 }
 
 
@@ -165,3 +166,13 @@ def test_report_marks_variants(probes: dict[str, Probe]) -> None:
     assert order == sorted(order)
     full = report(probes, {"flannel-vxlan": ("netns", "veth", "bridge", "vxlan", "cni:bridge")})
     assert all(name in full for name in NAMES)
+
+
+def test_native_forwarders_are_probed_where_make_install_builds_them(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(native, "BUILD", tmp_path)
+    missing = doctor.probe(["native:weave-sleeve"])["native:weave-sleeve"]
+    assert not missing.ok and "make install" in missing.detail
+    (tmp_path / "weave-sleeve").write_text("#!/bin/sh\n")
+    (tmp_path / "weave-sleeve").chmod(0o755)
+    assert doctor.probe(["native:weave-sleeve"])["native:weave-sleeve"].ok

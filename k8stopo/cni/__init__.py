@@ -4,12 +4,13 @@ from __future__ import annotations
 from ..spec import SPEC_VARIANTS, SpecError, pick
 from .base import Variant
 from .calico import CalicoBGP, CalicoIPIP, CalicoVXLAN
-from .flannel import FlannelHostGW, FlannelVXLAN
+from .flannel import FlannelHostGW, FlannelUDP, FlannelVXLAN
 from .host import HostNetwork
+from .weave import WeaveFastDP, WeaveSleeve
 
 VARIANTS: dict[str, type[Variant]] = {
-    cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, CalicoBGP, CalicoIPIP,
-                               CalicoVXLAN)
+    cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, FlannelUDP, CalicoBGP,
+                              CalicoIPIP, CalicoVXLAN, WeaveFastDP, WeaveSleeve)
 }
 
 

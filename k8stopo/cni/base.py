@@ -29,7 +29,7 @@ from ..agent import Agent
 from ..spec import MIN_MTU, ClusterSpec, SpecError, ipv4_network
 
 if TYPE_CHECKING:
-    from ..node import Node, Pod
+    from ..node import Endpoint, Node, Pod
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
@@ -86,12 +86,24 @@ class Variant(Agent):
         underlay = ipv4_network(spec.underlay_cidr, "underlay CIDR")
         if pod_cidr.overlaps(underlay):
             raise SpecError(f"pod CIDR {pod_cidr} overlaps the underlay {underlay}")
-        ranges = ipam.node_ranges(pod_cidr, spec.node_block or cls.node_prefixlen, spec.nodes)
-        capacity = ipam.host_local_capacity(ranges[0], cls.gateway(ranges[0]))
-        if spec.pods_per_node > capacity:
-            raise SpecError(f"{spec.pods_per_node} pods per node do not fit in a node's "
-                            f"{ranges[0].prefixlen}-bit range ({capacity} addresses)")
+        ranges = cls.split(pod_cidr, spec)
+        for block in ranges:
+            capacity = cls.capacity(block)
+            if spec.pods_per_node > capacity:
+                raise SpecError(f"{spec.pods_per_node} pods per node do not fit in a node's "
+                                f"{block.prefixlen}-bit range ({capacity} addresses)")
         return ranges
+
+    @classmethod
+    def split(cls, pod_cidr: ipaddress.IPv4Network,
+              spec: ClusterSpec) -> list[ipaddress.IPv4Network]:
+        """Each node's range of the pod CIDR, as the real project's IPAM assigns them."""
+        return ipam.node_ranges(pod_cidr, spec.node_block or cls.node_prefixlen, spec.nodes)
+
+    @classmethod
+    def capacity(cls, block: ipaddress.IPv4Network) -> int:
+        """How many pods one node's range holds."""
+        return ipam.host_local_capacity(block, cls.gateway(block))
 
     @classmethod
     def gateway(cls, pod_range: ipaddress.IPv4Network) -> ipaddress.IPv4Address | None:
@@ -103,13 +115,16 @@ class Variant(Agent):
     def pod_mtu(self) -> int:
         return self.cluster.spec.mtu - self.overhead
 
-    def install_rules(self, node: "Node", template: str) -> None:
-        """Load the agent's iptables rules into the node (kept as a file in the run's state)."""
-        rules = render(template, node=node.name, network=self.cluster.pod_cidr,
-                       subnet=node.pod_cidr)
-        self.cluster.state.path(node.name, template).write_text(rules)
-        node.run(["iptables-restore", "--test", "--noflush"], input=rules)  # its own parser first
-        node.run(["iptables-restore", "--noflush"], input=rules)
+    def install_rules(self, endpoint: "Endpoint", template: str, **values: object) -> None:
+        """Load the agent's iptables rules into a node (or a pod: ``values`` add to or
+        override node, network, subnet); every set loaded is kept in the run's state."""
+        values = {"node": endpoint.name, "network": self.cluster.pod_cidr,
+                  "subnet": getattr(endpoint, "pod_cidr", None), **values}
+        rules = render(template, **values)
+        with self.cluster.state.path(endpoint.name, template).open("a") as record:
+            record.write(rules)
+        endpoint.run(["iptables-restore", "--test", "--noflush"], input=rules)  # its parser first
+        endpoint.run(["iptables-restore", "--noflush"], input=rules)
 
     def netconf(self, node: "Node") -> dict[str, Any]:
         """The CNI network configuration for pods on ``node``."""

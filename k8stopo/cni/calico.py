@@ -73,6 +73,7 @@ class Calico(Variant):
     node_prefixlen = 26
     requires = Variant.requires + ("iptables-nat", "cni:ptp", "cni:host-local", "cni:loopback",
                                    "ipset", "rpfilter")
+    enforces_policy = True  # Felix: k8stopo.policy.felix
     #: the tunnel device Felix's nat rules name (None: no encapsulation)
     tunnel_device: ClassVar[str | None] = None
 

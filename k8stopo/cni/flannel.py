@@ -15,14 +15,23 @@ backend/hostgw):
   neighbour entry (peer net addr -> peer VTEP MAC) and one FDB entry (peer VTEP
   MAC -> peer node IP). No multicast, no learning.
 * host-gw: per peer one route ``<podCIDR> via <peer node IP>``.
+* udp (flannel's backend/udp, "use only for debugging"): a ``flannel0`` TUN
+  (IFF_TUN|IFF_NO_PI, MTU = underlay - 28) holding the node's subnet network
+  address /32, one route ``<cluster CIDR> dev flannel0``, and a userspace
+  proxy on UDP 8285 that reads one IP packet per syscall from the TUN, looks
+  the peer up by the destination's /24 and sends it as the whole UDP payload,
+  and writes what it receives back into the TUN. flanneld runs that loop in C
+  (proxy_amd64.c); ours is k8stopo/native/flannel_udp_proxy.c, same shape.
 
 Every backend also gets flanneld's iptables rules (templates/flannel-iptables.rules):
 traffic from pods to outside the cluster CIDR is masqueraded, pod-to-pod never is.
 """
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
+from .. import native
 from ..node import Node
 from .base import Variant
 
@@ -105,3 +114,42 @@ class FlannelHostGW(Flannel):
         for node in self.cluster.nodes:
             node.batch("ip", [["route", "replace", p.pod_cidr, "via", p.ip, "dev", node.intf]
                               for p in self.cluster.nodes if p is not node])
+
+
+class FlannelUDP(Flannel):
+    name = "flannel-udp"
+    wire = "UDP 8285, payload = the inner IP packet (pod IPs)"
+    overhead = 28  # outer IPv4 20 + UDP 8 (flannel's encapOverhead)
+    requires = Flannel.requires + ("tun", "native:flannel-udp-proxy")
+    DEVICE = "flannel0"
+    PORT = 8285
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        self.proxies: dict[str, subprocess.Popen[str]] = {}
+
+    def connect(self) -> None:
+        """flanneld's udp backend per node: open the TUN and the socket (our proxy does
+        both, then says ready), configure the TUN as configureIface does, and hand the
+        proxy every peer's lease (subnet -> public IP:8285)."""
+        for node in self.cluster.nodes:
+            assert node.pod_cidr is not None
+            tun_ip = node.pod_cidr.network_address
+            routes = [arg for p in self.cluster.nodes if p is not node
+                      for arg in ("--route", f"{p.pod_cidr}={p.ip}:{self.PORT}")]
+            self.proxies[node.name] = native.start(
+                node, "flannel-udp-proxy",
+                ["--tun", self.DEVICE, "--bind", f"{node.ip}:{self.PORT}", "--mtu", self.pod_mtu,
+                 "--tun-ip", tun_ip, *routes])
+            node.batch("ip", [["addr", "add", f"{tun_ip}/32", "dev", self.DEVICE],
+                              ["link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"],
+                              ["route", "add", self.cluster.pod_cidr, "dev", self.DEVICE,
+                               "scope", "global"]])
+
+    def wait_ready(self, timeout: float) -> None:
+        native.check_running(self.cluster.state, self.proxies, "flannel-udp-proxy")
+
+    def stop(self) -> None:
+        for name, p in self.proxies.items():
+            self.cluster.node(name).stop(p)
+        self.proxies.clear()

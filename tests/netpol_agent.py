@@ -1,0 +1,80 @@
+"""Run inside a pod's namespace by the policy tests (plain python3, no k8stopo import).
+
+``serve NAME PORT/PROTO...``: answer every TCP connection and UDP datagram on the given ports
+with NAME (the pod's ``ns/pod``), as the e2e suite's agnhost does.
+``probe JSON``: JSON is a list of [key, ip, port, proto]; try each once, all at the same time,
+and print {key: answered-name-or-null}.
+"""
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import sys
+import threading
+
+TIMEOUT = 2.0
+
+
+def serve(name: str, specs: list[str]) -> None:
+    sel = selectors.DefaultSelector()
+    for spec in specs:
+        port, proto = spec.split("/")
+        if proto == "TCP":
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", int(port)))
+            s.listen(128)
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("0.0.0.0", int(port)))
+        sel.register(s, selectors.EVENT_READ, proto)
+    print("ready", flush=True)
+    answer = name.encode()
+    while True:
+        for key, _ in sel.select():
+            s = key.fileobj
+            if key.data == "TCP":
+                conn, _ = s.accept()
+                try:
+                    conn.sendall(answer)
+                finally:
+                    conn.close()
+            else:
+                _, peer = s.recvfrom(2048)
+                s.sendto(answer, peer)
+
+
+def probe_one(ip: str, port: int, proto: str) -> str | None:
+    kind = socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.settimeout(TIMEOUT)
+        try:
+            if proto == "TCP":
+                s.connect((ip, port))
+            else:
+                s.sendto(b"?", (ip, port))
+            return s.recv(256).decode() or None
+        except OSError:
+            return None
+
+
+def probe(targets: list[list]) -> None:
+    out: dict[str, str | None] = {}
+
+    def run(key: str, ip: str, port: int, proto: str) -> None:
+        out[key] = probe_one(ip, port, proto)
+
+    threads = [threading.Thread(target=run, args=t) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(sys.argv[2], sys.argv[3:])
+    else:
+        probe(json.loads(sys.argv[2]))
