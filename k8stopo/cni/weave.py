@@ -168,7 +168,9 @@ class Weave(Variant):
 
     # -- the node agent -----------------------------------------------------------------
     def setup_node(self, node: Node) -> None:
-        """EnsureBridge, then ConfigureIPTables and expose, as weaver does at start."""
+        """weave-kube's init.sh (bridge netfilter on), then weaver's EnsureBridge,
+        ConfigureIPTables and expose."""
+        node.sysctl("net.bridge.bridge-nf-call-iptables", 1)
         node.run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         node.run(["ip", "link", "set", BRIDGE, "address", peer_name(node), "mtu", self.pod_mtu])
         self.attach_overlay(node)
