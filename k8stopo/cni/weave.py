@@ -279,7 +279,7 @@ class WeaveSleeve(Weave):
     wire = "UDP 6783: sender peer name, then per frame src/dst peer names, length, Ethernet frame"
     # outer IPv4 + UDP 28, sender name 6, frame header 6 + 6 + 2, inner Ethernet 14
     overhead = 62  # router/sleeve.go overheadDF
-    requires = Weave.requires + ("native:weave-sleeve",)
+    requires = Weave.requires + ("ethtool", "native:weave-sleeve")
     pod_tx_off = True
     PORT = 6783
     CAPTURE = "vethwe-pcap"
