@@ -15,7 +15,7 @@ from conftest import REPO, assert_gone, k8stopo, run_dirs
 
 @pytest.mark.parametrize("args, message", [
     (["up", "--cni", "weave-nope"], "unknown CNI variant 'weave-nope'"),
-    (["up", "--cni", "weave-fastdp"], "'weave-fastdp' is not built in this version"),
+    (["up", "--cni", "weave-fastdp", "--mtu", "1400"], "does not fit in an underlay MTU of 1400"),
     (["up", "--cni", "host,calico-bgp"], "exactly one --cni"),
     (["bench", "--cni", "host,macvlan", "--out", "x.csv"], "'macvlan' is not built"),
     (["up", "--cni", "calico-bgp", "--pods-per-node", "500"], "do not fit"),

@@ -169,6 +169,8 @@ def test_arp_reaches_every_peer_once_and_no_frame_is_relayed(weave: Cluster,
     assert sorted(p.dst for p in broadcast) == [str(n2.ip), str(n3.ip)], arp_out
     requests = [p for p in _carried(c1.packets, n1, ETH_P_IP) if p.inner_src == str(a.ip)]
     assert len(requests) == 3 and {p.dst for p in requests} == {str(n2.ip)}
+    macs = (a.link("eth0")["address"], b.link("eth0")["address"])  # pod MAC -> pod MAC inside
+    assert all((p.inner_eth_src, p.inner_eth_dst) == macs for p in requests)
     pods = {str(a.ip), str(b.ip)}  # (n3's own IGMP reports may be broadcast meanwhile)
     assert _carried(c3.packets, n3, ETH_P_ARP) == []
     assert [p for p in _carried(c3.packets, n3, ETH_P_IP) if {p.inner_src, p.inner_dst} & pods] == []

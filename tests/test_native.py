@@ -48,3 +48,8 @@ def test_a_forwarder_that_died_is_reported_with_its_last_log_line(here: Endpoint
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_every_forwarder_has_its_source_and_every_source_is_a_forwarder() -> None:
+    sources = Path(native.__file__).parent
+    assert sorted(p.stem.replace("_", "-") for p in sources.glob("*.c")) == sorted(native.PROGRAMS)

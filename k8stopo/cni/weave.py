@@ -168,7 +168,9 @@ class Weave(Variant):
 
     # -- the node agent -----------------------------------------------------------------
     def setup_node(self, node: Node) -> None:
-        """EnsureBridge, then ConfigureIPTables and expose, as weaver does at start."""
+        """weave-kube's init.sh (bridge netfilter on), then weaver's EnsureBridge,
+        ConfigureIPTables and expose."""
+        node.sysctl("net.bridge.bridge-nf-call-iptables", 1)
         node.run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         node.run(["ip", "link", "set", BRIDGE, "address", peer_name(node), "mtu", self.pod_mtu])
         self.attach_overlay(node)
@@ -277,7 +279,7 @@ class WeaveSleeve(Weave):
     wire = "UDP 6783: sender peer name, then per frame src/dst peer names, length, Ethernet frame"
     # outer IPv4 + UDP 28, sender name 6, frame header 6 + 6 + 2, inner Ethernet 14
     overhead = 62  # router/sleeve.go overheadDF
-    requires = Weave.requires + ("native:weave-sleeve",)
+    requires = Weave.requires + ("ethtool", "native:weave-sleeve")
     pod_tx_off = True
     PORT = 6783
     CAPTURE = "vethwe-pcap"

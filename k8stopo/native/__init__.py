@@ -22,10 +22,9 @@ if TYPE_CHECKING:
     from ..node import Endpoint
     from ..runstate import RunState
 
-SOURCES = Path(__file__).resolve().parent
-BUILD = SOURCES.parent.parent / "build" / "native"
-#: executable name -> its C source in this directory
-PROGRAMS = {"flannel-udp-proxy": "flannel_udp_proxy.c", "weave-sleeve": "weave_sleeve.c"}
+BUILD = Path(__file__).resolve().parent.parent.parent / "build" / "native"
+#: the forwarders, each built from the ``.c`` file of its name with ``_`` for ``-``
+PROGRAMS = ("flannel-udp-proxy", "weave-sleeve")
 
 
 def binary(name: str) -> Path:
