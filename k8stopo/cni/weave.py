@@ -58,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import subprocess
+import threading
 from typing import Any, ClassVar
 
 from .. import native
@@ -126,6 +127,8 @@ class Weave(Variant):
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
         self.namespaces: set[str] = set()
+        # pods of different nodes are attached at once; the DefaultAllow sets span all nodes
+        self._npc_lock = threading.Lock()
 
     @classmethod
     def check(cls, spec: ClusterSpec) -> list[ipaddress.IPv4Network]:
@@ -233,14 +236,17 @@ class Weave(Variant):
         """weave-npc with no NetworkPolicy: the pod is in its namespace's DefaultAllow sets on
         every node (the namespace's sets and rules are made with its first pod)."""
         ingress, egress = default_allow_sets(pod.namespace)
-        for node in self.cluster.nodes:
-            if pod.namespace not in self.namespaces:
+        with self._npc_lock:
+            for node in self.cluster.nodes:
+                if pod.namespace not in self.namespaces:
+                    node.run(["ipset", "restore"],
+                             input=f"create {ingress} hash:ip\ncreate {egress} hash:ip\n")
+                    self.install_rules(node, "weave-npc-namespace.rules",
+                                       namespace=pod.namespace, ingress_set=ingress,
+                                       egress_set=egress)
                 node.run(["ipset", "restore"],
-                         input=f"create {ingress} hash:ip\ncreate {egress} hash:ip\n")
-                self.install_rules(node, "weave-npc-namespace.rules", namespace=pod.namespace,
-                                   ingress_set=ingress, egress_set=egress)
-            node.run(["ipset", "restore"], input=f"add {ingress} {pod.ip}\nadd {egress} {pod.ip}\n")
-        self.namespaces.add(pod.namespace)
+                         input=f"add {ingress} {pod.ip}\nadd {egress} {pod.ip}\n")
+            self.namespaces.add(pod.namespace)
 
 
 class WeaveFastDP(Weave):
