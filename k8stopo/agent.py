@@ -10,6 +10,7 @@ variant instead of being a special case inside it::
     setup_node(node)       per node, once the underlay is up
     connect()              all nodes known: program peers / start daemons
     pod_added(pod)         per pod, once the variant attached it
+    pod_changed(pod)       a pod's readiness changed while the cluster runs
     wait_ready(timeout)    block until this agent's part has converged
     stop()                 stop the agent's daemons (before pods are deleted)
 """
@@ -45,6 +46,9 @@ class Agent:
 
     def pod_added(self, pod: "Pod") -> None:
         """Agent-side work once ``pod`` is attached."""
+
+    def pod_changed(self, pod: "Pod") -> None:
+        """``pod.ready`` changed (Cluster.set_ready): follow it (endpoints, DNS records)."""
 
     def wait_ready(self, timeout: float) -> None:
         """Return once this agent's part has converged; raise TimeoutError otherwise."""

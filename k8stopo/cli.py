@@ -35,6 +35,25 @@ def _cluster_args(p: argparse.ArgumentParser, nodes: int, pods: int) -> None:
     p.add_argument("--nodes", type=int, default=nodes, help=f"Kubernetes nodes (default {nodes})")
     p.add_argument("--pods-per-node", type=int, default=pods, help=f"pods per node (default {pods})")
     p.add_argument("--mtu", type=int, default=1500, help="underlay MTU (default 1500)")
+    _workload_args(p)
+
+
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifests", type=Path, metavar="PATH",
+                   help="Kubernetes YAML (file or directory): Namespaces, Pods, Deployments, "
+                   "Services, NetworkPolicies (see docs/services.md)")
+    p.add_argument("--proxy-mode", default="iptables",
+                   help="kube-proxy mode: iptables (default), nftables or userspace")
+
+
+def _workload(args: argparse.Namespace):  # -> tuple[Workload | None, list[type[Agent]]]
+    """The manifests' workload and the agents that serve it (pods' servers, kube-proxy),
+    all checked before anything is built."""
+    from . import manifests
+    from .kubeproxy import proxy_class
+    from .servers import PodServers
+    agents = [PodServers, proxy_class(args.proxy_mode)]
+    return (manifests.load(args.manifests) if args.manifests else None), agents
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,6 +93,17 @@ def parser() -> argparse.ArgumentParser:
     plot.add_argument("--published", type=Path, metavar="CSV",
                       help="also write OUT/published_comparison.md, our ratios to host beside "
                       "these published ones")
+
+    probe = sub.add_parser("probe", help="reachability truth tables: every pod to every pod "
+                           "and Service port")
+    probe.add_argument("--cni", required=True, help="CNI variant (see `k8stopo doctor`)")
+    probe.add_argument("--nodes", type=int, default=3, help="Kubernetes nodes (default 3)")
+    probe.add_argument("--mtu", type=int, default=1500, help="underlay MTU (default 1500)")
+    _workload_args(probe)
+    probe.add_argument("--ports", help="comma list of ports (default: every declared port)")
+    probe.add_argument("--protocols", default="tcp", help="comma list of tcp, udp (default tcp)")
+    probe.add_argument("--count", type=int, default=1, help="attempts per pair (default 1)")
+    probe.add_argument("--json", action="store_true", help="one JSON object per probe and line")
 
     sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
     return p
@@ -122,8 +152,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if len(names) != 1 or args.cni.strip() == "all":
         raise SpecError("up builds one cluster: give exactly one --cni variant")
     cni = names[0]
+    workload, agents = _workload(args)
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
-                                  mtu=args.mtu))
+                                  mtu=args.mtu, workload=workload), agents=agents)
     _runnable({cni: cluster.requires}, False)
     with cluster:
         print(cluster.describe(), flush=True)
@@ -141,7 +172,7 @@ def _mininet_cli(net: object) -> None:
     from mininet.log import lg, setLogLevel
 
     class K8sCLI(CLI):
-        identchars = CLI.identchars + "-"
+        identchars = CLI.identchars + "-."  # pods from manifests are name.namespace
 
     if lg.getEffectiveLevel() > 25:  # Mininet prints command output at its "output" level
         setLogLevel("output")
@@ -220,6 +251,40 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from . import probe
+    from .cluster import Cluster
+    _require_root()
+    names = cni_names(args.cni)
+    if len(names) != 1 or args.cni.strip() == "all":
+        raise SpecError("probe builds one cluster: give exactly one --cni variant")
+    if args.manifests is None:
+        raise SpecError("probe needs --manifests PATH (the pods and Services to probe)")
+    protocols = pick(args.protocols, ("tcp", "udp"), "protocol")
+    ports = [_port_arg(v.strip()) for v in args.ports.split(",") if v.strip()] \
+        if args.ports else None
+    if not 1 <= args.count <= 100:
+        raise SpecError(f"--count must be between 1 and 100, not {args.count}")
+    workload, agents = _workload(args)
+    cluster = Cluster(ClusterSpec(cni=names[0], nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
+                                  workload=workload), agents=agents)
+    _runnable({names[0]: cluster.requires}, False)
+    with cluster:
+        wanted = probe.targets(cluster, ports or probe.declared_ports(cluster), protocols)
+        results = probe.probe(cluster, wanted, args.count)
+    if args.json:
+        print("\n".join(r.json() for r in results))
+    else:
+        print(probe.truth_tables(results))
+    return 0
+
+
+def _port_arg(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise SpecError(f"--ports: {value!r} is not a port number")
+    return int(value)
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import runstate
     _require_root()
@@ -237,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lg.propagate = False  # Mininet has its own handler; ours would print everything twice
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench,
+    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe,
                "plot": cmd_plot, "clean": cmd_clean}[args.command]
     try:
         return handler(args)

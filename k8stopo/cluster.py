@@ -29,6 +29,7 @@ from .node import Node, Pod
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
 from .topo import SWITCH, K8sTopo, UnderlaySwitch, node_name
+from .workload import ContainerPort, PodSpec, pod_handle
 
 log = logging.getLogger("k8stopo.cluster")
 
@@ -49,6 +50,25 @@ def pod_name(node: Node, index: int) -> str:
     return f"pod-{node.name}-{index}"
 
 
+def place(spec: ClusterSpec) -> list[tuple[PodSpec, int]]:
+    """Each workload pod with its node's index: ``nodeName`` if given, else spread over
+    the nodes in order (as the scheduler's spreading would, deterministically)."""
+    if spec.workload is None:
+        return []
+    names = [node_name(i) for i in range(spec.nodes)]
+    out, spread = [], 0
+    for pod in spec.workload.pods:
+        if pod.node_name is None:
+            out.append((pod, spread % spec.nodes))
+            spread += 1
+        elif pod.node_name in names:
+            out.append((pod, names.index(pod.node_name)))
+        else:
+            raise SpecError(f"pod {pod.namespace}/{pod.name}: nodeName {pod.node_name!r} is not "
+                            f"a node of this cluster ({', '.join(names)})")
+    return out
+
+
 class Cluster:
     """An emulated Kubernetes cluster running one CNI variant."""
 
@@ -58,6 +78,9 @@ class Cluster:
         self.variant_cls = variant_class(spec.cni)
         self.ranges = self.variant_cls.check(spec)  # SpecError before anything exists
         self.agent_classes = tuple(agents)
+        self.placement = place(spec)  # SpecError for a nodeName that is not a node
+        self._declared_ports: dict[str, tuple[ContainerPort, ...]] = {
+            pod_handle(p.name, p.namespace): p.ports for p, _ in self.placement}
         for cls in self.agent_classes:
             cls.validate(spec)
         self.pod_cidr = (None if self.variant_cls.host_network
@@ -161,9 +184,22 @@ class Cluster:
         log.info("cluster %s ready", prefix)
 
     def pod_plan(self) -> list[tuple[Node, str, str, dict[str, str]]]:
-        """Which pods to create where: (node, name, namespace, labels)."""
-        return [(node, pod_name(node, j), "default", {})
-                for node in self.nodes for j in range(self.spec.pods_per_node)]
+        """Which pods to create where: (node, name, namespace, labels).
+
+        Without manifests, ``pods_per_node`` plain pods per node; with them, the
+        workload's pods named :func:`~k8stopo.workload.pod_handle` on their nodes."""
+        if self.spec.workload is None:
+            return [(node, pod_name(node, j), "default", {})
+                    for node in self.nodes for j in range(self.spec.pods_per_node)]
+        return [(self.nodes[index], pod_handle(p.name, p.namespace), p.namespace, dict(p.labels))
+                for p, index in self.placement]
+
+    def set_ready(self, pod: Pod, ready: bool) -> None:
+        """Mark a pod (not) ready while the cluster runs, as a failing readiness probe
+        would; the agents (kube-proxy's endpoints, DNS) follow."""
+        pod.ready = ready
+        for agent in self.agents:
+            agent.pod_changed(pod)
 
     def _prepare_node(self, node: Node, gateway: ipaddress.IPv4Address) -> None:
         """What every Kubernetes node has, whatever its CNI."""
@@ -183,6 +219,7 @@ class Cluster:
         if any(p.name == name for p in self.pods):
             raise SpecError(f"pod name {name!r} is used twice")
         pod = self.variant.attach_pod(node, name, namespace, labels)
+        pod.ports = self._declared_ports.get(name, ())
         for agent in self.agents[1:]:
             agent.pod_added(pod)
         return pod

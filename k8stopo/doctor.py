@@ -34,7 +34,7 @@ TOOLS: dict[str, tuple[str, ...] | None] = {
     "iperf3": ("--version",), "ping": ("-V",), "tcpdump": ("--version",),
     "bird": ("--version",), "birdc": None, "mnexec": None, "brctl": ("-V",),
     "dnsmasq": ("--version",), "socat": ("-V",), "sockperf": ("--version",),
-    "nsenter": ("--version",),
+    "nsenter": ("--version",), "gcc": ("--version",), "nft": ("--version",),
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "ptp", "loopback", "macvlan")
