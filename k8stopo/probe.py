@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 from .cluster import Cluster
 from .kubeproxy.model import service_ports
-from .node import Pod
+from .node import Endpoint, Pod
 from .servers import build
 from .workload import pod_ref
 
@@ -51,6 +51,7 @@ class Result:
     error: str | None
     connect_us: int  # TCP: connect() time (SYN to SYN-ACK); UDP: time to the answer
     column: str
+    peer: str | None  # the source address the server saw (after any masquerade)
 
     def json(self) -> str:
         out = asdict(self)
@@ -80,7 +81,12 @@ def targets(cluster: Cluster, ports: Sequence[int], protocols: Sequence[str]) ->
     return out
 
 
-def parse(client: Pod, wanted: Sequence[Target], output: str) -> list[Result]:
+def _source(client: Endpoint) -> str:
+    """A client pod's ``ns/name``; a node (probing from outside the pod network) its name."""
+    return pod_ref(client.name, client.namespace) if isinstance(client, Pod) else client.name
+
+
+def parse(client: Endpoint, wanted: Sequence[Target], output: str) -> list[Result]:
     """podprobe's lines, matched in order with the targets they answer."""
     lines = output.splitlines()
     if len(lines) != len(wanted):
@@ -88,18 +94,18 @@ def parse(client: Pod, wanted: Sequence[Target], output: str) -> list[Result]:
                            f"{len(wanted)} probes")
     out = []
     for t, line in zip(wanted, lines):
-        _proto, _ip, _port, result, micros, answer = line.split(" ", 5)
+        _proto, _ip, _port, result, micros, answer, peer = line.split(" ")
         answered = answer if result == "ok" and answer != "-" else None
-        out.append(Result(pod_ref(client.name, client.namespace), t.to, t.via, t.port,
+        out.append(Result(_source(client), t.to, t.via, t.port,
                           t.protocol, answered is not None, answered,
                           None if answered else ERRORS.get(result, "unreachable"), int(micros),
-                          t.heading))
+                          t.heading, peer if answered and peer != "-" else None))
     return out
 
 
-def probe_from(cluster: Cluster, client: Pod, wanted: Sequence[Target], count: int = 1,
+def probe_from(cluster: Cluster, client: Endpoint, wanted: Sequence[Target], count: int = 1,
                timeout_ms: int = TIMEOUT_MS) -> list[Result]:
-    """Run ``wanted`` (each ``count`` times) from one client pod."""
+    """Run ``wanted`` (each ``count`` times) from one client pod (or node)."""
     binary = build(cluster.state, "podprobe")
     argv = [str(binary), str(timeout_ms), str(count),
             *(f"{t.protocol}:{t.via}:{t.port}" for t in wanted)]

@@ -2,12 +2,13 @@
  * a fresh socket COUNT times (a new source port, so a new conntrack entry and a
  * new backend choice each time) and prints one line per attempt:
  *
- *   PROTO IP PORT RESULT CONNECT_US ANSWER
+ *   PROTO IP PORT RESULT CONNECT_US ANSWER PEER
  *
  * RESULT is ok, refused, timeout, unreachable, or closed (TCP connected but closed
  * without a word, as a userspace proxy with no backend does); CONNECT_US the microseconds
  * connect() took (TCP: SYN to SYN-ACK, the "first packet" latency; UDP: to the
- * answer); ANSWER the first line the server sent, or "-".
+ * answer); ANSWER the first line the server sent, PEER the source address the
+ * server says it saw (podserver's "peer" line), each "-" when absent.
  *
  *   podprobe TIMEOUT_MS COUNT tcp:IP:PORT|udp:IP:PORT... */
 #include <arpa/inet.h>
@@ -51,6 +52,7 @@ static void probe(const char *proto, const char *ip, int port, int timeout_ms) {
     long long start = now_us(), deadline = start + timeout_ms * 1000LL, took = 0;
     const char *result = "timeout";
     char answer[512] = "-";
+    char *peer = "";
     size_t got = 0;
     inet_pton(AF_INET, ip, &a.sin_addr);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) {
@@ -75,14 +77,21 @@ static void probe(const char *proto, const char *ip, int port, int timeout_ms) {
         if (udp) took = now_us() - start;
         result = "ok";
         got += (size_t)r;
-        if (memchr(answer, '\n', got) || udp) break;
+        if (udp) break;
     }
     answer[got] = 0;
+    {
+        char *second = strchr(answer, '\n');
+        if (second && !strncmp(second + 1, "peer ", 5)) {
+            peer = second + 6;
+            peer[strcspn(peer, "\r\n ")] = 0;
+        }
+    }
     answer[strcspn(answer, "\r\n ")] = 0;
     if (!answer[0]) strcpy(answer, "-");
 done:
     close(fd);
-    printf("%s %s %d %s %lld %s\n", proto, ip, port, result, took, answer);
+    printf("%s %s %d %s %lld %s %s\n", proto, ip, port, result, took, answer, peer[0] ? peer : "-");
     fflush(stdout);
 }
 

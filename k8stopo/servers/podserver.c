@@ -5,11 +5,15 @@
  *
  *   podserver IDENTITY tcp:PORT|udp:PORT...
  *
- * TCP: accept, write IDENTITY, shut the write side, read and drop whatever the
+ * A second line, "peer IP", says which source address the pod saw (what
+ * masquerading left of the client); probes read the first line as the answer.
+ *
+ * TCP: accept, write the answer, shut the write side, read and drop whatever the
  * client sends until it closes (closing with unread data would send an RST that
  * could destroy the answer in flight). UDP: answer every datagram. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -33,6 +37,13 @@ static int open_port(int type, int port) {
     return fd;
 }
 
+/* "IDENTITY\npeer A.B.C.D\n" into out; its length. */
+static size_t answer_for(char *out, size_t size, const char *identity, struct sockaddr_in *peer) {
+    char ip[INET_ADDRSTRLEN] = "-";
+    inet_ntop(AF_INET, &peer->sin_addr, ip, sizeof ip);
+    return (size_t)snprintf(out, size, "%s\npeer %s\n", identity, ip);
+}
+
 static void watch(int ep, int fd, enum kind kind) {
     struct slot *s = malloc(sizeof *s);
     struct epoll_event ev = {.events = EPOLLIN};
@@ -45,10 +56,11 @@ int main(int argc, char **argv) {
     char answer[512], buf[2048];
     size_t len;
     int ep, i;
+    struct sockaddr_in peer;
+    socklen_t pl;
     if (argc < 3) { fprintf(stderr, "usage: %s IDENTITY tcp:PORT|udp:PORT...\n", argv[0]); return 2; }
     if (argc - 2 > MAX_PORTS) { fprintf(stderr, "at most %d ports\n", MAX_PORTS); return 2; }
-    len = (size_t)snprintf(answer, sizeof answer, "%s\n", argv[1]);
-    if (len >= sizeof answer) { fprintf(stderr, "identity too long\n"); return 2; }
+    if (strlen(argv[1]) > 300) { fprintf(stderr, "identity too long\n"); return 2; }
     signal(SIGPIPE, SIG_IGN);
     ep = epoll_create1(EPOLL_CLOEXEC);
     for (i = 2; i < argc; i++) {
@@ -68,15 +80,19 @@ int main(int argc, char **argv) {
         for (i = 0; i < n; i++) {
             struct slot *s = evs[i].data.ptr;
             if (s->kind == LISTENER) {
-                int c = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                int c;
+                pl = sizeof peer;
+                c = accept4(s->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (c < 0) continue;
+                len = answer_for(answer, sizeof answer, argv[1], &peer);
                 if (write(c, answer, len) < 0 || shutdown(c, SHUT_WR) < 0) { close(c); continue; }
                 watch(ep, c, PEER);
             } else if (s->kind == DATAGRAM) {
-                struct sockaddr_storage from;
-                socklen_t fl = sizeof from;
-                if (recvfrom(s->fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl) >= 0)
-                    sendto(s->fd, answer, len, 0, (struct sockaddr *)&from, fl);
+                pl = sizeof peer;
+                if (recvfrom(s->fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &pl) >= 0) {
+                    len = answer_for(answer, sizeof answer, argv[1], &peer);
+                    sendto(s->fd, answer, len, 0, (struct sockaddr *)&peer, pl);
+                }
             } else {
                 ssize_t r = read(s->fd, buf, sizeof buf);
                 if (r == 0 || (r < 0 && errno != EAGAIN)) {
