@@ -21,6 +21,7 @@ from typing import TextIO
 
 from . import __version__, measure, results
 from .cluster import Cluster
+from .kubeproxy.scenarios import SERVICE_SCENARIOS, service_ends
 from .node import Endpoint, Pod
 from .spec import BenchSpec
 
@@ -28,7 +29,11 @@ log = logging.getLogger("k8stopo.bench")
 
 
 def endpoints(cluster: Cluster, scenario: str) -> tuple[Endpoint, Endpoint]:
-    """Client and server of a scenario (SPEC's scenario table)."""
+    """Client and server of a scenario (SPEC's scenario table); a Service scenario's
+    server is the backend pod (the address dialled: :func:`service_ends`)."""
+    if scenario in SERVICE_SCENARIOS:
+        client, _, _, backend = service_ends(cluster, scenario)
+        return client, backend
     a, b = cluster.nodes[0], cluster.nodes[-1]
     return {
         "host-to-host": lambda: (a, b),
@@ -54,10 +59,12 @@ class Step:
 
 
 def plan(spec: BenchSpec) -> list[Step]:
-    """Interleaved order: all variants within a repeat before the next repeat."""
+    """Interleaved order: all variants within a repeat before the next repeat. A Service
+    has no ICMP to measure (kube-proxy forwards TCP and UDP ports only)."""
     return [Step(r, cni, scenario, protocol)
             for r in range(spec.repeat) for cni in spec.cnis
-            for scenario in spec.scenarios for protocol in spec.protocols]
+            for scenario in spec.scenarios for protocol in spec.protocols
+            if not (scenario in SERVICE_SCENARIOS and protocol == "icmp")]
 
 
 class Progress:
@@ -103,10 +110,13 @@ def run(spec: BenchSpec, out: Path, pending: dict[str, Cluster],
             bar.show(f"{step.cni} {step.scenario} {step.protocol} r{step.repeat}")
             cluster = clusters[step.cni]
             client, server = endpoints(cluster, step.scenario)
+            dial = (service_ends(cluster, step.scenario)[1:3]
+                    if step.scenario in SERVICE_SCENARIOS else None)
             started_at = results.utc_now()
             try:
                 m = measure.measure(client, server, step.protocol, spec.duration,
-                                    streams=spec.streams, udp_bandwidth=spec.udp_bandwidth)
+                                    streams=spec.streams, udp_bandwidth=spec.udp_bandwidth,
+                                    dial=dial)
             except measure.MeasurementError as exc:
                 failures += 1
                 log.error("%s %s %s repeat %d failed: %s", step.cni, step.scenario,

@@ -210,7 +210,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      repeat=args.repeat, streams=args.streams, mtu=args.mtu,
                      udp_bandwidth=args.udp_bandwidth)
     spec.check()
-    clusters = {cni: Cluster(spec.cluster(cni)) for cni in names}  # checks each cluster's shape
+    workload, agents = _workload(args)
+    if workload is not None or {"pod-to-service", "pod-to-nodeport"} & set(spec.scenarios):
+        from .kubeproxy.scenarios import bench_workload
+        workload = bench_workload(args.nodes, args.pods_per_node, workload)
+    clusters = {cni: Cluster(dataclasses.replace(spec.cluster(cni), workload=workload),
+                             agents=agents) for cni in names}  # checks each cluster's shape
     results.check_appendable(args.out)
     if args.published and not args.plots:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")

@@ -272,7 +272,7 @@ class _Allocator:
         self.docs = services
         self.namespaces = namespaces
         self.ips: set[ipaddress.IPv4Address] = set(RESERVED_IPS)
-        self.node_ports: set[int] = set()
+        self.node_ports: set[tuple[int, str]] = set()  # TCP and UDP may share a number
 
     def services(self) -> list[ServiceSpec]:
         for where, spec, name, _ns in self.docs:  # reserve what is given, first
@@ -282,7 +282,8 @@ class _Allocator:
                     self._claim_ip(ip)
                 for p in spec.get("ports") or []:
                     if p.get("nodePort") is not None:
-                        self._claim_node_port(p["nodePort"])
+                        self._claim_node_port(p["nodePort"], _protocol(p.get("protocol"),
+                                                                       "protocol"))
             except SpecError as exc:
                 raise SpecError(f"{where}: Service {name}: {exc}") from None
         out = []
@@ -305,11 +306,11 @@ class _Allocator:
             raise SpecError(f"spec.clusterIP {ip} is already allocated")
         self.ips.add(ip)
 
-    def _claim_node_port(self, value: Any) -> None:
+    def _claim_node_port(self, value: Any, protocol: str) -> None:
         port = _port(value, "nodePort", NODE_PORT_RANGE)
-        if port in self.node_ports:
+        if (port, protocol) in self.node_ports:
             raise SpecError(f"nodePort {port} is already allocated")
-        self.node_ports.add(port)
+        self.node_ports.add((port, protocol))
 
     def _next_ip(self) -> ipaddress.IPv4Address:
         for ip in SERVICE_CIDR.hosts():
@@ -318,10 +319,11 @@ class _Allocator:
                 return ip
         raise SpecError(f"the service CIDR {SERVICE_CIDR} is full")
 
-    def _next_node_port(self) -> int:
+    def _next_node_port(self, protocol: str) -> int:
+        taken = {port for port, _ in self.node_ports}
         for port in NODE_PORT_RANGE:
-            if port not in self.node_ports:
-                self.node_ports.add(port)
+            if port not in taken:
+                self.node_ports.add((port, protocol))
                 return port
         raise SpecError("the NodePort range 30000-32767 is full")
 
@@ -374,10 +376,11 @@ class _Allocator:
         node_port = p.get("nodePort")
         if node_port is not None and kind != "NodePort":
             raise SpecError("nodePort is only allowed with type: NodePort")
+        protocol = _protocol(p.get("protocol"), "protocol")
         if kind == "NodePort" and node_port is None:
-            node_port = self._next_node_port()
-        return ServicePort(port=port, target_port=target, protocol=_protocol(
-            p.get("protocol"), "protocol"), name=name, node_port=node_port)
+            node_port = self._next_node_port(protocol)
+        return ServicePort(port=port, target_port=target, protocol=protocol, name=name,
+                           node_port=node_port)
 
 
 def load(path: Path | str) -> Workload:

@@ -168,8 +168,12 @@ def _wait_listening(server: Endpoint, port: int, srv: subprocess.Popen[str]) -> 
 
 
 def iperf3(client: Endpoint, server: Endpoint, protocol: str, duration: float,
-           streams: int = 1, udp_bandwidth: str = "0", port: int = 5201) -> Measurement:
+           streams: int = 1, udp_bandwidth: str = "0", port: int = 5201,
+           dial: tuple[str, int] | None = None) -> Measurement:
     """One iperf3 run client → server.ip with a one-off server spawned for it.
+
+    ``dial`` is the (address, port) the client connects to when it is not the server's
+    own, as for a Service: kube-proxy sends a ClusterIP or NodePort to ``server``.
 
     ``udp_bandwidth`` is iperf3's ``-b``: per stream, "0" means unlimited. iperf3 reads
     ``-t`` as an integer (``-t 0.5`` becomes 0 = run forever), hence whole seconds.
@@ -182,7 +186,8 @@ def iperf3(client: Endpoint, server: Endpoint, protocol: str, duration: float,
                        what=f"iperf3 server :{port}@{server.name}", stdout=subprocess.PIPE)
     try:
         _wait_listening(server, port, srv)
-        argv = ["iperf3", "-c", str(server.ip), "-p", str(port), "-t", str(int(duration)),
+        address, dport = dial or (str(server.ip), port)
+        argv = ["iperf3", "-c", address, "-p", str(dport), "-t", str(int(duration)),
                 "-J", "-P", str(streams)]
         if protocol == "udp":
             argv += ["-u", "-b", udp_bandwidth]
@@ -225,8 +230,10 @@ def ping(client: Endpoint, server: Endpoint, duration: float) -> Measurement:
 
 
 def measure(client: Endpoint, server: Endpoint, protocol: str, duration: float,
-            streams: int = 1, udp_bandwidth: str = "0") -> Measurement:
-    """Measure ``protocol`` (tcp, udp or icmp) from client to server."""
+            streams: int = 1, udp_bandwidth: str = "0",
+            dial: tuple[str, int] | None = None) -> Measurement:
+    """Measure ``protocol`` (tcp, udp or icmp) from client to server (dialling ``dial``
+    when given: a Service's address; ICMP has no Service to go through)."""
     if protocol == "icmp":
         return ping(client, server, duration)
-    return iperf3(client, server, protocol, duration, streams, udp_bandwidth)
+    return iperf3(client, server, protocol, duration, streams, udp_bandwidth, dial=dial)

@@ -17,7 +17,7 @@ SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "cal
                  "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",
                  "docker-overlay")
 SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
-             "pod-to-service", "node-to-pod")
+             "pod-to-service", "node-to-pod", "pod-to-nodeport")
 PROTOCOLS = ("tcp", "udp", "icmp")
 UNDERLAY_CIDR = "172.20.0.0/16"  # k8stopo/topo.py repeats it: it must load alone (mn --custom)
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
@@ -100,9 +100,9 @@ class BenchSpec:
         if not re.fullmatch(r"\d+(\.\d+)?[KMG]?", self.udp_bandwidth):
             raise SpecError(f"--udp-bandwidth {self.udp_bandwidth!r} is not an iperf3 rate "
                             "such as 0 (unlimited), 500M or 2G")
-        if "pod-to-service" in self.scenarios:
-            raise SpecError("scenario 'pod-to-service' needs Services, which this version "
-                            "does not implement yet")
+        if self.nodes < 2 and {"pod-to-service", "pod-to-nodeport"} & set(self.scenarios):
+            raise SpecError("Service scenarios need --nodes 2 or more (the endpoint is on "
+                            "another node than the client)")
         if self.nodes < 2 and {"host-to-host", "pod-to-pod-cross-node",
                                "node-to-pod"} & set(self.scenarios):
             raise SpecError("cross-node scenarios need --nodes 2 or more")
