@@ -7,7 +7,7 @@ false-alarm probability is below 1e-6.
 """
 from __future__ import annotations
 
-import ipaddress
+import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -16,11 +16,14 @@ import pytest
 
 from k8stopo import manifests, probe
 from k8stopo.cluster import Cluster
+from k8stopo.cni import VARIANTS
 from k8stopo.kubeproxy import MODES, proxy_class
 from k8stopo.kubeproxy.model import ServicePortInfo, service_ports
 from k8stopo.node import Node
 from k8stopo.servers import PodServers
 from k8stopo.spec import ClusterSpec
+
+from conftest import k8stopo
 
 DATA = Path(__file__).parent / "data"
 CHI2_DF2_P1E6 = 27.631  # chi-square, 2 degrees of freedom: P(X > 27.631) = 1e-6
@@ -157,3 +160,28 @@ def test_a_backend_that_stops_answering(cluster: Cluster) -> None:
         assert "default/web-1" not in {r.answered_by for r in results}
     else:
         assert failed > 0  # (2/3)^60 < 1e-10 to see none by chance
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("cni", list(VARIANTS))
+def test_every_variant_and_mode_serves_cluster_ips_and_node_ports(cni: str, mode: str) -> None:
+    spec = ClusterSpec(cni=cni, nodes=3, pods_per_node=0,
+                       workload=manifests.load(DATA / "services.yaml"))
+    with Cluster(spec, agents=[PodServers, proxy_class(mode)]) as c:
+        wanted = [probe.Target("web", str(svc(c, "web").cluster_ip), 80, "tcp"),
+                  probe.Target("web", str(svc(c, "web", "udp").cluster_ip), 80, "udp"),
+                  *(probe.Target("web-np", str(n.ip), 30080, "tcp") for n in c.nodes)]
+        results = probe.probe(c, wanted, 3, clients=[c.pod("client.default")])
+    assert all(r.connected for r in results), [r for r in results if not r.connected]
+
+
+def test_bench_measures_through_a_service(tmp_path: Path) -> None:
+    out = tmp_path / "b.csv"
+    res = k8stopo("bench", "--cni", "flannel-vxlan", "--scenarios", "pod-to-service,pod-to-nodeport",
+                  "--protocols", "tcp,icmp", "--nodes", "2", "--duration", "1", "--repeat", "1",
+                  "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(out.open()))
+    got = {(r["scenario"], r["protocol"]) for r in rows if r["metric"] == "throughput_bps"}
+    assert got == {("pod-to-service", "tcp"), ("pod-to-nodeport", "tcp")}
+    assert {r["server"] for r in rows} == {"k8stopo-iperf3-server.default"}

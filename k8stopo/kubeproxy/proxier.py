@@ -13,7 +13,13 @@ idle timeout (the original's --udp-timeout, 250 ms by default).
 The original was Go with a goroutine per connection; asyncio gives the same
 per-connection concurrency in one process. Run as::
 
-    python -m k8stopo.kubeproxy.proxier CONFIG.json
+    python -m k8stopo.kubeproxy.proxier CONFIG.json BIND_ADDRESS
+
+It binds its ports to BIND_ADDRESS (the original's --bind-address; the portals DNAT
+there), so a UDP reply leaves from the address the client's packet was sent to and
+the node's conntrack can undo the portal's DNAT (from 0.0.0.0 the kernel would pick
+the address of the interface towards the pod, a bridge's, and the reply would not
+match the connection).
 
 CONFIG holds ``[{"name", "protocol", "endpoints": ["ip:port", ...],
 "affinity_timeout"}]``; SIGHUP re-reads it. After every (re)load it prints one
@@ -73,8 +79,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class Proxier:
-    def __init__(self, config: str) -> None:
+    def __init__(self, config: str, bind: str) -> None:
         self.config = config
+        self.bind = bind
         self.balancers: dict[str, Balancer] = {}
         self.servers: dict[str, Any] = {}  # key -> asyncio Server or DatagramTransport
         self.ports: dict[str, int] = {}
@@ -141,7 +148,7 @@ class Proxier:
                 handle = loop.call_later(UDP_IDLE_TIMEOUT, expire)
                 transport.sendto(data)
 
-        transport, _ = await loop.create_datagram_endpoint(Front, local_addr=("0.0.0.0", 0))
+        transport, _ = await loop.create_datagram_endpoint(Front, local_addr=(self.bind, 0))
         self.servers[key] = transport
         return transport.get_extra_info("sockname")[1]
 
@@ -161,7 +168,7 @@ class Proxier:
             if key not in self.servers:
                 if s["protocol"] == "tcp":
                     server = await asyncio.start_server(
-                        lambda r, w, k=key: self.tcp_client(k, r, w), "0.0.0.0", 0, backlog=512)
+                        lambda r, w, k=key: self.tcp_client(k, r, w), self.bind, 0, backlog=512)
                     self.servers[key] = server
                     self.ports[key] = server.sockets[0].getsockname()[1]
                 else:
@@ -182,6 +189,6 @@ class Proxier:
 
 if __name__ == "__main__":
     try:
-        asyncio.run(Proxier(sys.argv[1]).run())
+        asyncio.run(Proxier(sys.argv[1], sys.argv[2]).run())
     except RuntimeError:  # the loop stopped on SIGTERM
         pass

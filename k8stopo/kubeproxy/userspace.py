@@ -41,7 +41,8 @@ class UserspaceProxy(KubeProxy):
              "affinity_timeout": s.affinity_timeout} for s in ports]))
         p = self.procs.get(node.name)
         if p is None:
-            p = node.spawn([sys.executable, "-m", "k8stopo.kubeproxy.proxier", str(config)],
+            p = node.spawn([sys.executable, "-m", "k8stopo.kubeproxy.proxier", str(config),
+                            str(node.ip)],
                            what=f"kube-proxy userspace@{node.name}", stdout=subprocess.PIPE)
             self.procs[node.name] = p
         else:
