@@ -23,6 +23,9 @@ from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
     import pandas
 
+    from .agent import Agent
+    from .workload import Workload
+
 log = logging.getLogger("k8stopo")
 
 
@@ -46,14 +49,21 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
                    help="kube-proxy mode: iptables (default), nftables or userspace")
 
 
-def _workload(args: argparse.Namespace):  # -> tuple[Workload | None, list[type[Agent]]]
-    """The manifests' workload and the agents that serve it (pods' servers, kube-proxy),
-    all checked before anything is built."""
+def _workload(args: argparse.Namespace) -> Workload | None:
+    """The manifests' workload (checked, and the proxy mode with it, before anything is
+    built); None without manifests."""
     from . import manifests
     from .kubeproxy import proxy_class
+    proxy_class(args.proxy_mode)
+    return manifests.load(args.manifests) if args.manifests else None
+
+
+def _agents(args: argparse.Namespace, workload: Workload | None) -> list[type[Agent]]:
+    """What serves a workload beside the CNI: the pods' servers and kube-proxy (none
+    without one, so plain runs stay as they were)."""
+    from .kubeproxy import proxy_class
     from .servers import PodServers
-    agents = [PodServers, proxy_class(args.proxy_mode)]
-    return (manifests.load(args.manifests) if args.manifests else None), agents
+    return [] if workload is None else [PodServers, proxy_class(args.proxy_mode)]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -152,12 +162,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     if len(names) != 1 or args.cni.strip() == "all":
         raise SpecError("up builds one cluster: give exactly one --cni variant")
     cni = names[0]
-    workload, agents = _workload(args)
+    workload = _workload(args)
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
-                                  mtu=args.mtu, workload=workload), agents=agents)
+                                  mtu=args.mtu, workload=workload),
+                      agents=_agents(args, workload))
     _runnable({cni: cluster.requires}, False)
     with cluster:
+        from .kubeproxy.model import describe, service_ports
         print(cluster.describe(), flush=True)
+        if workload is not None:
+            print(describe(service_ports(workload, cluster.pods)), flush=True)
         if args.cli:
             _mininet_cli(cluster.net)
         else:
@@ -210,12 +224,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      repeat=args.repeat, streams=args.streams, mtu=args.mtu,
                      udp_bandwidth=args.udp_bandwidth)
     spec.check()
-    workload, agents = _workload(args)
+    workload = _workload(args)
     if workload is not None or {"pod-to-service", "pod-to-nodeport"} & set(spec.scenarios):
         from .kubeproxy.scenarios import bench_workload
         workload = bench_workload(args.nodes, args.pods_per_node, workload)
     clusters = {cni: Cluster(dataclasses.replace(spec.cluster(cni), workload=workload),
-                             agents=agents) for cni in names}  # checks each cluster's shape
+                             agents=_agents(args, workload))
+                for cni in names}  # checks each cluster's shape
     results.check_appendable(args.out)
     if args.published and not args.plots:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
@@ -270,9 +285,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.ports else None
     if not 1 <= args.count <= 100:
         raise SpecError(f"--count must be between 1 and 100, not {args.count}")
-    workload, agents = _workload(args)
+    workload = _workload(args)
     cluster = Cluster(ClusterSpec(cni=names[0], nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
-                                  workload=workload), agents=agents)
+                                  workload=workload), agents=_agents(args, workload))
     _runnable({names[0]: cluster.requires}, False)
     with cluster:
         wanted = probe.targets(cluster, ports or probe.declared_ports(cluster), protocols)

@@ -37,8 +37,7 @@ class KubeProxy(Agent):
         # Bridged pods (cni0, weave) reach a Service backend on their own bridge: the
         # reply must go back through the node's conntrack to be un-DNATed, which is why
         # kube-proxy turns bridge-nf-call-iptables on (per namespace since Linux 5.3).
-        if node.output(["sh", "-c", "test -e /proc/sys/net/bridge && echo yes"],
-                       check=False).strip():
+        if node.run(["test", "-e", "/proc/sys/net/bridge"], check=False).returncode == 0:
             node.sysctl("net.bridge.bridge-nf-call-iptables", 1)
 
     def sync(self) -> None:

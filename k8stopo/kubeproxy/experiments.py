@@ -20,6 +20,7 @@ import argparse
 import csv
 import ipaddress
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -178,7 +179,8 @@ def chart_no_retry(path: Path, out: Path) -> Path:
         values = [statistics.mean([float(r["value"]) for r in rows
                                    if r["proxy_mode"] == mode and r["phase"] == ph] or [0])
                   for ph in phases]
-        ax.bar([p + i * width for p in range(len(phases))], values, width, label=mode)
+        bars = ax.bar([p + i * width for p in range(len(phases))], values, width, label=mode)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(1 / 3, color="grey", linestyle=":", label="1/3 (one of 3 backends)")
     ax.set_xticks([p + width * (len(modes) - 1) / 2 for p in range(len(phases))], phases,
                   fontsize=8)
@@ -237,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="rule-scaling: connections per latency figure")
     p.add_argument("--resyncs", type=int, default=3, help="rule-scaling: timed syncs")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: clusters tear down
     modes = [m for m in args.modes.split(",") if m]
     try:
         for m in modes:

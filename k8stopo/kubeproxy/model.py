@@ -123,3 +123,13 @@ def service_ports(workload: Workload | None, pods: Sequence[Pod]) -> list[Servic
                 node_port=port.node_port, affinity_timeout=svc.session_affinity_timeout,
                 endpoints=endpoints(svc, port, pods)))
     return out
+
+
+def describe(ports: Sequence[ServicePortInfo]) -> str:
+    """One line per service port: name, address, NodePort, endpoints (for ``up``)."""
+    lines = []
+    for s in ports:
+        node_port = f" nodePort {s.node_port}" if s.node_port else ""
+        eps = ", ".join(str(e) for e in s.endpoints) or "no endpoints"
+        lines.append(f"  svc {s.name:<24} {s.cluster_ip}:{s.port}/{s.protocol}{node_port} -> {eps}")
+    return "\n".join(lines)

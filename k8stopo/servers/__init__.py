@@ -10,6 +10,7 @@ so nothing outlives the run.
 """
 from __future__ import annotations
 
+import select
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from ..runstate import RunState
 
 SOURCES = Path(__file__).resolve().parent
+START_TIMEOUT = 10.0
 
 
 def build(state: "RunState", program: str) -> Path:
@@ -50,11 +52,18 @@ class PodServers(Agent):
             self.start(pod)
 
     def start(self, pod: "Pod") -> None:
-        """Run the pod's server on every declared port."""
+        """Run the pod's server on every declared port; return once all are bound."""
         binary = build(self.cluster.state, "podserver")
         ports = [f"{p.protocol.lower()}:{p.container_port}" for p in pod.ports]
-        self.servers[pod.name] = pod.spawn([str(binary), pod_ref(pod.name, pod.namespace),
-                                            *ports], what=f"podserver@{pod.name}")
+        p = pod.spawn([str(binary), pod_ref(pod.name, pod.namespace), *ports],
+                      what=f"podserver@{pod.name}", stdout=subprocess.PIPE)
+        self.servers[pod.name] = p
+        assert p.stdout is not None and p.stderr is not None
+        ready, _, _ = select.select([p.stdout], [], [], START_TIMEOUT)
+        if not ready or p.stdout.readline().strip() != "ready":
+            p.poll()
+            why = p.stderr.read().strip() if p.returncode is not None else "no answer"
+            raise RuntimeError(f"podserver of {pod.name} did not start: {why}")
 
     def stop_server(self, pod: "Pod") -> None:
         """Stop the pod's server while the pod stays (and stays ready): a backend that

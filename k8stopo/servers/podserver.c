@@ -5,6 +5,8 @@
  *
  *   podserver IDENTITY tcp:PORT|udp:PORT...
  *
+ * It prints "ready" once every port is bound (or exits 1 naming the port).
+ *
  * A second line, "peer IP", says which source address the pod saw (what
  * masquerading left of the client); probes read the first line as the answer.
  *
@@ -72,6 +74,8 @@ int main(int argc, char **argv) {
         if (fd < 0) { fprintf(stderr, "%s: %s\n", argv[i], strerror(errno)); return 1; }
         watch(ep, fd, udp ? DATAGRAM : LISTENER);
     }
+    puts("ready");  /* every port is bound: the starter may go on */
+    fflush(stdout);
     for (;;) {
         struct epoll_event evs[64];
         int n = epoll_wait(ep, evs, 64, -1);
