@@ -108,7 +108,8 @@ class BenchSpec:
             raise SpecError("cross-node scenarios need --nodes 2 or more")
         if "pod-to-pod-same-node" in self.scenarios and self.pods_per_node < 2:
             raise SpecError("scenario 'pod-to-pod-same-node' needs --pods-per-node 2 or more")
-        if self.pods_per_node < 1 and {"pod-to-pod-cross-node", "node-to-pod"} & set(self.scenarios):
+        if self.pods_per_node < 1 and {"pod-to-pod-cross-node", "node-to-pod", "pod-to-service",
+                                       "pod-to-nodeport"} & set(self.scenarios):
             raise SpecError("pod scenarios need --pods-per-node 1 or more")
 
     def cluster(self, cni: str) -> ClusterSpec:

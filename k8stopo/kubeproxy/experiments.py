@@ -200,7 +200,7 @@ def chart_rule_scaling(path: Path, out: Path) -> Path:
     rows = list(_rows(path))
     modes = list(dict.fromkeys(r["proxy_mode"] for r in rows))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode in modes:
+    for color, mode in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), modes):
         def series(metric: str, phase: str) -> tuple[list[int], list[float]]:
             pts: dict[int, list[float]] = {}
             for r in rows:
@@ -208,14 +208,14 @@ def chart_rule_scaling(path: Path, out: Path) -> Path:
                     pts.setdefault(int(r["services"]), []).append(float(r["value"]))
             xs = sorted(pts)
             return xs, [statistics.median(pts[x]) for x in xs]
-        left.plot(*series("sync_s", "sync"), marker="o", label=mode)
-        for metric, style in (("connect_p50_us", "-"), ("connect_p99_us", "--")):
+        left.plot(*series("sync_s", "sync"), marker="o", color=color, label=mode)
+        for metric, style in (("connect_p50_us", "-"), ("connect_p99_us", ":")):
             xs, ys = series(metric, "last-service")
-            right.plot(xs, ys, style, marker="o", label=f"{mode} {metric[8:11]}")
+            right.plot(xs, ys, style, marker="o", color=color, label=f"{mode} {metric[8:11]}")
     left.set(xscale="log", yscale="log", xlabel="Services (2 endpoints each)",
-             ylabel="seconds", title="Rule load time on one node")
-    right.set(xscale="log", xlabel="Services (2 endpoints each)", ylabel="microseconds",
-              title="First-packet latency to the last Service")
+             ylabel="seconds", title="Rule load (resync) time on one node")
+    right.set(xscale="log", yscale="log", xlabel="Services (2 endpoints each)",
+              ylabel="microseconds", title="TCP connect time to the last Service")
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     fig.tight_layout()
