@@ -185,3 +185,26 @@ def test_bench_measures_through_a_service(tmp_path: Path) -> None:
     got = {(r["scenario"], r["protocol"]) for r in rows if r["metric"] == "throughput_bps"}
     assert got == {("pod-to-service", "tcp"), ("pod-to-nodeport", "tcp")}
     assert {r["server"] for r in rows} == {"k8stopo-iperf3-server.default"}
+
+
+def test_probe_prints_netpol_e2e_truth_tables_and_json() -> None:
+    xyz = str(Path(__file__).parent.parent / "experiments" / "manifests" / "netpol-xyz.yaml")
+    res = k8stopo("probe", "--cni", "calico-bgp", "--nodes", "3", "--manifests", xyz,
+                  "--ports", "80", "--protocols", "tcp,udp")
+    assert res.returncode == 0, res.stderr
+    tables = res.stdout.split("\n\n")
+    # a NodePort is dialled at its own port: its table is that port's
+    assert [t.splitlines()[0] for t in tables] == ["tcp/80:", "tcp/30000:", "udp/80:"]
+    header, *rows = tables[0].splitlines()[1:]
+    pods = [f"{ns}/{p}" for ns in "xyz" for p in "abc"]
+    assert header.split() == ["-", *pods, "svc:x/s-a"]
+    assert [r.split()[0] for r in rows] == pods
+    assert all(r.split()[1:] == ["."] * 10 for r in rows), tables[0]  # calico: no policy given
+    res = k8stopo("probe", "--cni", "flannel-vxlan", "--nodes", "2", "--manifests", xyz,
+                  "--ports", "81", "--protocols", "udp", "--json", "--count", "2")
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(lines) == 9 * (9 + 1 + 2) * 2  # 9 clients: 9 pods, the ClusterIP, 2 NodePorts
+    assert set(lines[0]) == {"from", "to", "via", "port", "protocol", "connected",
+                             "answered_by", "error"}
+    svc = [l for l in lines if l["to"] == "svc:x/s-a"]
+    assert {l["answered_by"] for l in svc} == {"x/a"} and {l["error"] for l in svc} == {None}
