@@ -101,23 +101,23 @@ def no_retry(sink: Sink, cni: str, modes: Sequence[str], attempts: int,
             servers = next(a for a in cluster.agents if isinstance(a, PodServers))
             victim = cluster.pod(pod_handle("web-1", "default"))
             drop = ["iptables", "-I", "INPUT", "-p", "tcp", "--dport", str(WEB_PORT), "-j", "DROP"]
-
-            def record(phase: str, count: int) -> None:
-                results = _attempts(cluster, "svc-0", count)
-                failed = sum(not r.connected for r in results)
-                sink.row(cni=cni, proxy_mode=mode, phase=phase, services=1,
-                         endpoints_per_service=3, metric="failed_fraction",
-                         value=failed / count, unit="ratio", repeat=0, attempts=count)
-                print(f"{cni} {mode} {phase}: {failed}/{count} failed", file=sys.stderr)
-
-            record("all-answer", attempts)
+            _failures(sink, cluster, mode, "all-answer", attempts)
             servers.stop_server(victim)  # refuses (RST) while ready and listed
-            record("one-refuses-still-ready", attempts)
+            _failures(sink, cluster, mode, "one-refuses-still-ready", attempts)
             servers.start(victim)
             victim.run(drop)  # hangs: SYNs vanish, while ready and listed
-            record("one-hangs-still-ready", hung_attempts)
+            _failures(sink, cluster, mode, "one-hangs-still-ready", hung_attempts)
             cluster.set_ready(victim, False)
-            record("one-hangs-not-ready", attempts)
+            _failures(sink, cluster, mode, "one-hangs-not-ready", attempts)
+
+
+def _failures(sink: Sink, cluster: Cluster, mode: str, phase: str, count: int) -> None:
+    """``count`` new connections to the Service: the fraction that got no answer."""
+    failed = sum(not r.connected for r in _attempts(cluster, "svc-0", count))
+    sink.row(cni=cluster.spec.cni, proxy_mode=mode, phase=phase, services=1,
+             endpoints_per_service=3, metric="failed_fraction", value=failed / count,
+             unit="ratio", repeat=0, attempts=count)
+    print(f"{cluster.spec.cni} {mode} {phase}: {failed}/{count} failed", file=sys.stderr)
 
 
 # -- 2. rule scaling -------------------------------------------------------------------
@@ -136,7 +136,8 @@ def rule_scaling(sink: Sink, cni: str, modes: Sequence[str], counts: Sequence[in
             with _build(cni, mode, workload(n, 2, ["n2"]), 2) as cluster:
                 built = time.monotonic() - started
                 proxy = cluster.agents[-1]
-                common = dict(cni=cni, proxy_mode=mode, services=n, endpoints_per_service=2)
+                common = {"cni": cni, "proxy_mode": mode, "services": n,
+                          "endpoints_per_service": 2}
                 sink.row(**common, phase="build", metric="cluster_build_s", value=built,
                          unit="s", repeat=0, attempts=1)
                 for r in range(resyncs):  # the first load happened in the build; time resyncs
@@ -177,8 +178,8 @@ def chart_no_retry(path: Path, out: Path) -> Path:
     width = 0.8 / len(modes)
     for i, mode in enumerate(modes):
         values = [statistics.mean([float(r["value"]) for r in rows
-                                   if r["proxy_mode"] == mode and r["phase"] == ph] or [0])
-                  for ph in phases]
+                                   if r["proxy_mode"] == m and r["phase"] == ph] or [0])
+                  for m in (mode,) for ph in phases]
         bars = ax.bar([p + i * width for p in range(len(phases))], values, width, label=mode)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(1 / 3, color="grey", linestyle=":", label="1/3 (one of 3 backends)")
@@ -201,7 +202,7 @@ def chart_rule_scaling(path: Path, out: Path) -> Path:
     modes = list(dict.fromkeys(r["proxy_mode"] for r in rows))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for color, mode in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), modes):
-        def series(metric: str, phase: str) -> tuple[list[int], list[float]]:
+        def series(metric: str, phase: str, mode: str = mode) -> tuple[list[int], list[float]]:
             pts: dict[int, list[float]] = {}
             for r in rows:
                 if r["proxy_mode"] == mode and r["metric"] == metric and r["phase"] == phase:
