@@ -124,6 +124,14 @@ def test_nodeport_from_outside_the_pod_network_is_masqueraded(cluster: Cluster) 
     assert {r.peer for r in results} <= node_addresses(n2), results
 
 
+def test_a_backend_reaches_itself_through_its_service(cluster: Cluster) -> None:
+    """Hairpin: KUBE-SEP's ``-s <endpoint> -j KUBE-MARK-MASQ`` makes the reply come back
+    through the node (the bridge plugin's hairpin mode lets it out of the same port)."""
+    results = connect(cluster, str(svc(cluster, "web").cluster_ip), 80, 40, client="web-0.default")
+    assert all(r.connected for r in results), [r for r in results if not r.connected]
+    assert "default/web-0" in {r.answered_by for r in results}  # (2/3)^40 < 1e-7 to miss
+
+
 def test_service_without_endpoints_refuses(cluster: Cluster) -> None:
     results = connect(cluster, str(svc(cluster, "empty").cluster_ip), 80, 3)
     assert {r.error for r in results} == {"refused"}, results
