@@ -171,3 +171,12 @@ def test_cli_refuses_an_unknown_proxy_mode(tmp_path: Path) -> None:
     res = k8stopo("probe", "--cni", "flannel-vxlan", "--manifests", str(DATA / "services.yaml"),
                   "--proxy-mode", "ipvs")
     assert res.returncode == 2 and "unknown --proxy-mode 'ipvs'" in res.stderr
+
+
+def test_a_directory_of_multi_document_files_is_one_workload(tmp_path: Path) -> None:
+    (tmp_path / "1-ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+    (tmp_path / "2-pods.yml").write_text(POD.replace("{name: p}", "{name: p, namespace: x}")
+                                         + "---\n" + POD.replace("{name: p}", "{name: q}"))
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    w = manifests.load(tmp_path)
+    assert [(p.namespace, p.name) for p in w.pods] == [("x", "p"), ("default", "q")]
