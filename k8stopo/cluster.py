@@ -11,11 +11,13 @@ The agents are the CNI variant first, then any others the caller adds
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import resource
 import signal
 import threading
+from collections import Counter
 from typing import Any, Iterator, Sequence
 
 from mininet.net import Mininet
@@ -76,9 +78,12 @@ class Cluster:
         spec.check_basics()
         self.spec = spec
         self.variant_cls = variant_class(spec.cni)
-        self.ranges = self.variant_cls.check(spec)  # SpecError before anything exists
-        self.agent_classes = tuple(agents)
         self.placement = place(spec)  # SpecError for a nodeName that is not a node
+        # with manifests, the busiest node's pods must fit in its range
+        busiest = max(Counter(i for _, i in self.placement).values(), default=0)
+        self.ranges = self.variant_cls.check(  # SpecError before anything exists
+            spec if spec.workload is None else dataclasses.replace(spec, pods_per_node=busiest))
+        self.agent_classes = tuple(agents)
         self._declared_ports: dict[str, tuple[ContainerPort, ...]] = {
             pod_handle(p.name, p.namespace): p.ports for p, _ in self.placement}
         for cls in self.agent_classes:

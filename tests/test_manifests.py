@@ -145,6 +145,23 @@ def test_node_name_must_be_a_node_before_anything_is_built(tmp_path: Path) -> No
         Cluster(ClusterSpec(cni="flannel-vxlan", nodes=2, workload=w))
 
 
+def test_the_busiest_node_must_hold_its_pods_before_anything_is_built(tmp_path: Path) -> None:
+    deployment = """
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: d}
+        spec:
+          replicas: 300
+          selector: {matchLabels: {app: a}}
+          template:
+            metadata: {labels: {app: a}}
+            spec: {nodeName: n1, containers: [{name: c}]}
+        """
+    w = load(tmp_path, deployment)
+    with pytest.raises(SpecError, match="300 pods per node do not fit"):
+        Cluster(ClusterSpec(cni="flannel-vxlan", nodes=2, pods_per_node=0, workload=w))
+
+
 @pytest.mark.parametrize("case", ["kind", "pod field", "node port twice"])
 def test_cli_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, case: str) -> None:
     path = tmp_path / "bad.yaml"
