@@ -9,7 +9,7 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["k8stopo", "k8stopo.*"]),
-    package_data={"k8stopo": ["templates/*"]},
+    package_data={"k8stopo": ["templates/*", "servers/*.c"]},
     python_requires=">=3.10",
     # mininet comes from Debian's python3-mininet (with mnexec); see Makefile.
     install_requires=["pandas>=1.5", "matplotlib>=3.6"],

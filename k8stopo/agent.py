@@ -12,6 +12,7 @@ variant instead of being a special case inside it::
     system_pods()          pods the agent deploys itself (kube-dns), made like any pod
     services()             Services it deploys (kube-dns' 10.96.0.10), see Cluster.services
     pod_added(pod)         per pod, once the variant attached it
+    pod_changed(pod)       a pod's readiness changed while the cluster runs
     wait_ready(timeout)    block until this agent's part has converged
     stop()                 stop the agent's daemons (before pods are deleted)
 """
@@ -59,6 +60,9 @@ class Agent:
 
     def pod_added(self, pod: "Pod") -> None:
         """Agent-side work once ``pod`` is attached."""
+
+    def pod_changed(self, pod: "Pod") -> None:
+        """``pod.ready`` changed (Cluster.set_ready): follow it (endpoints, DNS records)."""
 
     def wait_ready(self, timeout: float) -> None:
         """Return once this agent's part has converged; raise TimeoutError otherwise."""

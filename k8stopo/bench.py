@@ -26,13 +26,14 @@ every row holds a value a tool measured.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Sequence, TextIO
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -45,8 +46,10 @@ from .cni.base import Variant
 from .dns import ClusterDNS
 from .errors import RunError
 from .dns import perf as _dnsperf  # noqa: F401 (registers the dns protocol)
+from .kubeproxy.scenarios import SERVICE_SCENARIOS, service_ends
 from .node import Endpoint, Pod
 from .spec import CLUSTER_PARAMS, BenchSpec
+from .workload import Workload
 
 log = logging.getLogger("k8stopo.bench")
 
@@ -87,6 +90,9 @@ def endpoints(cluster: Cluster, scenario: str) -> tuple[Endpoint, str, Endpoint]
     def resolve(place: Place) -> Endpoint:
         node = cluster.nodes[place.node]
         return node if place.pod is None else node.pods[place.pod]
+    if scenario in SERVICE_SCENARIOS:  # kube-proxy sends the Service's address to a backend
+        client, address, port, backend = service_ends(cluster, scenario)
+        return client, f"{address}:{port}", backend
     if scenario in SERVICE_ENDS:
         agent = next(a for a in cluster.agents if isinstance(a, SERVICE_ENDS[scenario]))
         server = agent.service_endpoint()  # type: ignore[attr-defined]
@@ -106,7 +112,7 @@ def not_measured(cls: type[Variant], scenarios: tuple[str, ...], nodes: int) -> 
     reasons: dict[str, str] = {}
     seen: dict[tuple[Place, Place], str] = {}
     for scenario in scenarios:
-        if scenario in SERVICE_ENDS:
+        if scenario in SERVICE_ENDS or scenario in SERVICE_SCENARIOS:
             continue
         client, server = SCENARIO_ENDS[scenario]
         cross = node_of(client) != node_of(server)
@@ -154,7 +160,8 @@ def plan(spec: BenchSpec) -> list[Step]:
             for r in range(spec.repeat) for cni in spec.cnis for point in spec.points()
             for scenario in kept[cni] for protocol in spec.protocols
             if ONLY_WITH.get(protocol, scenario) == scenario
-            and (scenario not in ONLY_WITH.values() or protocol in ONLY_WITH)]
+            and (scenario not in ONLY_WITH.values() or protocol in ONLY_WITH)
+            and (scenario not in SERVICE_SCENARIOS or protocol in ("tcp", "udp"))]
 
 
 def skipped_lines(spec: BenchSpec) -> list[str]:
@@ -164,10 +171,18 @@ def skipped_lines(spec: BenchSpec) -> list[str]:
                                               spec.nodes).items()]
 
 
-def clusters(spec: BenchSpec) -> dict[ClusterKey, Cluster]:
-    """One (validated, not yet built) cluster per variant and cluster-shaping point."""
-    return {cluster_key(cni, point): Cluster(point.cluster(cni, variant_class(cni).options),
-                                             agents(spec))
+def clusters(spec: BenchSpec, workload: Workload | None = None,
+             extra: Sequence[type[Agent]] = ()) -> dict[ClusterKey, Cluster]:
+    """One (validated, not yet built) cluster per variant and cluster-shaping point, with
+    the manifests' ``workload`` and the agents serving it (``extra``: pods' servers,
+    kube-proxy) beside those the scenarios need."""
+    from . import policy
+    enforce = workload is not None and bool(workload.network_policies)
+    return {cluster_key(cni, point): Cluster(
+                dataclasses.replace(point.cluster(cni, variant_class(cni).options),
+                                    workload=workload),
+                [*extra, *(policy.agents_for(variant_class(cni)) if enforce else []),
+                 *agents(spec)])
             for cni in spec.cnis for point in spec.points()}
 
 
@@ -247,7 +262,7 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
         streams=p.streams if step.protocol in ("tcp", "udp") else 1,
         duration_s=p.duration, mtu=path_mtu(cluster, client, server), kernel=env.kernel,
         k8stopo_version=__version__, client=client.name, server=server.name,
-        client_ip=str(client.ip), server_ip=target, raw_file=raw_file,
+        client_ip=str(client.ip), server_ip=target.split(":")[0], raw_file=raw_file,
         extra={"udp_bandwidth": p.udp_bandwidth if step.protocol == "udp" else "",
                "msg_size": p.msg_size if step.protocol == "tcp_rr" else "",
                "offloads": p.offloads, "underlay_mtu": p.mtu,

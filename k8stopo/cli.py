@@ -25,6 +25,9 @@ from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
     import pandas
 
+    from .agent import Agent
+    from .workload import Workload
+
 log = logging.getLogger("k8stopo")
 
 
@@ -43,6 +46,7 @@ def _cluster_args(p: argparse.ArgumentParser, nodes: int, pods: int) -> None:
                    help="with --bgp rr: 1 (n1) or 2 (n1, n2) reflectors (default 1)")
     p.add_argument("--ipip-mode", default="always",
                    help="calico-ipip: always (default) or cross-subnet")
+    _workload_args(p)
 
 
 def _published_args(p: argparse.ArgumentParser, when: str) -> None:
@@ -90,6 +94,45 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", type=Path, help="also draw the charts of this run into DIR "
                    "(with --experiment: results/NAME/plots)")
     _published_args(p, "with --plots: ")
+    _workload_args(p)
+
+
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifests", type=Path, metavar="PATH",
+                   help="Kubernetes YAML (file or directory): Namespaces, Pods, Deployments, "
+                   "Services, NetworkPolicies (see docs/services.md)")
+    p.add_argument("--proxy-mode", default="iptables",
+                   help="kube-proxy mode: iptables (default), nftables or userspace")
+
+
+def _workload(args: argparse.Namespace) -> Workload | None:
+    """The manifests' workload (checked, and the proxy mode with it, before anything is
+    built); None without manifests."""
+    from . import manifests
+    from .kubeproxy import proxy_class
+    proxy_class(args.proxy_mode)
+    return manifests.load(args.manifests) if args.manifests else None
+
+
+def _agents(args: argparse.Namespace, workload: Workload | None) -> list[type[Agent]]:
+    """What serves a workload beside the CNI: the pods' servers and kube-proxy (none
+    without one, so plain runs stay as they were); the NetworkPolicy agent is the
+    variant's (:func:`_policy_agents`)."""
+    from .kubeproxy import proxy_class
+    from .servers import PodServers
+    return [] if workload is None else [PodServers, proxy_class(args.proxy_mode)]
+
+
+def _policy_agents(cni: str, workload: Workload | None) -> list[type[Agent]]:
+    """The variant's NetworkPolicy agent when the manifests hold policies; a variant whose
+    project enforces nothing says so once."""
+    from . import policy
+    if workload is None or not workload.network_policies:
+        return []
+    notice = policy.not_enforced_notice(variant_class(cni))
+    if notice:
+        print(f"k8stopo: {notice}", file=sys.stderr)
+    return policy.agents_for(variant_class(cni))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,6 +157,17 @@ def parser() -> argparse.ArgumentParser:
     plot.add_argument("csv", type=Path, nargs="+")
     plot.add_argument("--out", type=Path, required=True, help="directory for PNG/SVG/summary")
     _published_args(plot, "")
+
+    probe = sub.add_parser("probe", help="reachability truth tables: every pod to every pod "
+                           "and Service port")
+    probe.add_argument("--cni", required=True, help="CNI variant (see `k8stopo doctor`)")
+    probe.add_argument("--nodes", type=int, default=3, help="Kubernetes nodes (default 3)")
+    probe.add_argument("--mtu", type=int, default=1500, help="underlay MTU (default 1500)")
+    _workload_args(probe)
+    probe.add_argument("--ports", help="comma list of ports (default: every declared port)")
+    probe.add_argument("--protocols", default="tcp", help="comma list of tcp, udp (default tcp)")
+    probe.add_argument("--count", type=int, default=1, help="attempts per pair (default 1)")
+    probe.add_argument("--json", action="store_true", help="one JSON object per probe and line")
 
     clean = sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
     clean.add_argument("--force", action="store_true",
@@ -185,15 +239,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     if len(names) != 1 or args.cni.strip() == "all":
         raise SpecError("up builds one cluster: give exactly one --cni variant")
     cni = names[0]
+    workload = _workload(args)
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu, bgp=args.bgp,
                                   route_reflectors=args.route_reflectors,
-                                  ipip_mode=args.ipip_mode),
+                                  ipip_mode=args.ipip_mode, workload=workload),
+                      agents=[*_agents(args, workload), *_policy_agents(cni, workload)],
                       keep_on_failure=args.keep_on_failure)
     _runnable({cni: cluster.requires}, False)
     _clean_dead_runs()
     with cluster:
+        from .kubeproxy.model import describe, service_ports
         print(cluster.describe(), flush=True)
+        if workload is not None:
+            print(describe(service_ports(workload, cluster.pods)), flush=True)
         if args.cli:
             _mininet_cli(cluster.net)
         else:
@@ -208,7 +267,7 @@ def _mininet_cli(net: object) -> None:
     from mininet.log import lg, setLogLevel
 
     class K8sCLI(CLI):
-        identchars = CLI.identchars + "-"
+        identchars = CLI.identchars + "-."  # pods from manifests are name.namespace
 
     if lg.getEffectiveLevel() > 25:  # Mininet prints command output at its "output" level
         setLogLevel("output")
@@ -269,7 +328,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _require_root()
     settings = _bench_settings(args)
     spec = _bench_spec(settings)
-    pending = bench.clusters(spec)  # checks each cluster's shape
+    workload = _workload(args)
+    if workload is not None or {"pod-to-service", "pod-to-nodeport"} & set(spec.scenarios):
+        from .kubeproxy.scenarios import bench_workload
+        workload = bench_workload(spec.nodes, spec.pods_per_node, workload)
+    pending = bench.clusters(spec, workload, _agents(args, workload))  # checks their shapes
     name = spec.experiment
     out = args.out
     if out is None:
@@ -323,6 +386,41 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from . import probe
+    from .cluster import Cluster
+    _require_root()
+    names = cni_names(args.cni)
+    if len(names) != 1 or args.cni.strip() == "all":
+        raise SpecError("probe builds one cluster: give exactly one --cni variant")
+    if args.manifests is None:
+        raise SpecError("probe needs --manifests PATH (the pods and Services to probe)")
+    protocols = pick(args.protocols, ("tcp", "udp"), "protocol")
+    ports = [_port_arg(v.strip()) for v in args.ports.split(",") if v.strip()] \
+        if args.ports else None
+    if not 1 <= args.count <= 100:
+        raise SpecError(f"--count must be between 1 and 100, not {args.count}")
+    workload = _workload(args)
+    cluster = Cluster(ClusterSpec(cni=names[0], nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
+                                  workload=workload),
+                      agents=[*_agents(args, workload), *_policy_agents(names[0], workload)])
+    _runnable({names[0]: cluster.requires}, False)
+    with cluster:
+        wanted = probe.targets(cluster, ports or probe.declared_ports(cluster), protocols)
+        results = probe.probe(cluster, wanted, args.count)
+    if args.json:
+        print("\n".join(r.json() for r in results))
+    else:
+        print(probe.truth_tables(results))
+    return 0
+
+
+def _port_arg(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise SpecError(f"--ports: {value!r} is not a port number")
+    return int(value)
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import runstate
     _require_root()
@@ -356,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.handlers.clear()
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench,
+    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe,
                "plot": cmd_plot, "clean": cmd_clean}[args.command]
     try:
         return handler(args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -20,6 +21,7 @@ import resource
 import signal
 import threading
 import time
+from collections import Counter
 from typing import Any, Iterator, Sequence
 
 from mininet.net import Mininet
@@ -34,6 +36,7 @@ from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
 from .topo import SWITCH, K8sTopo, UnderlaySwitch, node_name
 from .workload import ServiceSpec
+from .workload import ContainerPort, PodSpec, pod_handle
 
 # Importing mininet.log makes MininetLogger the class of every logger created later, each
 # with its own console handler: every k8stopo line would be printed twice. Undo that.
@@ -64,6 +67,25 @@ def pod_name(node: Node, index: int) -> str:
     return f"pod-{node.name}-{index}"
 
 
+def place(spec: ClusterSpec) -> list[tuple[PodSpec, int]]:
+    """Each workload pod with its node's index: ``nodeName`` if given, else spread over
+    the nodes in order (as the scheduler's spreading would, deterministically)."""
+    if spec.workload is None:
+        return []
+    names = [node_name(i) for i in range(spec.nodes)]
+    out, spread = [], 0
+    for pod in spec.workload.pods:
+        if pod.node_name is None:
+            out.append((pod, spread % spec.nodes))
+            spread += 1
+        elif pod.node_name in names:
+            out.append((pod, names.index(pod.node_name)))
+        else:
+            raise SpecError(f"pod {pod.namespace}/{pod.name}: nodeName {pod.node_name!r} is not "
+                            f"a node of this cluster ({', '.join(names)})")
+    return out
+
+
 class Cluster:
     """An emulated Kubernetes cluster running one CNI variant."""
 
@@ -72,8 +94,14 @@ class Cluster:
         spec.check_basics()
         self.spec = spec
         self.variant_cls = variant_class(spec.cni)
-        self.ranges = self.variant_cls.check(spec)  # SpecError before anything exists
+        self.placement = place(spec)  # SpecError for a nodeName that is not a node
+        # with manifests, the busiest node's pods must fit in its range
+        busiest = max(Counter(i for _, i in self.placement).values(), default=0)
+        self.ranges = self.variant_cls.check(  # SpecError before anything exists
+            spec if spec.workload is None else dataclasses.replace(spec, pods_per_node=busiest))
         self.agent_classes = tuple(agents)
+        self._declared_ports: dict[str, tuple[ContainerPort, ...]] = {
+            pod_handle(p.name, p.namespace): p.ports for p, _ in self.placement}
         for cls in self.agent_classes:
             cls.validate(spec)
         self.pod_cidr = (None if self.variant_cls.host_network
@@ -247,9 +275,22 @@ class Cluster:
             return self.net.addHost(name, ip=None)
 
     def pod_plan(self) -> list[tuple[Node, str, str, dict[str, str]]]:
-        """Which pods to create where: (node, name, namespace, labels)."""
-        return [(node, pod_name(node, j), "default", {})
-                for node in self.nodes for j in range(self.spec.pods_per_node)]
+        """Which pods to create where: (node, name, namespace, labels).
+
+        Without manifests, ``pods_per_node`` plain pods per node; with them, the
+        workload's pods named :func:`~k8stopo.workload.pod_handle` on their nodes."""
+        if self.spec.workload is None:
+            return [(node, pod_name(node, j), "default", {})
+                    for node in self.nodes for j in range(self.spec.pods_per_node)]
+        return [(self.nodes[index], pod_handle(p.name, p.namespace), p.namespace, dict(p.labels))
+                for p, index in self.placement]
+
+    def set_ready(self, pod: Pod, ready: bool) -> None:
+        """Mark a pod (not) ready while the cluster runs, as a failing readiness probe
+        would; the agents (kube-proxy's endpoints, DNS) follow."""
+        pod.ready = ready
+        for agent in self.agents:
+            agent.pod_changed(pod)
 
     def _prepare_node(self, node: Node, gateway: ipaddress.IPv4Address) -> None:
         """What every Kubernetes node has, whatever its CNI."""
@@ -290,7 +331,8 @@ class Cluster:
 
         def attach(entries: list[tuple[Node, str, str, dict[str, str]]]) -> None:
             for node, name, namespace, labels in entries:
-                variant.attach_pod(node, name, namespace, labels)
+                pod = variant.attach_pod(node, name, namespace, labels)
+                pod.ports = self._declared_ports.get(name, ())
 
         self._per_node(attach, list(per_node.values()))
         by_name = {p.name: p for p in self.pods}

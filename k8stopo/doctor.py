@@ -36,6 +36,7 @@ TOOLS: dict[str, tuple[str, ...] | None] = {
     "dnsmasq": ("--version",), "socat": ("-V",), "sockperf": ("--version",),
     "nsenter": ("--version",), "dnsperf": None, "curl": ("--version",),
     "ipset": ("--version",), "clang": ("--version",), "ethtool": ("--version",),
+    "gcc": ("--version",), "nft": ("--version",),
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "ptp", "loopback", "macvlan")

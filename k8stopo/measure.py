@@ -348,6 +348,13 @@ def _client(client: Endpoint, argv: list[str], timeout: float
     return res, before, read_cpu()
 
 
+def dialled(target: str, port: int) -> tuple[str, int]:
+    """What the client dials: ``target`` is an address (the server listens on ``port``
+    there), or ``address:port`` for a Service, whose NodePort differs from it."""
+    address, _, given = target.partition(":")
+    return address, int(given) if given else port
+
+
 def _iperf3(protocol: str, client: Endpoint, target: str, server: Endpoint,
             p: Params) -> Run:
     """One iperf3 run client → target with a one-off server (``-1``) in ``server``.
@@ -356,7 +363,8 @@ def _iperf3(protocol: str, client: Endpoint, target: str, server: Endpoint,
     whole seconds. Spawning the server and polling for its socket costs ~20 ms,
     so a long-lived server would not make the bench noticeably faster.
     """
-    argv = ["iperf3", "-c", target, "-p", str(IPERF3_PORT), "-t", str(p.duration),
+    address, port = dialled(target, IPERF3_PORT)
+    argv = ["iperf3", "-c", address, "-p", str(port), "-t", str(p.duration),
             "-J", "-P", str(p.streams)]
     if protocol == "udp":
         argv += ["-u", "-b", p.udp_bandwidth]
@@ -436,7 +444,8 @@ class TcpRR:
 
     def __init__(self, client: Endpoint, target: str, server: Endpoint, p: Params) -> None:
         self.client, self.target, self.server = client, target, server
-        self.argv = ["sockperf", "ping-pong", "--tcp", "-i", target, "-p", str(SOCKPERF_PORT),
+        address, port = dialled(target, SOCKPERF_PORT)
+        self.argv = ["sockperf", "ping-pong", "--tcp", "-i", address, "-p", str(port),
                      "-t", str(p.duration), "-m", str(p.msg_size), "--full-rtt"]
         self.timeout = p.duration + CLIENT_GRACE_S
         self.lines: list[str] = []

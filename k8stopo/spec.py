@@ -18,7 +18,7 @@ SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "cal
                  "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",
                  "docker-overlay")
 SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
-             "pod-to-service", "node-to-pod", "pod-to-dns")
+             "pod-to-service", "node-to-pod", "pod-to-nodeport", "pod-to-dns")
 PROTOCOLS = ("tcp", "udp", "icmp", "tcp_rr", "dns")  # k8stopo.measure.PROTOCOLS runs them
 OFFLOADS = ("on", "off")
 UNDERLAY_CIDR = "172.20.0.0/16"  # k8stopo/topo.py repeats it: it must load alone (mn --custom)
@@ -158,9 +158,9 @@ class BenchSpec:
                 raise SpecError(f"sweep over {name} needs distinct values, not {list(values)}")
         for point in self.points():
             point._check_parameters()
-        if "pod-to-service" in self.scenarios:
-            raise SpecError("scenario 'pod-to-service' needs Services, which this version "
-                            "does not implement yet")
+        if self.nodes < 2 and {"pod-to-service", "pod-to-nodeport"} & set(self.scenarios):
+            raise SpecError("Service scenarios need --nodes 2 or more (the endpoint is on "
+                            "another node than the client)")
         if ("pod-to-dns" in self.scenarios) != ("dns" in self.protocols):
             raise SpecError("scenario 'pod-to-dns' and protocol 'dns' go together "
                             "(dnsperf to cluster DNS); give both or neither")
@@ -169,8 +169,8 @@ class BenchSpec:
             raise SpecError("cross-node scenarios need --nodes 2 or more")
         if "pod-to-pod-same-node" in self.scenarios and self.pods_per_node < 2:
             raise SpecError("scenario 'pod-to-pod-same-node' needs --pods-per-node 2 or more")
-        if self.pods_per_node < 1 and {"pod-to-pod-cross-node", "node-to-pod",
-                                       "pod-to-dns"} & set(self.scenarios):
+        if self.pods_per_node < 1 and {"pod-to-pod-cross-node", "node-to-pod", "pod-to-service",
+                                       "pod-to-nodeport", "pod-to-dns"} & set(self.scenarios):
             raise SpecError("pod scenarios need --pods-per-node 1 or more")
 
     def cluster(self, cni: str, options: frozenset[str] = frozenset()) -> ClusterSpec:

@@ -60,3 +60,15 @@ class Workload:
     pods: tuple[PodSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     network_policies: tuple[dict[str, Any], ...] = ()
+
+
+def pod_handle(name: str, namespace: str) -> str:
+    """The cluster-wide unique name of a pod from manifests (its Mininet host name):
+    ``name.namespace``; neither part may hold a dot, so no two pods share one."""
+    return f"{name}.{namespace}"
+
+
+def pod_ref(handle: str, namespace: str) -> str:
+    """``namespace/name`` of a pod, as Kubernetes (and its netpol e2e tables) print it."""
+    suffix = f".{namespace}"
+    return f"{namespace}/{handle[:-len(suffix)] if handle.endswith(suffix) else handle}"

@@ -135,7 +135,7 @@ def test_ipip_tcp_crosses_as_protocol_4_between_node_ips(ipip: Cluster, tmp_path
     n1, n2 = ipip.node("n1"), ipip.node("n2")
     a, b = ipip.pod("pod-n1-0"), ipip.pod("pod-n2-0")
     with Capture(n1, n1.intf, tmp_path / "ipip.pcap", ["-s", "128", "not", "arp"]) as cap:
-        m = measure.iperf3(a, b, "tcp", duration=1)
+        m = measure.measure(a, b.ip, b, "tcp")
     assert m.peer_seen_by_server == str(a.ip)
     tcp = [p for p in cap.packets if p.inner_proto == 6]
     assert tcp and all(p.proto == 4 for p in tcp)

@@ -70,7 +70,7 @@ def test_tcp_crosses_the_proxies_one_mtu_sized_datagram_at_a_time(flannel_udp: C
     a, b, n1 = flannel_udp.pod("pod-n1-0"), flannel_udp.pod("pod-n2-0"), flannel_udp.node("n1")
     with Capture(n1, n1.intf, tmp_path / "big.pcap", ["udp", "port", "8285", "and",
                                                       "greater", "1515"]) as cap:
-        m = measure.iperf3(a, b, "tcp", duration=1)
+        m = measure.measure(a, b.ip, b, "tcp")
     assert m.peer_seen_by_server == str(a.ip)
     assert cap.packets == []
 

@@ -55,5 +55,6 @@ def test_bench_spec_checks_scenarios_against_the_cluster_shape() -> None:
                      pods_per_node=1)
     with pytest.raises(SpecError, match="pods-per-node 2"):
         spec.check()
-    with pytest.raises(SpecError, match="Services"):
-        BenchSpec(cnis=("host",), scenarios=("pod-to-service",), protocols=("tcp",)).check()
+    with pytest.raises(SpecError, match="Service scenarios need --nodes 2"):
+        BenchSpec(cnis=("host",), scenarios=("pod-to-service",), protocols=("tcp",),
+                  nodes=1).check()

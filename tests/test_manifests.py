@@ -1,0 +1,199 @@
+"""Manifests: the API's shapes in, a checked workload out; anything else refused in one line."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from k8stopo import manifests, runstate
+from k8stopo.cluster import Cluster
+from k8stopo.spec import ClusterSpec, SpecError
+
+from conftest import REPO, k8stopo, run_dirs
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(tmp_path: Path, text: str):
+    path = tmp_path / "m.yaml"
+    path.write_text(textwrap.dedent(text))
+    return manifests.load(path)
+
+
+def test_the_services_test_workload_reads_as_the_api_would(tmp_path: Path) -> None:
+    w = manifests.load(DATA / "services.yaml")
+    assert [p.name for p in w.pods] == ["client", "web-0", "web-1", "web-2"]
+    assert w.pods[1].labels == {"app": "web"} and w.pods[1].ports[0].name == "http"
+    web, np, sticky, empty = w.services
+    assert web.cluster_ip == ipaddress.IPv4Address("10.96.0.2")  # .1 is kubernetes.default
+    assert web.ports[0].target_port == "http" and web.ports[1].protocol == "UDP"
+    assert np.type == "NodePort" and np.ports[0].node_port == 30080
+    assert sticky.session_affinity_timeout == 60
+    assert w.namespaces["default"] == {"kubernetes.io/metadata.name": "default"}
+
+
+def test_namespaces_get_their_name_label_and_services_get_node_ports(tmp_path: Path) -> None:
+    w = load(tmp_path, """
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: x, labels: {team: a}}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: s, namespace: x}
+        spec:
+          type: NodePort
+          clusterIP: 10.96.0.2
+          ports: [{port: 80}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: h, namespace: x}
+        spec: {clusterIP: None, selector: {a: b}, ports: [{port: 80}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: t, namespace: x}
+        spec: {ports: [{port: 80}]}
+        """)
+    assert w.namespaces["x"] == {"team": "a", "kubernetes.io/metadata.name": "x"}
+    s, h, t = w.services
+    assert s.ports[0].node_port == 30000 and s.ports[0].target_port == 80
+    assert h.cluster_ip is None
+    assert t.cluster_ip == ipaddress.IPv4Address("10.96.0.3")  # given ones are skipped
+
+
+def test_network_policies_are_kept_whole(tmp_path: Path) -> None:
+    w = load(tmp_path, """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: deny}
+        spec: {podSelector: {}, policyTypes: [Ingress]}
+        """)
+    assert w.network_policies[0]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    assert w.network_policies[0]["metadata"]["namespace"] == "default"
+
+
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers: [{name: c, image: i, ports: [{containerPort: 80}]}]
+"""
+
+BAD = {
+    "kind": ("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i}\n",
+             "kind 'Ingress' is not implemented"),
+    "pod field": (POD + "  hostNetwork: true\n", "field Pod.spec.hostNetwork is not implemented"),
+    "container field": (POD.replace("image: i,", "image: i, securityContext: {},"),
+                        "field Pod.spec.containers[0].securityContext is not implemented"),
+    "sctp": (POD.replace("containerPort: 80", "containerPort: 80, protocol: SCTP"),
+             "protocol 'SCTP' is not implemented"),
+    "api version": (POD.replace("apiVersion: v1", "apiVersion: v2"), "must have apiVersion v1"),
+    "namespace": (POD.replace("{name: p}", "{name: p, namespace: nope}"),
+                  "namespace 'nope' is not defined"),
+    "name": (POD.replace("{name: p}", "{name: P_1}"), "is not a valid name"),
+    "selector": ("""
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: d}
+        spec:
+          selector: {matchLabels: {app: a}}
+          template: {metadata: {labels: {app: b}}, spec: {containers: [{name: c}]}}
+        """, "must be non-empty and match the template's labels"),
+    "service type": ("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: s}
+        spec: {type: LoadBalancer, ports: [{port: 80}]}
+        """, "spec.type 'LoadBalancer' is not implemented"),
+    "cluster ip": ("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: s}
+        spec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}
+        """, "not in the service CIDR"),
+    "node port twice": ("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: s}
+        spec: {type: NodePort, ports: [{name: a, port: 80, nodePort: 30001},
+                                       {name: b, port: 81, nodePort: 30001}]}
+        """, "nodePort 30001 is already allocated"),
+    "policy api": ("apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: n}\n",
+                   "must have apiVersion networking.k8s.io/v1"),
+    "yaml": ("kind: [", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_manifests_are_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    text, message = BAD[case]
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load(tmp_path, text)
+
+
+def test_node_name_must_be_a_node_before_anything_is_built(tmp_path: Path) -> None:
+    w = load(tmp_path, POD.replace("containers:", "nodeName: n9\n  containers:"))
+    with pytest.raises(SpecError, match="nodeName 'n9' is not a node"):
+        Cluster(ClusterSpec(cni="flannel-vxlan", nodes=2, workload=w))
+
+
+def test_the_busiest_node_must_hold_its_pods_before_anything_is_built(tmp_path: Path) -> None:
+    deployment = """
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: d}
+        spec:
+          replicas: 300
+          selector: {matchLabels: {app: a}}
+          template:
+            metadata: {labels: {app: a}}
+            spec: {nodeName: n1, containers: [{name: c}]}
+        """
+    w = load(tmp_path, deployment)
+    with pytest.raises(SpecError, match="300 pods per node do not fit"):
+        Cluster(ClusterSpec(cni="flannel-vxlan", nodes=2, pods_per_node=0, workload=w))
+
+
+@pytest.mark.parametrize("case", ["kind", "pod field", "node port twice"])
+def test_cli_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(BAD[case][0]))
+    for command in (["probe", "--cni", "flannel-vxlan"], ["up", "--cni", "flannel-vxlan"]):
+        before = run_dirs()
+        p = subprocess.Popen([sys.executable, "-m", "k8stopo", *command, "--manifests", str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 2, err
+        assert len(err.strip().splitlines()) == 1 and "bad.yaml" in err
+        # other runs may share the state root: none of the new ones may be this command's
+        # (this one has exited, so a manifest of its own would be complete by now)
+        for new in run_dirs() - before:
+            try:
+                text = (runstate.STATE_ROOT / new / "manifest.json").read_text()
+                owner = json.loads(text)["owner"]
+            except (OSError, ValueError):
+                continue  # another run, still being written
+            assert owner["pid"] != p.pid
+
+
+def test_cli_refuses_an_unknown_proxy_mode(tmp_path: Path) -> None:
+    res = k8stopo("probe", "--cni", "flannel-vxlan", "--manifests", str(DATA / "services.yaml"),
+                  "--proxy-mode", "ipvs")
+    assert res.returncode == 2 and "unknown --proxy-mode 'ipvs'" in res.stderr
+
+
+def test_a_directory_of_multi_document_files_is_one_workload(tmp_path: Path) -> None:
+    (tmp_path / "1-ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+    (tmp_path / "2-pods.yml").write_text(POD.replace("{name: p}", "{name: p, namespace: x}")
+                                         + "---\n" + POD.replace("{name: p}", "{name: q}"))
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    w = manifests.load(tmp_path)
+    assert [(p.namespace, p.name) for p in w.pods] == [("x", "p"), ("default", "q")]
