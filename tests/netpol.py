@@ -165,24 +165,10 @@ def render(table: dict[tuple[str, str], bool]) -> str:
 AGENT = Path(__file__).resolve().parent / "netpol_agent.py"
 
 
-class E2ECluster(Cluster):
-    """A cluster whose pods are the workload's, placed by nodeName, with their ports."""
-
-    def pod_plan(self):  # type: ignore[override]
-        assert self.spec.workload is not None
-        return [(self.node(p.node_name), p.name, p.namespace, dict(p.labels))
-                for p in self.spec.workload.pods]
-
-    def _add_pod(self, node, name, namespace="default", labels=None):  # type: ignore[override]
-        pod = super()._add_pod(node, name, namespace, labels)
-        assert self.spec.workload is not None
-        pod.ports = next(p.ports for p in self.spec.workload.pods if p.name == name)
-        return pod
-
-
-def e2e_cluster(cni: str, policies: tuple[dict[str, Any], ...] = (), nodes: int = 3) -> E2ECluster:
+def e2e_cluster(cni: str, policies: tuple[dict[str, Any], ...] = (), nodes: int = 3) -> Cluster:
+    """The workload's pods placed by nodeName, with their declared ports (Cluster does it)."""
     spec = ClusterSpec(cni=cni, nodes=nodes, pods_per_node=0, workload=workload(policies, nodes))
-    return E2ECluster(spec, agents=agents_for(variant(cni)))
+    return Cluster(spec, agents=agents_for(variant(cni)))
 
 
 def start_servers(cluster: Cluster) -> None:

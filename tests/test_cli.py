@@ -1,7 +1,6 @@
 """The command line as users meet it: bad input, up with the Mininet CLI, clean after a crash."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys

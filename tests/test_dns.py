@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import dns.message
 import dns.rcode
 import pytest
-from conftest import assert_gone, k8stopo
 
 from k8stopo import proc
 from k8stopo.capture import Capture
@@ -26,6 +25,8 @@ from k8stopo.dns.zone import Zone, records
 from k8stopo.measure import MeasurementError
 from k8stopo.spec import ClusterSpec, SpecError
 from k8stopo.workload import ContainerPort, ServicePort, ServiceSpec, Workload
+
+from conftest import assert_gone, k8stopo
 
 WEB = ServiceSpec(name="web", cluster_ip=ipaddress.IPv4Address("10.96.0.50"),
                   selector={"app": "web"}, ports=(ServicePort(80, 8080, "TCP", "http"),))

@@ -16,7 +16,7 @@ NAMES = {
     "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf", "policy-routing",
     "rpfilter", "ipip-datapath", "ipset", "clang",
     "iperf3", "ping", "tcpdump", "bird", "birdc", "mnexec", "brctl", "dnsmasq", "socat",
-    "sockperf", "nsenter", "dnsperf", "curl", "ethtool",
+    "sockperf", "nsenter", "dnsperf", "curl", "ethtool", "gcc", "nft",
     "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan",
     "native:flannel-udp-proxy", "native:weave-sleeve",
 }

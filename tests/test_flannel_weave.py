@@ -11,7 +11,7 @@ from k8stopo import measure
 from k8stopo.capture import Capture, Packet
 from k8stopo.cluster import Cluster
 from k8stopo.cni.weave import WeaveFastDP, default_allow_sets, subdivide
-from k8stopo.node import Node, Pod
+from k8stopo.node import Node
 from k8stopo.spec import ClusterSpec, SpecError
 
 ETH_P_ARP, ETH_P_IP = 0x0806, 0x0800

@@ -20,12 +20,27 @@ from typing import Iterator
 
 import pytest
 
-from k8stopo import measure as measure_mod
 from k8stopo import doctor, proc, runstate
-from k8stopo.measure import (PROTOCOLS, CpuTimes, Measurement, MeasurementError, Overlap, Params,
-                             Sample, TcpRR, cpu_busy_pct, cpu_busy_seconds, delivered_gbit,
-                             fits_idle, measure, parse_iperf3, parse_ping, parse_proc_stat,
-                             parse_sockperf)
+from k8stopo import measure as measure_mod
+from k8stopo.measure import (
+    PROTOCOLS,
+    CpuTimes,
+    Measurement,
+    MeasurementError,
+    Overlap,
+    Params,
+    Sample,
+    TcpRR,
+    cpu_busy_pct,
+    cpu_busy_seconds,
+    delivered_gbit,
+    fits_idle,
+    measure,
+    parse_iperf3,
+    parse_ping,
+    parse_proc_stat,
+    parse_sockperf,
+)
 from k8stopo.node import Endpoint
 from k8stopo.spec import PROTOCOLS as SPEC_PROTOCOLS
 

@@ -4,13 +4,23 @@ table for the enforcing variants, and every pair reachable where the project enf
 from __future__ import annotations
 
 import pytest
+from netpol import (
+    CASES,
+    PROBES,
+    e2e_cluster,
+    evaluate,
+    expected_table,
+    measure,
+    netpol,
+    pod_ips,
+    render,
+    start_servers,
+    workload,
+)
 
 from k8stopo.cni import VARIANTS
 from k8stopo.policy import agents_for, not_enforced_notice
 from k8stopo.spec import ClusterSpec, SpecError
-
-from netpol import (CASES, PROBES, e2e_cluster, evaluate, expected_table, measure, netpol,
-                    pod_ips, render, start_servers, workload)
 
 ENFORCING = [name for name, cls in VARIANTS.items() if cls.enforces_policy]
 NOT_ENFORCING = [name for name, cls in VARIANTS.items()

@@ -1,9 +1,9 @@
 """The names the agents give their chains and ipsets, as Felix and weave-npc form them."""
 from __future__ import annotations
 
-from k8stopo.policy import cost, felix, model, weave_npc
-
 from netpol import netpol
+
+from k8stopo.policy import cost, felix, model, weave_npc
 
 SEL = model.parse_selector({"matchLabels": {"pod": "a"}, "matchExpressions": [
     {"key": "env", "operator": "NotIn", "values": ["prod", "dev"]},

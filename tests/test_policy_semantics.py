@@ -5,11 +5,10 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from netpol import CASES, NS_LABELS, PROBES, expected_table, fake_hosts, netpol, render
 
 from k8stopo.policy import model, semantics
 from k8stopo.spec import SpecError
-
-from netpol import CASES, NS_LABELS, PROBES, expected_table, fake_hosts, netpol, render
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

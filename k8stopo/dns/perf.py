@@ -13,8 +13,18 @@ import re
 from collections.abc import Sequence
 
 from .. import proc
-from ..measure import (PROTOCOLS, REQUIRES, CpuTimes, Measurement, MeasurementError, Params,
-                       Run, Sample, _nearest_rank, read_cpu)
+from ..measure import (
+    PROTOCOLS,
+    REQUIRES,
+    CpuTimes,
+    Measurement,
+    MeasurementError,
+    Params,
+    Run,
+    Sample,
+    _nearest_rank,
+    read_cpu,
+)
 from ..node import Endpoint
 
 OUTSTANDING = 100  # dnsperf's default -q: the latency is that of a saturated server

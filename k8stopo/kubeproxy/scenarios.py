@@ -14,8 +14,8 @@ import dataclasses
 
 from ..cluster import Cluster
 from ..manifests import NODE_PORT_RANGE, SERVICE_CIDR
-from ..spec import SpecError
 from ..node import Endpoint, Node
+from ..spec import SpecError
 from ..topo import node_name
 from ..workload import PodSpec, ServicePort, ServiceSpec, Workload, pod_handle
 from .model import service_ports

@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, measure
-from ..cluster import Cluster
 from ..capture import Capture
-from ..node import Pod
+from ..cluster import Cluster
 from ..cni import names as cni_names
 from ..cni import variant
+from ..node import Pod
 from ..results import new_run_id, utc_now
 from ..spec import ClusterSpec, SpecError
 from . import agents_for
