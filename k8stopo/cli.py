@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Iterable, NoReturn, Sequence
 
 from . import __version__
 from .cni import names as cni_names
@@ -22,6 +22,8 @@ from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
     import pandas
+
+    from .cluster import Cluster
 
 log = logging.getLogger("k8stopo")
 
@@ -35,6 +37,8 @@ def _cluster_args(p: argparse.ArgumentParser, nodes: int, pods: int) -> None:
     p.add_argument("--nodes", type=int, default=nodes, help=f"Kubernetes nodes (default {nodes})")
     p.add_argument("--pods-per-node", type=int, default=pods, help=f"pods per node (default {pods})")
     p.add_argument("--mtu", type=int, default=1500, help="underlay MTU (default 1500)")
+    p.add_argument("--underlay", default="l2", help="l2: one segment (default); routed: "
+                   "two subnets behind a router")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -107,6 +111,13 @@ def _runnable(needs: dict[str, tuple[str, ...]], all_requested: bool) -> tuple[s
     return tuple(keep)
 
 
+def _say_caveats(clusters: Iterable[Cluster]) -> None:
+    """One line per thing a run cannot show by design (e.g. host-gw across a router)."""
+    for cluster in clusters:
+        for line in cluster.caveats():
+            print(f"k8stopo: note: {line}", file=sys.stderr)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
     from .cni import NOT_BUILT, VARIANTS
@@ -123,8 +134,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise SpecError("up builds one cluster: give exactly one --cni variant")
     cni = names[0]
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
-                                  mtu=args.mtu))
+                                  mtu=args.mtu, underlay=args.underlay))
     _runnable({cni: cluster.requires}, False)
+    _say_caveats([cluster])
     with cluster:
         print(cluster.describe(), flush=True)
         if args.cli:
@@ -177,7 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      protocols=pick(args.protocols, PROTOCOLS, "protocol"), nodes=args.nodes,
                      pods_per_node=args.pods_per_node, duration=args.duration,
                      repeat=args.repeat, streams=args.streams, mtu=args.mtu,
-                     udp_bandwidth=args.udp_bandwidth)
+                     udp_bandwidth=args.udp_bandwidth, underlay=args.underlay)
     spec.check()
     clusters = {cni: Cluster(spec.cluster(cni)) for cni in names}  # checks each cluster's shape
     results.check_appendable(args.out)
@@ -186,6 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     pub = _published(args.published)
     spec = dataclasses.replace(spec, cnis=_runnable({c: clusters[c].requires for c in names},
                                                     all_requested))
+    _say_caveats(clusters[c] for c in spec.cnis)
     run_id, failures = bench.run(spec, args.out, {cni: clusters[cni] for cni in spec.cnis})
     print(f"run {run_id}: rows in {args.out}")
     if args.plots:

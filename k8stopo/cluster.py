@@ -21,14 +21,14 @@ from typing import Any, Iterator, Sequence
 from mininet.net import Mininet
 from mininet.node import Host
 
-from . import pods, proc
+from . import proc
 from .agent import Agent
 from .cni import variant as variant_class
 from .cni.base import Variant
 from .node import Node, Pod
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
-from .topo import SWITCH, K8sTopo, UnderlaySwitch, node_name
+from .topo import K8sTopo, gateway, node_name
 
 log = logging.getLogger("k8stopo.cluster")
 
@@ -61,13 +61,20 @@ class Cluster:
         for cls in self.agent_classes:
             cls.validate(spec)
         self.pod_cidr = (None if self.variant_cls.host_network
-                         else ipv4_network(spec.pod_cidr or self.variant_cls.pod_cidr, "pod CIDR"))
+                         else ipv4_network(spec.pod_cidr or self.variant_cls.pod_cidr
+                                           or spec.underlay_cidr, "pod CIDR"))  # macvlan: on it
         self.underlay = ipv4_network(spec.underlay_cidr, "underlay CIDR")
         self.state: RunState | None = None
         self.net: Mininet | None = None
         self.variant: Variant | None = None
         self.agents: list[Agent] = []  # the variant first, then the others, once built
         self.nodes: list[Node] = []
+
+    def caveats(self) -> list[str]:
+        """One line per thing this run cannot show by design of the real project."""
+        if self.spec.underlay == "routed" and self.variant_cls.routed_caveat:
+            return [f"{self.spec.cni} on the routed underlay: {self.variant_cls.routed_caveat}"]
+        return []
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -99,7 +106,7 @@ class Cluster:
     def describe(self) -> str:
         """A table of the cluster's nodes and pods with their addresses."""
         lines = [f"cluster {self.state.prefix if self.state else '-'}: {self.spec.cni}, "
-                 f"{len(self.nodes)} nodes on {self.underlay}"]
+                 f"{len(self.nodes)} nodes on {self.underlay} ({self.spec.underlay})"]
         for node in self.nodes:
             lines.append(f"  {node.name:<8} {str(node.ip):<15} pod range "
                          f"{node.pod_cidr or 'hostNetwork'}")
@@ -131,22 +138,29 @@ class Cluster:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
         host = type("K8sHost", (_Tracked, Host), {"run_state": self.state})
-        switch = type("K8sUnderlaySwitch", (_Tracked, UnderlaySwitch), {"run_state": self.state})
-        # Every host, the underlay switch included, is a namespace: the run's veths are
-        # created between namespaces and never appear in the root namespace.
-        self.net = Mininet(topo=K8sTopo(nodes=self.spec.nodes, cidr=self.spec.underlay_cidr),
-                           host=host, controller=None, build=False, waitConnected=False)
-        self.net.topo.setNodeInfo(SWITCH, {**self.net.topo.nodeInfo(SWITCH), "cls": switch})
+        # Every host, the underlay switches and router included, is a namespace: the run's
+        # veths are created between namespaces and never appear in the root namespace.
+        topo = K8sTopo(nodes=self.spec.nodes, cidr=self.spec.underlay_cidr,
+                       underlay=self.spec.underlay)
+        for name in topo.hosts():  # the switches' and router's own classes, tracked too
+            info = topo.nodeInfo(name)
+            if "cls" in info:
+                cls = info["cls"]
+                topo.setNodeInfo(name, {**info, "cls": type(f"K8s{cls.__name__}", (_Tracked, cls),
+                                                             {"run_state": self.state})})
+        self.net = Mininet(topo=topo, host=host, controller=None, build=False,
+                           waitConnected=False)
         self.net.build()
         self.net.start()
-        gateway = self.underlay[-2]  # the segment's router address (absent, as no packet may leave)
         for i in range(self.spec.nodes):
             mn = self.net[node_name(i)]
             node = Node(name=mn.name, ip=ipaddress.IPv4Address(mn.IP()), pid=mn.pid,
                         state=self.state, index=i, intf=mn.defaultIntf().name, mn=mn,
                         pod_cidr=self.ranges[i] if self.ranges else None)
             self.nodes.append(node)
-            self._prepare_node(node, gateway)
+            # the segment's router (absent on one segment, as no packet may leave)
+            self._prepare_node(node, gateway(ipaddress.IPv4Interface(
+                f"{mn.IP()}/{mn.defaultIntf().prefixLen}").network))
         self.variant = self.variant_cls(self)
         self.agents = [self.variant, *(cls(self) for cls in self.agent_classes)]
         for node in self.nodes:
@@ -197,8 +211,9 @@ class Cluster:
             for agent in reversed(self.agents):
                 self._stop_step(f"stop {agent.name}", agent.stop)
             for pod in reversed(self.pods):
-                if not pod.host_network:
-                    self._stop_step(f"CNI DEL {pod.name}", lambda p=pod: pods.delete(p))
+                if not pod.host_network and self.variant is not None:
+                    self._stop_step(f"detach {pod.name}",
+                                    lambda p=pod: self.variant.detach_pod(p))
             self._stop_step("stop Mininet", self.net.stop if self.net else None)
             if self.state is not None:
                 leftovers = self.state.remove_all()

@@ -37,7 +37,7 @@ TOOLS: dict[str, tuple[str, ...] | None] = {
     "nsenter": ("--version",),
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")
-CNI_PLUGINS = ("bridge", "host-local", "ptp", "loopback", "macvlan")
+CNI_PLUGINS = ("bridge", "host-local", "ptp", "loopback", "macvlan", "portmap")
 TEST_NET = ("192.0.2.1", "192.0.2.2", "192.0.2.0/24")  # RFC 5737: never routed anywhere
 
 

@@ -84,6 +84,7 @@ class Pod(Endpoint):
     mtu: int = 1500
     netconf: dict = field(default_factory=dict)  # what the CNI plugin was given
     cni_result: dict = field(default_factory=dict)  # what it answered
+    runtime_config: dict = field(default_factory=dict)  # kubelet's run-time values (portMappings)
 
     @property
     def host_network(self) -> bool:

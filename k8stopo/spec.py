@@ -15,11 +15,12 @@ from .workload import Workload
 #: every variant SPEC names, in its order (the registry in k8stopo.cni has those built so far)
 SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
                  "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",
-                 "docker-overlay")
+                 "docker-bridge", "docker-overlay")
 SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
              "pod-to-service", "node-to-pod")
 PROTOCOLS = ("tcp", "udp", "icmp")
 UNDERLAY_CIDR = "172.20.0.0/16"  # k8stopo/topo.py repeats it: it must load alone (mn --custom)
+UNDERLAYS = ("l2", "routed")  # one segment, or two subnets behind a router (topo.py repeats it)
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
 
 
@@ -61,6 +62,7 @@ class ClusterSpec:
     pod_cidr: str | None = None  # None: the variant's real default
     node_block: int | None = None  # prefix length of a node's pod range; None: default
     workload: Workload | None = None  # from --manifests; None: pods_per_node plain pods
+    underlay: str = "l2"  # one of UNDERLAYS
 
     def check_basics(self) -> None:
         """Checks that do not depend on the variant."""
@@ -73,6 +75,12 @@ class ClusterSpec:
         underlay = ipv4_network(self.underlay_cidr, "underlay CIDR")
         if underlay.num_addresses - 2 < self.nodes:
             raise SpecError(f"underlay {underlay} has no room for {self.nodes} nodes")
+        if self.underlay not in UNDERLAYS:
+            raise SpecError(f"unknown underlay {self.underlay!r} (known: {', '.join(UNDERLAYS)})")
+        # routed: each half holds host numbers 1..nodes below its router address
+        if self.underlay == "routed" and underlay.num_addresses // 2 - 3 < self.nodes:
+            raise SpecError(f"underlay {underlay} split in two subnets has no room for "
+                            f"{self.nodes} nodes and the router")
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ class BenchSpec:
     streams: int = 1
     mtu: int = 1500
     udp_bandwidth: str = "0"
+    underlay: str = "l2"
 
     def check(self) -> None:
         if not 1 <= self.duration <= 3600:
@@ -113,4 +122,4 @@ class BenchSpec:
 
     def cluster(self, cni: str) -> ClusterSpec:
         return ClusterSpec(cni=cni, nodes=self.nodes, pods_per_node=self.pods_per_node,
-                           mtu=self.mtu)
+                           mtu=self.mtu, underlay=self.underlay)

@@ -4,12 +4,15 @@ from __future__ import annotations
 from ..spec import SPEC_VARIANTS, SpecError, pick
 from .base import Variant
 from .calico import CalicoBGP
+from .docker import DockerBridge, DockerOverlay
 from .flannel import FlannelHostGW, FlannelVXLAN
 from .host import HostNetwork
+from .macvlan import Macvlan
 
 VARIANTS: dict[str, type[Variant]] = {
     cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, CalicoBGP)
 }
+VARIANTS.update({cls.name: cls for cls in (Macvlan, DockerBridge, DockerOverlay)})
 
 
 NOT_BUILT = tuple(name for name in SPEC_VARIANTS if name not in VARIANTS)

@@ -11,9 +11,10 @@ wait_ready, stop) plus what only the pod network has::
     check(spec)            before anything exists: bad input -> SpecError; node ranges
     netconf(node)          CNI config handed to the plugins for each pod
     attach_pod(node, ...)  make a pod's namespace and attach it (default: CNI ADD)
+    detach_pod(pod)        undo it at teardown (default: CNI DEL)
 
-Capabilities (``reaches_own_node``, ``pod_ip_routable``, ``masquerades``,
-``enforces_policy``) say what the real project's datapath does, so tests and the
+Capabilities (``reaches_own_node``, ``pod_ip_routable``, ``nodes_reach_pods``,
+``masquerades``, ``enforces_policy``) say what the real project's datapath does, so tests and the
 bench ask the variant instead of special-casing names.
 """
 from __future__ import annotations
@@ -64,16 +65,19 @@ class Variant(Agent):
     pod_ip_routable: ClassVar[bool] = True
     #: pod traffic to a node IP (outside the pod network) leaves masqueraded to the node's IP
     masquerades: ClassVar[bool] = True
+    #: a node reaches pods on other nodes by pod IP (docker-overlay's live in a namespace
+    #: of their own, which no node routes into)
+    nodes_reach_pods: ClassVar[bool] = True
     #: the real project enforces NetworkPolicy
     enforces_policy: ClassVar[bool] = False
+    #: what breaks on a routed underlay (nodes on several subnets); empty: nothing
+    routed_caveat: ClassVar[str] = ""
 
     # -- before anything exists -------------------------------------------------
     @classmethod
     def check(cls, spec: ClusterSpec) -> list[ipaddress.IPv4Network]:
         """Validate the spec for this variant; return each node's pod range."""
-        if spec.mtu - cls.overhead < MIN_MTU:
-            raise SpecError(f"MTU {spec.mtu} leaves no room for {cls.name}'s {cls.overhead}-byte "
-                            f"encapsulation (pods would get {spec.mtu - cls.overhead} < {MIN_MTU})")
+        cls.check_mtu(spec)
         if cls.host_network:
             return []
         pod_cidr = ipv4_network(spec.pod_cidr or cls.pod_cidr, "pod CIDR")
@@ -88,19 +92,35 @@ class Variant(Agent):
         return ranges
 
     @classmethod
+    def check_mtu(cls, spec: ClusterSpec) -> None:
+        if spec.mtu - cls.overhead < MIN_MTU:
+            raise SpecError(f"MTU {spec.mtu} leaves no room for {cls.name}'s {cls.overhead}-byte "
+                            f"encapsulation (pods would get {spec.mtu - cls.overhead} < {MIN_MTU})")
+
+    @classmethod
     def gateway(cls, pod_range: ipaddress.IPv4Network) -> ipaddress.IPv4Address | None:
         """The pods' default gateway (taken from ``pod_range`` when inside it)."""
         return pod_range[1]
+
+    @classmethod
+    def impossible(cls, scenario: str) -> str | None:
+        """Why ``scenario`` cannot work by design of the real datapath (None: it can)."""
+        if scenario in ("pod-to-pod-cross-node", "node-to-pod") and not cls.pod_ip_routable:
+            return f"{cls.name}: pod IPs do not route across nodes"
+        if scenario == "node-to-pod" and not cls.nodes_reach_pods:
+            return f"{cls.name}: nodes have no route into the pod network"
+        return None
 
     # -- the node agent -----------------------------------------------------------
     @property
     def pod_mtu(self) -> int:
         return self.cluster.spec.mtu - self.overhead
 
-    def install_rules(self, node: "Node", template: str) -> None:
-        """Load the agent's iptables rules into the node (kept as a file in the run's state)."""
+    def install_rules(self, node: "Node", template: str, **values: object) -> None:
+        """Load the agent's iptables rules into the node (kept as a file in the run's state);
+        ``values`` fill what the template needs beyond node, network and subnet."""
         rules = render(template, node=node.name, network=self.cluster.pod_cidr,
-                       subnet=node.pod_cidr)
+                       subnet=node.pod_cidr, **values)
         self.cluster.state.path(node.name, template).write_text(rules)
         node.run(["iptables-restore", "--test", "--noflush"], input=rules)  # its own parser first
         node.run(["iptables-restore", "--noflush"], input=rules)
@@ -116,6 +136,15 @@ class Variant(Agent):
         assert self.cluster.net is not None
         pause = self.cluster.net.addHost(name, ip=None)
         pod = pods.add(node, name, self.netconf(node), pause, namespace=namespace,
-                       labels=labels or {})
+                       labels=labels or {}, runtime_config=self.runtime_config(node))
         self.pod_added(pod)
         return pod
+
+    def runtime_config(self, node: "Node") -> dict[str, Any]:
+        """What kubelet passes the plugins at run time for the next pod on ``node``
+        (CNI ``runtimeConfig``, e.g. ``portMappings`` for hostPorts)."""
+        return {}
+
+    def detach_pod(self, pod: "Pod") -> None:
+        """Undo :meth:`attach_pod` as kubelet does when a pod goes: CNI DEL."""
+        pods.delete(pod)
