@@ -48,11 +48,16 @@ class Endpoint:
     def sysctl(self, key: str, value: str | int) -> None:
         self.run(["sysctl", "-qw", f"{key}={value}"])
 
-    def batch(self, tool: str, commands: Sequence[Sequence[object]]) -> None:
-        """Many ``ip``/``bridge`` commands in one process (a node has one per peer)."""
-        if commands:
-            self.run([tool, "-batch", "-"],
-                     input="".join(" ".join(str(a) for a in c) + "\n" for c in commands))
+    def batch(self, tool: str, commands: Sequence[Sequence[object]],
+              force: bool = False) -> str:
+        """Many ``ip``/``bridge`` commands in one process (a node has one per peer).
+        ``force``: carry on past failing commands and return their errors ("" if none),
+        as an agent that logs a refused route and goes on."""
+        if not commands:
+            return ""
+        result = self.run([tool, *(["-force"] if force else []), "-batch", "-"], check=not force,
+                          input="".join(" ".join(str(a) for a in c) + "\n" for c in commands))
+        return result.stderr.strip() if result.returncode else ""
 
     def link(self, dev: str) -> dict[str, Any]:
         """``ip -j link show dev`` in this namespace (sysfs would show the root's)."""

@@ -146,3 +146,7 @@ class Calico(Variant):
 class CalicoBGP(Calico):
     name = "calico-bgp"
     wire = "plain IP with pod IPs; BGP on TCP 179 between nodes"
+    routed_caveat = ("BGP sessions cross the router (multihop), but the router does not peer "
+                     "BGP with the nodes (Calico's ToR-peering model is not built), so it drops "
+                     "pod traffic between subnets; calico's IP-in-IP or VXLAN cross-subnet "
+                     "modes are what cross it")
