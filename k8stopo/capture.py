@@ -14,7 +14,7 @@ import select
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Iterable, Sequence
@@ -53,6 +53,9 @@ class Packet:
     inner_src: str | None
     inner_dst: str | None
     inner_proto: int | None
+    # the outer frame's MAC addresses (macvlan pods show their own); packets compare by IP
+    eth_src: str | None = field(default=None, compare=False)
+    eth_dst: str | None = field(default=None, compare=False)
 
 
 def _ipv4(data: bytes) -> tuple[str, str, int, bytes] | None:
@@ -101,7 +104,11 @@ def _decode(frame: bytes, vxlan_ports: frozenset[int],
     inner = _ipv4(inner_ip) if inner_ip is not None else None
     return Packet(src, dst, proto, sport, dport, vni,
                   inner[0] if inner else None, inner[1] if inner else None,
-                  inner[2] if inner else None)
+                  inner[2] if inner else None, _mac(frame[6:12]), _mac(frame[0:6]))
+
+
+def _mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def read_pcap(path: Path, vxlan_ports: Iterable[int] = VXLAN_PORTS,
