@@ -110,7 +110,7 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
     def esp_del(spi: str) -> tuple[tuple[str, ...], ...]:
         return (("ip", "xfrm", "state", "del", "src", local, "dst", remote, "proto", "esp",
                  "spi", spi),)
-    key16, key20 = "0x" + "11" * 16, "0x" + "22" * 20
+    key16, key20, key32 = ("0x" + "11" * n for n in (16, 20, 32))
     masq = ("-t", "nat", "POSTROUTING", "-s", net, "-j", "MASQUERADE")
     ct = ("INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
     rule = ("from", net, "table", "100", "priority", "100")
@@ -161,7 +161,7 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
         # that Docker's and weave's encryption program (CONFIG_CRYPTO_GCM).
         "esp": _Steps("ip xfrm state add proto esp (cbc(aes), hmac(sha256))",
                       (esp_state("0x100", "enc", "cbc(aes)", key16, "auth", "hmac(sha256)",
-                                 key16 * 2),), esp_del("0x100")),
+                                 key32),), esp_del("0x100")),
         "esp-gcm": _Steps("ip xfrm state add proto esp aead rfc4106(gcm(aes))",
                           (esp_state("0x101", "aead", "rfc4106(gcm(aes))", key20, "128"),),
                           esp_del("0x101")),

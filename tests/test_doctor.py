@@ -14,9 +14,10 @@ from k8stopo.doctor import Probe, probe_all, report
 NAMES = {
     "netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem", "htb", "tbf",
     "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf", "policy-routing",
+    "esp", "esp-gcm",
     "iperf3", "ping", "tcpdump", "bird", "birdc", "mnexec", "brctl", "dnsmasq", "socat",
     "sockperf", "nsenter",
-    "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan",
+    "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan", "cni:portmap",
 }
 
 
@@ -97,6 +98,8 @@ def test_basic_features_work_here(probes: dict[str, Probe]) -> None:
 @pytest.mark.parametrize("name, option, module, error", [
     ("ipip", "CONFIG_NET_IPIP", "ipip", "Unknown device type"),
     ("netem", "CONFIG_NET_SCH_NETEM", "sch_netem", "unknown"),
+    ("esp", "CONFIG_INET_ESP", "esp4", "Requested type not found"),
+    ("wireguard", "CONFIG_WIREGUARD", "wireguard", "Unknown device type"),
 ])
 def test_probe_matches_kernel_config(probes: dict[str, Probe], name: str, option: str,
                                      module: str, error: str) -> None:
@@ -164,3 +167,16 @@ def test_report_marks_variants(probes: dict[str, Probe]) -> None:
     assert order == sorted(order)
     full = report(probes, {"flannel-vxlan": ("netns", "veth", "bridge", "vxlan", "cni:bridge")})
     assert all(name in full for name in NAMES)
+
+
+def test_report_names_the_encrypted_overlays_and_what_they_lack(probes: dict[str, Probe]) -> None:
+    text = report(probes, {})
+    section = text.split("Encrypted overlays")[1]
+    for name in doctor.ENCRYPTED:
+        assert re.search(rf"^\s+{name}\s", section, re.M), name
+    line = next(l for l in section.splitlines() if "docker-overlay-encrypted" in l)
+    if probes["esp"].ok and probes["esp-gcm"].ok:
+        assert "has what it needs" in line
+    else:
+        assert "kernel lacks" in line and "esp" in line
+    assert "weave-sleeve-encrypted    this kernel has what it needs" in section  # user space
