@@ -242,3 +242,15 @@ def test_a_conflist_gives_each_plugin_the_lists_name_and_its_capabilities_only()
     assert portmap["runtimeConfig"] == {"portMappings": runtime["portMappings"]}
     single = {"cniVersion": "0.3.1", "name": "x", "type": "ptp"}
     assert pods.plugin_confs(single, runtime) == [single]
+
+
+def test_bench_marks_scenarios_impossible_by_design_instead_of_failing(tmp_path: Path) -> None:
+    out = tmp_path / "bench.csv"
+    r = k8stopo("bench", "--cni", "docker-bridge", "--scenarios",
+                "host-to-host,pod-to-pod-cross-node", "--protocols", "icmp", "--duration", "1",
+                "--repeat", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("impossible by design") == 1, r.stderr
+    assert "pod IPs do not route across nodes" in r.stderr
+    text = out.read_text()
+    assert "host-to-host" in text and "pod-to-pod-cross-node" not in text
