@@ -58,7 +58,7 @@ def docker_mac(ip: ipaddress.IPv4Address) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, 0x42, *ip.packed))
 
 
-class _SharedRange(Variant):
+class SharedRange(Variant):
     """Docker's networks give every node the same range (docker0's, or the overlay's
     one subnet), where Kubernetes gives each node its own."""
 
@@ -79,7 +79,7 @@ class _SharedRange(Variant):
         return spec.pods_per_node
 
 
-class DockerBridge(_SharedRange):
+class DockerBridge(SharedRange):
     name = "docker-bridge"
     wire = "node IPs only (masqueraded, or DNAT to a hostPort); no pod IP crosses the wire"
     pod_cidr = DOCKER0_CIDR
@@ -122,7 +122,7 @@ class DockerBridge(_SharedRange):
             for proto in ("tcp", "udp")]}
 
 
-class DockerOverlay(_SharedRange):
+class DockerOverlay(SharedRange):
     name = "docker-overlay"
     wire = "UDP dst 4789, VXLAN VNI 4096, inner container IPs and MACs"
     pod_cidr = "10.0.0.0/24"  # swarm's default address pool 10.0.0.0/8, a /24 per network
