@@ -230,7 +230,7 @@ def test_teardown_leaves_nothing(cni: str) -> None:
     assert_gone(prefix, pids)
 
 
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp"])
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp", "docker-overlay"])
 def test_a_build_that_fails_midway_leaves_nothing(cni: str, monkeypatch) -> None:
     seen: dict = {}
     original = VARIANTS[cni].pod_added
