@@ -25,10 +25,10 @@ from . import proc
 from .agent import Agent
 from .cni import variant as variant_class
 from .cni.base import Variant
-from .node import Node, Pod
+from .node import Endpoint, Node, Pod
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
-from .topo import K8sTopo, gateway, node_name
+from .topo import ROUTER, K8sTopo, gateway, node_ips, node_name
 
 log = logging.getLogger("k8stopo.cluster")
 
@@ -69,6 +69,7 @@ class Cluster:
         self.variant: Variant | None = None
         self.agents: list[Agent] = []  # the variant first, then the others, once built
         self.nodes: list[Node] = []
+        self.router: Endpoint | None = None  # the routed underlay's router, once built
 
     def caveats(self) -> list[str]:
         """One line per thing this run cannot show by design of the real project."""
@@ -158,9 +159,11 @@ class Cluster:
                         state=self.state, index=i, intf=mn.defaultIntf().name, mn=mn,
                         pod_cidr=self.ranges[i] if self.ranges else None)
             self.nodes.append(node)
-            # the segment's router (absent on one segment, as no packet may leave)
-            self._prepare_node(node, gateway(ipaddress.IPv4Interface(
-                f"{mn.IP()}/{mn.defaultIntf().prefixLen}").network))
+            self._prepare_node(node, self.gateway(node))
+        if self.spec.underlay == "routed":
+            r1 = self.net[ROUTER]
+            self.router = Endpoint(name=ROUTER, ip=self.gateway(self.nodes[0]), pid=r1.pid,
+                                   state=self.state)
         self.variant = self.variant_cls(self)
         self.agents = [self.variant, *(cls(self) for cls in self.agent_classes)]
         for node in self.nodes:
@@ -173,6 +176,12 @@ class Cluster:
         for agent in self.agents:
             agent.wait_ready(READY_TIMEOUT)
         log.info("cluster %s ready", prefix)
+
+    def gateway(self, node: Node) -> ipaddress.IPv4Address:
+        """The router address of ``node``'s segment (absent on one segment, as no packet
+        may leave the run; the router ``r1`` on a routed underlay)."""
+        spec = self.spec
+        return gateway(node_ips(spec.nodes, spec.underlay_cidr, spec.underlay)[node.index].network)
 
     def pod_plan(self) -> list[tuple[Node, str, str, dict[str, str]]]:
         """Which pods to create where: (node, name, namespace, labels)."""

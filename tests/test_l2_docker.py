@@ -183,8 +183,8 @@ def test_routed_underlay_puts_nodes_on_two_subnets_behind_a_router() -> None:
     assert_gone(prefix, pids)
 
 
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "docker-overlay", "macvlan"])
-def test_routed_underlay_encapsulating_and_segment_variants_cross_the_router(cni: str) -> None:
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "docker-overlay", "macvlan", "calico-bgp"])
+def test_routed_underlay_variants_cross_the_router(cni: str) -> None:
     with Cluster(ClusterSpec(cni=cni, nodes=3, pods_per_node=1, underlay="routed")) as c:
         a = c.pod("pod-n1-0")
         assert ping(a, c.pod("pod-n2-0"))  # across the router
@@ -204,20 +204,28 @@ def test_routed_underlay_host_gw_cannot_reach_pods_on_the_other_subnet() -> None
         assert len(c.caveats()) == 1 and "one L2 segment" in c.caveats()[0]
 
 
-def test_routed_underlay_calico_bgp_sessions_cross_but_the_router_drops_pod_traffic() -> None:
-    """BIRD peers multihop through the router and learns every block, but the router has no
-    pod routes (it does not peer BGP), so cross-subnet pod traffic dies there, as on a real
-    fabric that does not peer with Calico."""
+def test_routed_underlay_calico_bgp_crosses_because_the_router_peers_bgp(tmp_path: Path) -> None:
+    """Calico's L3-fabric model: every node peers with its subnet's router (a route reflector
+    in AS 64512), which learns each block with the node's own address as next hop; pod
+    traffic then crosses the router unencapsulated, pod IPs on the wire."""
     with Cluster(ClusterSpec(cni="calico-bgp", nodes=3, pods_per_node=1,
                              underlay="routed")) as c:
-        n1 = c.node("n1")
+        n1, n2, r1 = c.node("n1"), c.node("n2"), c.router
+        assert r1 is not None and c.variant.tor_bird.poll() is None
         protocols = c.variant.birdc(n1, "show", "protocols")
-        assert sum("Established" in l for l in protocols.splitlines() if l.startswith("Mesh_")) == 2
-        a = c.pod("pod-n1-0")
-        assert ping(a, c.pod("pod-n3-0"))
-        assert not ping(a, c.pod("pod-n2-0"))
-        assert f"{c.node('n2').pod_cidr} via 172.20.127.254" in n1.output(["ip", "route"])
-        assert len(c.caveats()) == 1
+        assert any(l.startswith("Node_172_20_127_254") and "Established" in l
+                   for l in protocols.splitlines()), protocols
+        routes = r1.output(["ip", "route", "show", "proto", "bird"])
+        for node in c.nodes:
+            assert f"{node.pod_cidr} via {node.ip}" in routes
+        assert f"{n2.pod_cidr} via 172.20.127.254" in n1.output(["ip", "route"])
+        a, b = c.pod("pod-n1-0"), c.pod("pod-n2-0")
+        with Capture(n2, n2.intf, tmp_path / "routed.pcap", ["icmp"]) as cap:
+            assert ping(a, b)
+        assert [p for p in cap.packets if (p.src, p.dst) == (str(a.ip), str(b.ip))]
+        assert c.caveats() == []
+    with Cluster(ClusterSpec(cni="calico-bgp", nodes=2, pods_per_node=1)) as c:
+        assert c.router is None and "Node_" not in c.variant.bird_config(c.node("n1"))
 
 
 def test_underlay_is_checked_before_anything_exists() -> None:

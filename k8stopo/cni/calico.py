@@ -13,6 +13,11 @@ What calico-node does on each node, and how this emulation does it:
   rendered from templates/bird.conf (Calico's template): a static blackhole for
   the node's block, exported to every other node over an iBGP full mesh in
   AS 64512, peers' blocks imported into the kernel table.
+* On the routed underlay the fabric must know the blocks (Calico's "peer with
+  your top-of-rack router" model): every node also peers with its subnet's
+  router address (a node-specific BGPPeer), and the router ``r1`` runs BIRD as
+  an iBGP route reflector (templates/bird-tor.conf) that installs each block
+  via its node. Without it, the router would drop pod traffic between subnets.
 * Felix's natOutgoing rule for the pool (templates/calico-iptables.rules):
   pod traffic leaving the pool is masqueraded, pod-to-pod never is.
 """
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..node import Node, Pod
+from ..node import Endpoint, Node, Pod
 from .base import Variant, render
 
 CALICO_POOL = "192.168.0.0/16"
@@ -48,6 +53,7 @@ class Calico(Variant):
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
         self.birds: dict[str, Any] = {}
+        self.tor_bird: Any = None  # the routed underlay's router, when there is one
 
     def netconf(self, node: Node) -> dict[str, Any]:
         return {
@@ -88,9 +94,10 @@ class Calico(Variant):
 
     def bird_config(self, node: Node) -> str:
         peers = [str(p.ip) for p in self.cluster.nodes if p is not node]
+        tor = [str(self.cluster.gateway(node))] if self.cluster.router is not None else []
         return render(
             "bird.conf", node=node.name, router_id=node.ip, node_ip=node.ip, block=node.pod_cidr,
-            pool=self.cluster.pod_cidr, asn=self.ASN, peers=peers,
+            pool=self.cluster.pod_cidr, asn=self.ASN, peers=peers, node_peers=tor,
             kernel_programming=self.kernel_programming())
 
     def _paths(self, node: Node) -> tuple[Path, Path]:
@@ -107,19 +114,37 @@ class Calico(Variant):
             node.run(["bird", "-p", "-c", conf])  # BIRD's own config check first
             self.birds[node.name] = node.spawn(["bird", "-f", "-c", conf, "-s", ctl],
                                                what=f"bird@{node.name}")
+        if self.cluster.router is not None:
+            self._start_tor(self.cluster.router)
+
+    def _start_tor(self, router: Endpoint) -> None:
+        """The routed underlay's router peers BGP with every node (templates/bird-tor.conf),
+        as a fabric must for unencapsulated pod traffic to cross it."""
+        base = self.cluster.state.directory(router.name, "bird")
+        conf, ctl = base / "bird.conf", base / "bird.ctl"
+        peers = [{"ip": str(n.ip), "via": str(self.cluster.gateway(n))} for n in self.cluster.nodes]
+        conf.write_text(render("bird-tor.conf", router=router.name, router_id=router.ip,
+                               asn=self.ASN, peers=peers))
+        router.run(["bird", "-p", "-c", conf])
+        self.tor_bird = router.spawn(["bird", "-f", "-c", conf, "-s", ctl],
+                                     what=f"bird@{router.name}")
 
     def birdc(self, node: Node, *command: str) -> str:
         return node.output(["birdc", "-s", self._paths(node)[1], *command])
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll every node's kernel table until it holds every peer's block via BIRD."""
+        """Poll every node's kernel table (and the routed underlay's router's) until it holds
+        every peer's block via BIRD."""
         deadline = time.monotonic() + timeout
+        router = self.cluster.router
+        speakers: list[Endpoint] = [*self.cluster.nodes, *([router] if router else [])]
+        birds = {**self.birds, **({router.name: self.tor_bird} if router else {})}
         while True:
-            missing = {n.name: self._missing_blocks(n) for n in self.cluster.nodes}
+            missing = {n.name: self._missing_blocks(n) for n in speakers}
             missing = {k: v for k, v in missing.items() if v}
             if not missing:
                 return
-            for name, proc_ in self.birds.items():
+            for name, proc_ in birds.items():
                 if proc_.poll() is not None:
                     raise RuntimeError(f"bird on {name} exited: {proc_.stderr.read().strip()}")
             if time.monotonic() >= deadline:
@@ -127,11 +152,11 @@ class Calico(Variant):
             time.sleep(0.25)
         worst = max(missing, key=lambda n: len(missing[n]))
         raise TimeoutError(
-            f"BGP did not converge in {timeout:.0f}s: {len(missing)} of {len(self.cluster.nodes)} "
-            f"nodes still lack peer blocks ({worst} lacks {len(missing[worst])}, e.g. "
+            f"BGP did not converge in {timeout:.0f}s: {len(missing)} of {len(speakers)} "
+            f"nodes{' and router' if router else ''} still lack peer blocks ({worst} lacks {len(missing[worst])}, e.g. "
             f"{', '.join(missing[worst][:3])}); see `birdc show protocols` on a node")
 
-    def _missing_blocks(self, node: Node) -> list[str]:
+    def _missing_blocks(self, node: Endpoint) -> list[str]:
         routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])
         have = {line.split()[0] for line in routes.splitlines() if line.strip()}
         return [str(p.pod_cidr) for p in self.cluster.nodes
@@ -141,12 +166,11 @@ class Calico(Variant):
         for name, proc_ in self.birds.items():
             self.cluster.node(name).stop(proc_)
         self.birds.clear()
+        if self.tor_bird is not None and self.cluster.router is not None:
+            self.cluster.router.stop(self.tor_bird)
+            self.tor_bird = None
 
 
 class CalicoBGP(Calico):
     name = "calico-bgp"
     wire = "plain IP with pod IPs; BGP on TCP 179 between nodes"
-    routed_caveat = ("BGP sessions cross the router (multihop), but the router does not peer "
-                     "BGP with the nodes (Calico's ToR-peering model is not built), so it drops "
-                     "pod traffic between subnets; calico's IP-in-IP or VXLAN cross-subnet "
-                     "modes are what cross it")
