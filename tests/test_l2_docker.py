@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from k8stopo import pods, runstate
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
-from k8stopo.cni.docker import HOST_PORT, docker_mac
+from k8stopo.cni.docker import CONTAINER_PORT, HOST_PORT, docker_mac
 from k8stopo.node import Node, Pod
 from k8stopo.spec import ClusterSpec, SpecError
 
@@ -92,7 +93,7 @@ def test_docker0_has_the_same_range_and_dockers_rules_on_every_node(bridge: Clus
         assert "-A DOCKER -i docker0 -j RETURN" in nat
         # the portmap plugin's DNAT for the node's first pod, nothing for the second
         first = node.pods[0]
-        assert f"-j DNAT --to-destination {first.ip}:{HOST_PORT}" in nat
+        assert f"--dport {HOST_PORT} -j DNAT --to-destination {first.ip}:{CONTAINER_PORT}" in nat
         assert nat.count("-j DNAT") == 2  # tcp and udp
         assert node.pods[0].netconf["plugins"][1]["type"] == "portmap"
 
@@ -103,12 +104,13 @@ def test_a_hostport_is_reached_across_nodes_with_the_client_rewritten_to_its_nod
     only node IPs cross the wire."""
     client, server = bridge.pod("pod-n1-0"), bridge.pod("pod-n2-0")
     n1, n2 = bridge.node("n1"), bridge.node("n2")
-    listener = server.spawn(["socat", f"TCP-LISTEN:{HOST_PORT},reuseaddr",
+    listener = server.spawn(["socat", f"TCP-LISTEN:{CONTAINER_PORT},reuseaddr",
                              "SYSTEM:echo $SOCAT_PEERADDR"], what="hostport server")
     try:
         for _ in range(100):
-            if server.output(["ss", "-Hltn", "sport", "=", f":{HOST_PORT}"]).strip():
+            if server.output(["ss", "-Hltn", "sport", "=", f":{CONTAINER_PORT}"]).strip():
                 break
+            time.sleep(0.02)
         with Capture(n1, n1.intf, tmp_path / "hostport.pcap", ["tcp", "port", str(HOST_PORT)]) as cap:
             seen = client.run(["socat", "-T", "3", "-", f"TCP:{n2.ip}:{HOST_PORT},connect-timeout=3"],
                               input="", check=False).stdout.strip()

@@ -48,7 +48,9 @@ from .base import Variant
 
 DOCKER0 = "docker0"
 DOCKER0_CIDR = "172.17.0.0/16"
-HOST_PORT = 5202  # published by each node's first pod, tcp and udp: docker run -p 5202:5202
+# Each node's first pod publishes its iperf3 port on the node, tcp and udp
+# (docker run -p 5202:5201): the pod-to-hostport scenario dials <node B>:5202.
+HOST_PORT, CONTAINER_PORT = 5202, 5201
 GWBRIDGE = "docker_gwbridge"
 GWBRIDGE_CIDR = ipaddress.IPv4Network("172.18.0.0/16")
 
@@ -116,9 +118,9 @@ class DockerBridge(SharedRange):
         }
 
     def runtime_config(self, node: Node) -> dict[str, Any]:
-        """The node's first pod publishes HOST_PORT, tcp and udp (a hostPort)."""
+        """The node's first pod publishes CONTAINER_PORT on HOST_PORT, tcp and udp."""
         return {"portMappings": [] if node.pods else [
-            {"hostPort": HOST_PORT, "containerPort": HOST_PORT, "protocol": proto}
+            {"hostPort": HOST_PORT, "containerPort": CONTAINER_PORT, "protocol": proto}
             for proto in ("tcp", "udp")]}
 
 
