@@ -44,10 +44,10 @@ ENCRYPTED: dict[str, tuple[str, tuple[str, ...]]] = {
                      ("esp", "esp-gcm")),
     "weave-fastdp-encrypted": ("weave encryption with fastdp: ESP rfc4106(gcm(aes))",
                                ("esp", "esp-gcm")),
-    "weave-sleeve-encrypted": ("weave encryption with sleeve: NaCl secretbox in the router "
-                               "(user space)", ()),
-    "docker-overlay-encrypted": ("libnetwork --opt encrypted: ESP rfc4106(gcm(aes)) between "
-                                 "nodes", ("esp", "esp-gcm")),
+    "weave-sleeve-encrypted": ("weave encryption with sleeve: NaCl secretbox in user space",
+                               ()),
+    "docker-overlay-encrypted": ("libnetwork --opt encrypted: ESP rfc4106(gcm(aes))",
+                                 ("esp", "esp-gcm")),
 }
 # tool -> arguments that make it print its version (None: it has no such option)
 TOOLS: dict[str, tuple[str, ...] | None] = {
