@@ -28,7 +28,7 @@ from .cni.base import Variant
 from .node import Endpoint, Node, Pod
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
-from .topo import ROUTER, K8sTopo, gateway, node_ips, node_name
+from .topo import ROUTER, K8sTopo, gateway, node_ips, node_name, subnets
 
 log = logging.getLogger("k8stopo.cluster")
 
@@ -112,6 +112,10 @@ class Cluster:
             lines.append(f"  {node.name:<8} {str(node.ip):<15} pod range "
                          f"{node.pod_cidr or 'hostNetwork'}")
             lines += [f"    {pod.name:<14} {str(pod.ip):<15} mtu {pod.mtu}" for pod in node.pods]
+        if self.router is not None:
+            ports = (f"{gateway(s)}/{s.prefixlen}"
+                     for s in subnets(self.spec.underlay_cidr, self.spec.underlay))
+            lines.append(f"  {self.router.name:<8} routes between {', '.join(ports)}")
         return "\n".join(lines)
 
     # -- lifecycle ------------------------------------------------------------------
