@@ -103,7 +103,7 @@ def run(spec: BenchSpec, out: Path, pending: dict[str, Cluster],
         for step in steps:
             bar.show(f"{step.cni} {step.scenario} {step.protocol} r{step.repeat}")
             cluster = clusters[step.cni]
-            why = cluster.variant_cls.impossible(step.scenario)
+            why = cluster.impossible(step.scenario)
             if why is not None:  # by design of the real datapath: not measured, not a failure
                 if why not in said:
                     said.add(why)

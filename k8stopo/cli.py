@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from . import __version__
 from .cni import names as cni_names
@@ -111,11 +111,11 @@ def _runnable(needs: dict[str, tuple[str, ...]], all_requested: bool) -> tuple[s
     return tuple(keep)
 
 
-def _say_caveats(clusters: Iterable[Cluster]) -> None:
-    """One line per thing a run cannot show by design (e.g. host-gw across a router)."""
-    for cluster in clusters:
-        for line in cluster.caveats():
-            print(f"k8stopo: note: {line}", file=sys.stderr)
+def _say_caveats(cluster: Cluster) -> None:
+    """One line per thing a run cannot show by design (e.g. host-gw across a router);
+    ``bench`` says it instead beside each scenario it cannot measure."""
+    for line in cluster.caveats():
+        print(f"k8stopo: note: {line}", file=sys.stderr)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -136,7 +136,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu, underlay=args.underlay))
     _runnable({cni: cluster.requires}, False)
-    _say_caveats([cluster])
+    _say_caveats(cluster)
     with cluster:
         print(cluster.describe(), flush=True)
         if args.cli:
@@ -198,7 +198,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     pub = _published(args.published)
     spec = dataclasses.replace(spec, cnis=_runnable({c: clusters[c].requires for c in names},
                                                     all_requested))
-    _say_caveats(clusters[c] for c in spec.cnis)
     run_id, failures = bench.run(spec, args.out, {cni: clusters[cni] for cni in spec.cnis})
     print(f"run {run_id}: rows in {args.out}")
     if args.plots:

@@ -77,6 +77,15 @@ class Cluster:
             return [f"{self.spec.cni} on the routed underlay: {self.variant_cls.routed_caveat}"]
         return []
 
+    def impossible(self, scenario: str) -> str | None:
+        """Why ``scenario`` cannot work on this cluster by design: the variant's own reason,
+        or its routed-underlay caveat for the cross-node scenarios (the bench's first and
+        last node are on different subnets)."""
+        why = self.variant_cls.impossible(scenario)
+        if why is None and scenario in ("pod-to-pod-cross-node", "node-to-pod"):
+            why = next(iter(self.caveats()), None)
+        return why
+
     @property
     def requires(self) -> tuple[str, ...]:
         """The doctor probes this cluster needs (its variant's and its agents')."""

@@ -14,9 +14,10 @@ own with Mininet's command line, e.g.::
     mn --custom k8stopo/topo.py --topo k8s,3,underlay=routed --controller none
 
 The routed underlay splits the CIDR in two halves (172.20.0.0/17 and
-172.20.128.0/17), each its own switch; nodes alternate between them (n1 and
-n3 on the first, n2 on the second, so n1 -> n2 crosses the router) and keep
-their host number (n2 = 172.20.128.2). The router ``r1`` is a namespace with
+172.20.128.0/17), each its own switch; the first half of the nodes sits on
+the first subnet, the rest on the second (with 3 nodes n1 and n2 on the first,
+n3 on the second, so the first and last node are always a router apart), each
+keeping its host number (n3 = 172.20.128.3). The router ``r1`` is a namespace with
 ip_forward on and the second-to-last address of each half (172.20.127.254,
 172.20.255.254): every node's default gateway. On one segment that address
 (172.20.255.254) stays absent, as no packet may leave the run.
@@ -56,13 +57,17 @@ def gateway(segment: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
     return segment[-2]
 
 
+def segment_index(i: int, count: int, underlay: str = "l2") -> int:
+    """Which segment node i (0-based) of ``count`` sits on: the first half on the first."""
+    return 0 if underlay == "l2" or i < (count + 1) // 2 else 1
+
+
 def node_ips(count: int, cidr: str = UNDERLAY_CIDR,
              underlay: str = "l2") -> list[ipaddress.IPv4Interface]:
-    """Node i takes host number i+1 in segment i mod (number of segments):
-    n1 = 172.20.0.1/16 on one segment; n2 = 172.20.128.2/17 when routed."""
-    nets = subnets(cidr, underlay)
-    return [ipaddress.IPv4Interface(f"{nets[i % len(nets)][i + 1]}/{nets[i % len(nets)].prefixlen}")
-            for i in range(count)]
+    """Node i takes host number i+1 in its segment: n1 = 172.20.0.1/16 on one segment;
+    with 3 nodes routed, n3 = 172.20.128.3/17."""
+    nets = [subnets(cidr, underlay)[segment_index(i, count, underlay)] for i in range(count)]
+    return [ipaddress.IPv4Interface(f"{net[i + 1]}/{net.prefixlen}") for i, net in enumerate(nets)]
 
 
 class UnderlaySwitch(Host):
@@ -116,7 +121,8 @@ class K8sTopo(Topo):
             for sw in switches:
                 self.addLink(router, sw)
         for i, ip in enumerate(node_ips(nodes, cidr, underlay)):
-            self.addLink(self.addHost(node_name(i), ip=ip.with_prefixlen), switches[i % len(nets)])
+            self.addLink(self.addHost(node_name(i), ip=ip.with_prefixlen),
+                         switches[segment_index(i, nodes, underlay)])
 
 
 topos = {"k8s": K8sTopo}

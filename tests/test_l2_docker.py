@@ -169,18 +169,18 @@ def test_docker_overlay_sandbox_holds_br0_and_vxlan0_and_peerdb_entries(tmp_path
 def test_routed_underlay_puts_nodes_on_two_subnets_behind_a_router() -> None:
     with Cluster(ClusterSpec(cni="host", nodes=3, pods_per_node=0, underlay="routed")) as c:
         prefix, pids = c.state.prefix, list(c.state.data["pids"])
-        assert [str(n.ip) for n in c.nodes] == ["172.20.0.1", "172.20.128.2", "172.20.0.3"]
-        n1, n2 = c.node("n1"), c.node("n2")
+        assert [str(n.ip) for n in c.nodes] == ["172.20.0.1", "172.20.0.2", "172.20.128.3"]
+        n1, n3 = c.node("n1"), c.node("n3")
         assert n1.output(["ip", "route", "show", "default"]).startswith(
             "default via 172.20.127.254")
-        assert n2.output(["ip", "route", "show", "default"]).startswith(
+        assert n3.output(["ip", "route", "show", "default"]).startswith(
             "default via 172.20.255.254")
-        trace = n1.output(["ip", "route", "get", str(n2.ip)])
+        trace = n1.output(["ip", "route", "get", str(n3.ip)])
         assert "via 172.20.127.254" in trace
         # TTL 64 leaves n1 and arrives decremented by the router's hop
-        out = n1.output(["ping", "-n", "-c", "1", "-W", "2", str(n2.ip)])
+        out = n1.output(["ping", "-n", "-c", "1", "-W", "2", str(n3.ip)])
         assert "ttl=63" in out
-        assert "ttl=64" in n1.output(["ping", "-n", "-c", "1", "-W", "2", "172.20.0.3"])
+        assert "ttl=64" in n1.output(["ping", "-n", "-c", "1", "-W", "2", "172.20.0.2"])
         assert c.caveats() == []
     assert_gone(prefix, pids)
 
@@ -189,21 +189,22 @@ def test_routed_underlay_puts_nodes_on_two_subnets_behind_a_router() -> None:
 def test_routed_underlay_variants_cross_the_router(cni: str) -> None:
     with Cluster(ClusterSpec(cni=cni, nodes=3, pods_per_node=1, underlay="routed")) as c:
         a = c.pod("pod-n1-0")
-        assert ping(a, c.pod("pod-n2-0"))  # across the router
-        assert ping(a, c.pod("pod-n3-0"))  # on the same subnet
-        assert c.caveats() == []
+        assert ping(a, c.pod("pod-n3-0"))  # across the router
+        assert ping(a, c.pod("pod-n2-0"))  # on the same subnet
+        assert c.caveats() == [] and c.impossible("pod-to-pod-cross-node") is None
 
 
 def test_routed_underlay_host_gw_cannot_reach_pods_on_the_other_subnet() -> None:
     with Cluster(ClusterSpec(cni="flannel-host-gw", nodes=3, pods_per_node=1,
                              underlay="routed")) as c:
         a = c.pod("pod-n1-0")
-        assert ping(a, c.pod("pod-n3-0"))  # same subnet: the peer is on-link
-        assert not ping(a, c.pod("pod-n2-0"))  # other subnet: no route but the default
+        assert ping(a, c.pod("pod-n2-0"))  # same subnet: the peer is on-link
+        assert not ping(a, c.pod("pod-n3-0"))  # other subnet: no route but the default
         routes = c.node("n1").output(["ip", "route"])
-        assert f"{c.node('n3').pod_cidr} via 172.20.0.3" in routes
-        assert str(c.node("n2").pod_cidr) not in routes
+        assert f"{c.node('n2').pod_cidr} via 172.20.0.2" in routes
+        assert str(c.node("n3").pod_cidr) not in routes
         assert len(c.caveats()) == 1 and "one L2 segment" in c.caveats()[0]
+        assert c.impossible("pod-to-pod-cross-node") == c.caveats()[0]
 
 
 def test_routed_underlay_calico_bgp_crosses_because_the_router_peers_bgp(tmp_path: Path) -> None:
@@ -212,7 +213,7 @@ def test_routed_underlay_calico_bgp_crosses_because_the_router_peers_bgp(tmp_pat
     traffic then crosses the router unencapsulated, pod IPs on the wire."""
     with Cluster(ClusterSpec(cni="calico-bgp", nodes=3, pods_per_node=1,
                              underlay="routed")) as c:
-        n1, n2, r1 = c.node("n1"), c.node("n2"), c.router
+        n1, n3, r1 = c.node("n1"), c.node("n3"), c.router
         assert r1 is not None and c.variant.tor_bird.poll() is None
         protocols = c.variant.birdc(n1, "show", "protocols")
         assert any(l.startswith("Node_172_20_127_254") and "Established" in l
@@ -220,9 +221,9 @@ def test_routed_underlay_calico_bgp_crosses_because_the_router_peers_bgp(tmp_pat
         routes = r1.output(["ip", "route", "show", "proto", "bird"])
         for node in c.nodes:
             assert f"{node.pod_cidr} via {node.ip}" in routes
-        assert f"{n2.pod_cidr} via 172.20.127.254" in n1.output(["ip", "route"])
-        a, b = c.pod("pod-n1-0"), c.pod("pod-n2-0")
-        with Capture(n2, n2.intf, tmp_path / "routed.pcap", ["icmp"]) as cap:
+        assert f"{n3.pod_cidr} via 172.20.127.254" in n1.output(["ip", "route"])
+        a, b = c.pod("pod-n1-0"), c.pod("pod-n3-0")
+        with Capture(n3, n3.intf, tmp_path / "routed.pcap", ["icmp"]) as cap:
             assert ping(a, b)
         assert [p for p in cap.packets if (p.src, p.dst) == (str(a.ip), str(b.ip))]
         assert c.caveats() == []
@@ -264,3 +265,15 @@ def test_bench_marks_scenarios_impossible_by_design_instead_of_failing(tmp_path:
     assert "pod IPs do not route across nodes" in r.stderr
     text = out.read_text()
     assert "host-to-host" in text and "pod-to-pod-cross-node" not in text
+
+
+def test_bench_on_the_routed_underlay_says_once_why_host_gw_cannot_cross(tmp_path: Path) -> None:
+    out = tmp_path / "routed.csv"
+    r = k8stopo("bench", "--cni", "flannel-host-gw", "--underlay", "routed", "--scenarios",
+                "pod-to-pod-same-node,pod-to-pod-cross-node,node-to-pod", "--protocols", "icmp",
+                "--duration", "1", "--repeat", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    notes = [l for l in r.stderr.splitlines() if "note:" in l]
+    assert len(notes) == 1 and "one L2 segment" in notes[0], r.stderr
+    text = out.read_text()
+    assert "pod-to-pod-same-node" in text and "cross-node" not in text and "node-to-pod" not in text
