@@ -287,3 +287,27 @@ def test_bench_on_the_routed_underlay_says_why_host_gw_cannot_cross(tmp_path: Pa
     notes = [l for l in r.stderr.splitlines() if "not measured:" in l]  # one per scenario
     assert len(notes) == 2 and all("one L2 segment" in l for l in notes), r.stderr
     assert scenarios(out) == {"pod-to-pod-same-node"}
+
+
+# -- teardown of a large cluster --------------------------------------------------------------
+@pytest.mark.parametrize("cni", ["flannel-vxlan", "docker-overlay"])
+def test_the_batch_teardown_of_a_large_cluster_takes_every_pods_links(cni: str,
+                                                                       monkeypatch) -> None:
+    """Above CNI_DEL_UP_TO pods, each node drops its pods' links in one go (the variant's
+    detach_all); Docker's overlay keeps half of each pair in its own namespace."""
+    from k8stopo import cluster as cluster_module
+    monkeypatch.setattr(cluster_module, "CNI_DEL_UP_TO", 0)  # as if the cluster were large
+    left: dict[str, list[str]] = {}
+    original = VARIANTS[cni].detach_all
+
+    def detach_all(self, node: Node) -> None:
+        original(self, node)
+        netns = [["ip", "-n", self.netns(node)]] if cni == "docker-overlay" else []
+        left[node.name] = [link["ifname"] for cmd in [["ip"], *netns] for link in json.loads(
+            node.output([*cmd, "-j", "link", "show", "type", "veth"]) or "[]")]
+
+    monkeypatch.setattr(VARIANTS[cni], "detach_all", detach_all)
+    with Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=2)) as c:
+        prefix, pids = c.state.prefix, list(c.state.data["pids"])
+    assert left == {"n1": ["n1-eth0"], "n2": ["n2-eth0"]}
+    assert_gone(prefix, pids)
