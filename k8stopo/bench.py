@@ -21,7 +21,8 @@ Only what is distinct is measured (docs/bench.md):
   pod IP dialled from another node without ``pod_ip_routable``, a node dialling
   another node's pod without ``nodes_reach_pods``, a pod across the router of the
   routed underlay for a variant with a ``routed_caveat`` (the bench's first and
-  last node are always on different subnets there).
+  last node are always on different subnets there), a Service scenario where
+  kube-proxy cannot forward to the pods (``Variant.serves_services``).
 
 Both are printed as one line each before the run starts, never written as rows:
 every row holds a value a tool measured.
@@ -120,6 +121,9 @@ def not_measured(cls: type[Variant], scenarios: tuple[str, ...], nodes: int,
     reasons: dict[str, str] = {}
     seen: dict[tuple[Place, Place], str] = {}
     for scenario in scenarios:
+        if scenario in SERVICE_SCENARIOS and not cls.serves_services():
+            reasons[scenario] = (f"impossible by design: kube-proxy on a {cls.name} node "
+                                 "cannot forward to its pods")
         if scenario in SERVICE_ENDS or scenario in SERVICE_SCENARIOS:
             continue
         client, server = SCENARIO_ENDS[scenario]

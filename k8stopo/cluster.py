@@ -125,7 +125,6 @@ class Cluster:
             return [f"{self.spec.cni} on the routed underlay: {self.variant_cls.routed_caveat}"]
         return []
 
-
     @property
     def requires(self) -> tuple[str, ...]:
         """The doctor probes this cluster needs (its variant's and its agents')."""

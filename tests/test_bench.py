@@ -118,6 +118,13 @@ def test_node_routes_and_the_routed_underlay_rule_out_what_their_flags_say() -> 
     assert not_measured(FlannelVXLAN, FOUR, nodes=3, underlay="routed") == {}
 
 
+def test_service_scenarios_are_left_out_where_kube_proxy_cannot_forward() -> None:
+    services = ("pod-to-service", "pod-to-nodeport")
+    assert set(not_measured(NoNodeRoute, services, nodes=2)) == set(services)
+    assert set(not_measured(NoOwnNode, services, nodes=2)) == set(services)
+    assert not_measured(FlannelVXLAN, services, nodes=2) == {}
+
+
 def test_environment_columns_parse_what_the_machine_says() -> None:
     assert bench.iptables_mode("iptables v1.8.9 (nf_tables)\n") == "nf_tables"
     assert bench.iptables_mode("iptables v1.8.7 (legacy)\n") == "legacy"

@@ -77,6 +77,13 @@ class Variant(Agent):
     #: what breaks on a routed underlay (nodes on several subnets); empty: nothing
     routed_caveat: ClassVar[str] = ""
 
+    @classmethod
+    def serves_services(cls) -> bool:
+        """Whether kube-proxy, in the node's namespace, can carry Service traffic: the node
+        must reach every pod IP (not docker-bridge's nor docker-overlay's) and its own pods,
+        whose packets pass through its stack (macvlan's bypass it, parent and child apart)."""
+        return cls.pod_ip_routable and cls.nodes_reach_pods and cls.reaches_own_node
+
     # -- before anything exists -------------------------------------------------
     @classmethod
     def check(cls, spec: ClusterSpec) -> list[ipaddress.IPv4Network]:
