@@ -22,7 +22,7 @@ Only what is distinct is measured (docs/bench.md):
   another node's pod without ``nodes_reach_pods``, a pod across the router of the
   routed underlay for a variant with a ``routed_caveat`` (the bench's first and
   last node are always on different subnets there), a Service scenario where
-  kube-proxy cannot forward to the pods (``Variant.serves_services``).
+  kube-proxy cannot forward to the pods (``Variant.kube_proxy_reaches_pods``).
 
 Both are printed as one line each before the run starts, never written as rows:
 every row holds a value a tool measured.
@@ -121,7 +121,7 @@ def not_measured(cls: type[Variant], scenarios: tuple[str, ...], nodes: int,
     reasons: dict[str, str] = {}
     seen: dict[tuple[Place, Place], str] = {}
     for scenario in scenarios:
-        if scenario in SERVICE_SCENARIOS and not cls.serves_services():
+        if scenario in SERVICE_SCENARIOS and not cls.kube_proxy_reaches_pods():
             reasons[scenario] = (f"impossible by design: kube-proxy on a {cls.name} node "
                                  "cannot forward to its pods")
         if scenario in SERVICE_ENDS or scenario in SERVICE_SCENARIOS:

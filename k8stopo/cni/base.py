@@ -78,7 +78,7 @@ class Variant(Agent):
     routed_caveat: ClassVar[str] = ""
 
     @classmethod
-    def serves_services(cls) -> bool:
+    def kube_proxy_reaches_pods(cls) -> bool:
         """Whether kube-proxy, in the node's namespace, can carry Service traffic: the node
         must reach every pod IP (not docker-bridge's nor docker-overlay's) and its own pods,
         whose packets pass through its stack (macvlan's bypass it, parent and child apart)."""
