@@ -48,8 +48,8 @@ from .cluster import Cluster
 from .cni import variant as variant_class
 from .cni.base import Variant
 from .dns import ClusterDNS
-from .errors import RunError
 from .dns import perf as _dnsperf  # noqa: F401 (registers the dns protocol)
+from .errors import RunError
 from .kubeproxy.scenarios import SERVICE_SCENARIOS, service_ends
 from .node import Endpoint, Pod
 from .spec import CLUSTER_PARAMS, BenchSpec
