@@ -18,7 +18,11 @@ Only what is distinct is measured (docs/bench.md):
   and node-to-pod are host-to-host);
 * a scenario the variant's real datapath cannot do (its capability flags say so)
   is not measured: a node reaching its own pods without ``reaches_own_node``, a
-  pod IP dialled from another node without ``pod_ip_routable``.
+  pod IP dialled from another node without ``pod_ip_routable``, a node dialling
+  another node's pod without ``nodes_reach_pods``, a pod across the router of the
+  routed underlay for a variant with a ``routed_caveat`` (the bench's first and
+  last node are always on different subnets there), a Service scenario where
+  kube-proxy cannot forward to the pods (``Variant.kube_proxy_reaches_pods``).
 
 Both are printed as one line each before the run starts, never written as rows:
 every row holds a value a tool measured.
@@ -44,11 +48,12 @@ from .cluster import Cluster
 from .cni import variant as variant_class
 from .cni.base import Variant
 from .dns import ClusterDNS
-from .errors import RunError
 from .dns import perf as _dnsperf  # noqa: F401 (registers the dns protocol)
+from .errors import RunError
 from .kubeproxy.scenarios import SERVICE_SCENARIOS, service_ends
 from .node import Endpoint, Pod
 from .spec import CLUSTER_PARAMS, BenchSpec
+from .topo import segment_index
 from .workload import Workload
 
 log = logging.getLogger("k8stopo.bench")
@@ -101,7 +106,8 @@ def endpoints(cluster: Cluster, scenario: str) -> tuple[Endpoint, str, Endpoint]
     return client, str(server.ip), server
 
 
-def not_measured(cls: type[Variant], scenarios: tuple[str, ...], nodes: int) -> dict[str, str]:
+def not_measured(cls: type[Variant], scenarios: tuple[str, ...], nodes: int,
+                 underlay: str = "l2") -> dict[str, str]:
     """Scenarios of ``cls`` left out, each with the reason (module docstring)."""
     def node_of(place: Place) -> int:
         return place.node % nodes
@@ -109,19 +115,30 @@ def not_measured(cls: type[Variant], scenarios: tuple[str, ...], nodes: int) -> 
     def as_built(place: Place) -> Place:  # a hostNetwork pod is its node's own stack
         return Place(node_of(place), None if cls.host_network else place.pod)
 
+    def subnet_of(place: Place) -> int:
+        return segment_index(node_of(place), nodes, underlay)
+
     reasons: dict[str, str] = {}
     seen: dict[tuple[Place, Place], str] = {}
     for scenario in scenarios:
+        if scenario in SERVICE_SCENARIOS and not cls.kube_proxy_reaches_pods():
+            reasons[scenario] = (f"impossible by design: kube-proxy on a {cls.name} node "
+                                 "cannot forward to its pods")
         if scenario in SERVICE_ENDS or scenario in SERVICE_SCENARIOS:
             continue
         client, server = SCENARIO_ENDS[scenario]
         cross = node_of(client) != node_of(server)
-        if server.pod is not None and cross and not cls.pod_ip_routable:
+        to_pod = server.pod is not None and not cls.host_network
+        if to_pod and cross and not cls.pod_ip_routable:
             reasons[scenario] = (f"impossible by design: {cls.name}'s pod IPs are not "
                                  "routable from other nodes")
-        elif server.pod is not None and client.pod is None and not cross \
-                and not cls.reaches_own_node:
+        elif to_pod and client.pod is None and cross and not cls.nodes_reach_pods:
+            reasons[scenario] = (f"impossible by design: {cls.name}'s nodes have no route "
+                                 "into the pod network")
+        elif to_pod and client.pod is None and not cross and not cls.reaches_own_node:
             reasons[scenario] = f"impossible by design: a {cls.name} node cannot reach its own pods"
+        elif to_pod and cls.routed_caveat and subnet_of(client) != subnet_of(server):
+            reasons[scenario] = f"impossible by design on the routed underlay: {cls.routed_caveat}"
         else:
             ends = (as_built(client), as_built(server))
             if ends in seen:
@@ -154,7 +171,8 @@ def plan(spec: BenchSpec) -> list[Step]:
     """Interleaved order: every variant and sweep point within a repeat before the next
     repeat; scenarios that are not measured (:func:`not_measured`) are left out."""
     kept = {cni: [s for s in spec.scenarios
-                  if s not in not_measured(variant_class(cni), spec.scenarios, spec.nodes)]
+                  if s not in not_measured(variant_class(cni), spec.scenarios, spec.nodes,
+                                           spec.underlay)]
             for cni in spec.cnis}
     return [Step(r, cni, point, scenario, protocol)
             for r in range(spec.repeat) for cni in spec.cnis for point in spec.points()
@@ -168,7 +186,7 @@ def skipped_lines(spec: BenchSpec) -> list[str]:
     """One line per variant and scenario that the plan leaves out, with why."""
     return [f"not measured: {cni} {scenario}: {why}" for cni in spec.cnis
             for scenario, why in not_measured(variant_class(cni), spec.scenarios,
-                                              spec.nodes).items()]
+                                              spec.nodes, spec.underlay).items()]
 
 
 def clusters(spec: BenchSpec, workload: Workload | None = None,
@@ -265,15 +283,15 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
         client_ip=str(client.ip), server_ip=target.split(":")[0], raw_file=raw_file,
         extra={"udp_bandwidth": p.udp_bandwidth if step.protocol == "udp" else "",
                "msg_size": p.msg_size if step.protocol == "tcp_rr" else "",
-               "offloads": p.offloads, "underlay_mtu": p.mtu,
+               "offloads": p.offloads, "underlay": p.underlay, "underlay_mtu": p.mtu,
                "bgp_mode": _bgp_mode(step.cni, p), "ipip_mode": _own(step.cni, p, "ipip_mode"),
                "cpu_model": env.cpu_model, "iptables_mode": env.iptables_mode,
                "commit": env.commit, "command": env.command, "experiment": spec.experiment})
 
 
 #: the parameter and environment columns every bench row adds to results.COLUMNS
-EXTRA_COLUMNS = ("udp_bandwidth", "msg_size", "offloads", "underlay_mtu", "bgp_mode",
-                 "ipip_mode", "cpu_model", "iptables_mode", "commit", "command", "experiment")
+EXTRA_COLUMNS = ("udp_bandwidth", "msg_size", "offloads", "underlay", "underlay_mtu",
+                 "bgp_mode", "ipip_mode", "cpu_model", "iptables_mode", "commit", "command", "experiment")
 
 
 def _own(cni: str, point: BenchSpec, option: str) -> object:

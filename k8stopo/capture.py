@@ -15,7 +15,7 @@ import select
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Iterable, Sequence
@@ -63,6 +63,9 @@ class Packet:
     inner_ethertype: int | None = None
     #: how many Ethernet frames the datagram carries (weave's sleeve aggregates several)
     inner_frames: int | None = None
+    #: the outer frame's MAC addresses (macvlan pods show their own); packets compare by IP
+    eth_src: str | None = field(default=None, compare=False)
+    eth_dst: str | None = field(default=None, compare=False)
 
 
 def _ipv4(data: bytes) -> tuple[str, str, int, bytes] | None:
@@ -138,7 +141,8 @@ def _decode(frame: bytes, vxlan_ports: frozenset[int], ip_in_udp_ports: frozense
                   inner[2] if inner else None,
                   _mac(first[6:12]) if first else None, _mac(first[0:6]) if first else None,
                   struct.unpack_from("!H", first, 12)[0] if first else None,
-                  len(inner_eth) if inner_eth else None)
+                  len(inner_eth) if inner_eth else None,
+                  eth_src=_mac(frame[6:12]), eth_dst=_mac(frame[0:6]))
 
 
 def read_pcap(path: Path, vxlan_ports: Iterable[int] = VXLAN_PORTS,

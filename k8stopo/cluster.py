@@ -27,16 +27,15 @@ from typing import Any, Iterator, Sequence
 from mininet.net import Mininet
 from mininet.node import Host
 
-from . import pods, proc
+from . import proc
 from .agent import Agent
 from .cni import variant as variant_class
 from .cni.base import Variant
-from .node import Node, Pod
+from .node import Endpoint, Node, Pod
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
-from .topo import SWITCH, K8sTopo, UnderlaySwitch, node_name
-from .workload import ServiceSpec
-from .workload import ContainerPort, PodSpec, pod_handle
+from .topo import ROUTER, K8sTopo, gateway, node_name, segment_index, subnets, switch_names
+from .workload import ContainerPort, PodSpec, ServiceSpec, pod_handle
 
 # Importing mininet.log makes MininetLogger the class of every logger created later, each
 # with its own console handler: every k8stopo line would be printed twice. Undo that.
@@ -105,7 +104,8 @@ class Cluster:
         for cls in self.agent_classes:
             cls.validate(spec)
         self.pod_cidr = (None if self.variant_cls.host_network
-                         else ipv4_network(spec.pod_cidr or self.variant_cls.pod_cidr, "pod CIDR"))
+                         else ipv4_network(spec.pod_cidr or self.variant_cls.pod_cidr
+                                           or spec.underlay_cidr, "pod CIDR"))  # macvlan: on it
         self.underlay = ipv4_network(spec.underlay_cidr, "underlay CIDR")
         self.state: RunState | None = None
         self.net: Mininet | None = None
@@ -117,6 +117,13 @@ class Cluster:
         self.timings: dict[str, float] = {}  # seconds per build/teardown phase
         self.seeded_neighbours = False
         self._mininet_lock = threading.Lock()
+        self.router: Endpoint | None = None  # the routed underlay's router, once built
+
+    def caveats(self) -> list[str]:
+        """One line per thing this run cannot show by design of the real project."""
+        if self.spec.underlay == "routed" and self.variant_cls.routed_caveat:
+            return [f"{self.spec.cni} on the routed underlay: {self.variant_cls.routed_caveat}"]
+        return []
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -154,13 +161,17 @@ class Cluster:
     def describe(self) -> str:
         """A table of the cluster's nodes and pods with their addresses."""
         lines = [f"cluster {self.state.prefix if self.state else '-'}: {self.spec.cni}, "
-                 f"{len(self.nodes)} nodes on {self.underlay}"]
+                 f"{len(self.nodes)} nodes on {self.underlay} ({self.spec.underlay})"]
         if self.seeded_neighbours:
             lines.append("  (underlay neighbour entries seeded, a stand-in for ARP at this scale)")
         for node in self.nodes:
             lines.append(f"  {node.name:<8} {str(node.ip):<15} pod range "
                          f"{node.pod_cidr or 'hostNetwork'}")
             lines += [f"    {pod.name:<14} {str(pod.ip):<15} mtu {pod.mtu}" for pod in node.pods]
+        if self.router is not None:
+            ports = (f"{gateway(s)}/{s.prefixlen}"
+                     for s in subnets(self.spec.underlay_cidr, self.spec.underlay))
+            lines.append(f"  {self.router.name:<8} routes between {', '.join(ports)}")
         return "\n".join(lines)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -206,23 +217,32 @@ class Cluster:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
         host = type("K8sHost", (_Tracked, Host), {"run_state": self.state})
-        switch = type("K8sUnderlaySwitch", (_Tracked, UnderlaySwitch), {"run_state": self.state})
-        # Every host, the underlay switch included, is a namespace: the run's veths are
-        # created between namespaces and never appear in the root namespace.
-        self.net = Mininet(topo=K8sTopo(nodes=self.spec.nodes, cidr=self.spec.underlay_cidr),
-                           host=host, controller=None, build=False, waitConnected=False)
-        self.net.topo.setNodeInfo(SWITCH, {**self.net.topo.nodeInfo(SWITCH), "cls": switch})
+        # Every host, the underlay switches and router included, is a namespace: the run's
+        # veths are created between namespaces and never appear in the root namespace.
+        topo = K8sTopo(nodes=self.spec.nodes, cidr=self.spec.underlay_cidr,
+                       underlay=self.spec.underlay)
+        for name in topo.hosts():  # the switches' and router's own classes, tracked too
+            info = topo.nodeInfo(name)
+            if "cls" in info:
+                cls = info["cls"]
+                topo.setNodeInfo(name, {**info, "cls": type(f"K8s{cls.__name__}", (_Tracked, cls),
+                                                             {"run_state": self.state})})
+        self.net = Mininet(topo=topo, host=host, controller=None, build=False,
+                           waitConnected=False)
         with self._phase("underlay"):
             self.net.build()
             self.net.start()
-            gateway = self.underlay[-2]  # the segment's router (absent: no packet may leave)
             for i in range(self.spec.nodes):
                 mn = self.net[node_name(i)]
                 node = Node(name=mn.name, ip=ipaddress.IPv4Address(mn.IP()), pid=mn.pid,
                             state=self.state, index=i, intf=mn.defaultIntf().name, mn=mn,
                             pod_cidr=self.ranges[i] if self.ranges else None)
                 self.nodes.append(node)
-                self._prepare_node(node, gateway)
+                self._prepare_node(node, self.gateway(node))
+            if self.spec.underlay == "routed":
+                r1 = self.net[ROUTER]
+                self.router = Endpoint(name=ROUTER, ip=self.gateway(self.nodes[0]), pid=r1.pid,
+                                       state=self.state)
             if len(self.nodes) >= SEED_NEIGHBOURS_FROM:
                 self._seed_neighbours()
         with self._phase("agents"):
@@ -261,10 +281,12 @@ class Cluster:
         real underlay's switches and NICs absorb that. Only the underlay's own
         addresses are seeded; pods still resolve their neighbours themselves."""
         macs = {n.name: n.mn.defaultIntf().MAC() for n in self.nodes}
+        segment = {n.name: self.gateway(n) for n in self.nodes}
         for node in self.nodes:
             node.batch("ip", [["neigh", "replace", peer.ip, "lladdr", macs[peer.name],
                                "dev", node.intf, "nud", "permanent"]
-                              for peer in self.nodes if peer is not node])
+                              for peer in self.nodes
+                              if peer is not node and segment[peer.name] == segment[node.name]])
         self.seeded_neighbours = True
 
     def new_pod_host(self, name: str) -> Host:
@@ -273,6 +295,13 @@ class Cluster:
         assert self.net is not None
         with self._mininet_lock:
             return self.net.addHost(name, ip=None)
+
+    def gateway(self, node: Node) -> ipaddress.IPv4Address:
+        """The router address of ``node``'s segment (absent on one segment, as no packet
+        may leave the run; the router ``r1`` on a routed underlay)."""
+        spec = self.spec
+        segment = segment_index(node.index, spec.nodes, spec.underlay)
+        return gateway(subnets(spec.underlay_cidr, spec.underlay)[segment])
 
     def pod_plan(self) -> list[tuple[Node, str, str, dict[str, str]]]:
         """Which pods to create where: (node, name, namespace, labels).
@@ -310,7 +339,8 @@ class Cluster:
         without tunnel offloads handles ~45 frames: encapsulation looks cheaper than on it.
         """
         assert self.net is not None
-        holders = [self.net[SWITCH].pid, *(n.pid for n in self.nodes),
+        holders = [*(self.net[name].pid for name in switch_names(self.spec.underlay)),
+                   *([self.router.pid] if self.router else []), *(n.pid for n in self.nodes),
                    *(p.pid for p in self.pods if not p.host_network)]
         for pid in holders:
             for dev in json.loads(proc.output(["ip", "-j", "link", "show", "type", "veth"], pid)):
@@ -356,39 +386,37 @@ class Cluster:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _delete_pods(self) -> None:
-        """CNI DEL for every pod, as kubelet does, the pods of different nodes at once.
+        """Detach every pod through the variant (CNI DEL, as kubelet does; or the variant's
+        own undoing), the pods of different nodes at once.
 
-        Above CNI_DEL_UP_TO pods the whole cluster goes at once instead: each node
-        deletes its pods' veths in one batch (the IPAM leases live in the run's state
-        directory, which goes too). A namespace whose sockets sit in TIME_WAIT is freed
-        by the kernel only after minutes unless its links are deleted first, and a
-        thousand pods' CNI DELs are two thousand plugin runs."""
+        Above CNI_DEL_UP_TO pods the whole cluster goes at once instead: each node's pods
+        go in one batch (:meth:`Variant.detach_all`: the pods' veths; the IPAM leases live
+        in the run's state directory, which goes too). A namespace whose sockets sit in
+        TIME_WAIT is freed by the kernel only after minutes unless its links are deleted
+        first, and a thousand pods' CNI DELs are two thousand plugin runs."""
+        variant = self.variant
+        if variant is None:
+            return
         if len(self.pods) > CNI_DEL_UP_TO:
-            self._per_node(self._delete_veths, self.nodes)
+            self._per_node(variant.detach_all, self.nodes)
             return
 
-        def delete(node_pods: list[Pod]) -> None:
+        def detach(node_pods: list[Pod]) -> None:
             for pod in reversed(node_pods):
                 if not pod.host_network:
-                    self._stop_step(f"CNI DEL {pod.name}", lambda p=pod: pods.delete(p))
-        self._per_node(delete, [node.pods for node in self.nodes])
-
-    @staticmethod
-    def _delete_veths(node: Node) -> None:
-        """Delete every veth in a node's namespace but its underlay NIC (pod pairs go whole)."""
-        links = json.loads(node.output(["ip", "-j", "link", "show", "type", "veth"]) or "[]")
-        node.batch("ip", [["link", "del", link["ifname"]] for link in links
-                          if link["ifname"] != node.intf], check=False)
+                    self._stop_step(f"detach {pod.name}", lambda p=pod: variant.detach_pod(p))
+        self._per_node(detach, [node.pods for node in self.nodes])
 
     def _stop_mininet(self) -> None:
         """Mininet's stop, in its order (links, then hosts), with the links deleted in one
-        batch inside the switch's namespace instead of two shell round trips each."""
+        batch inside each switch's namespace instead of two shell round trips each."""
         assert self.net is not None
-        switch = self.net.get(SWITCH) if SWITCH in self.net else None
-        if switch is not None and switch.shell is not None:
-            ports = [i.name for i in switch.intfList() if i.name != "lo"]
-            proc.run(["ip", "-force", "-batch", "-"], switch.pid, check=False,
-                     input="".join(f"link del {p}\n" for p in ports))
+        for name in switch_names(self.spec.underlay):
+            switch = self.net.get(name) if name in self.net else None
+            if switch is not None and switch.shell is not None:
+                ports = [i.name for i in switch.intfList() if i.name != "lo"]
+                proc.run(["ip", "-force", "-batch", "-"], switch.pid, check=False,
+                         input="".join(f"link del {p}\n" for p in ports))
         for host in self.net.hosts:
             host.terminate()
 
@@ -404,7 +432,7 @@ class Cluster:
                 self._stop_step("stop strays", self.state.stop_strays)
             for agent in reversed(self.agents):
                 self._stop_step(f"stop {agent.name}", agent.stop)
-            self._stop_step("CNI DEL", self._delete_pods)
+            self._stop_step("detach pods", self._delete_pods)
             self._stop_step("stop Mininet", self._stop_mininet if self.net else None)
             if self.state is not None:
                 removed, left = self.state.remove_all()

@@ -8,6 +8,10 @@ in a RunState manifest while it exists, so ``k8stopo clean`` removes it if the
 doctor dies half-way. Kernel modules for OVS and IPVS are only asked about
 (``modprobe -n``), never loaded.
 
+Encrypted overlays (IPsec/ESP, WireGuard) are not built; the report names each
+real project's encrypted mode and whether this kernel has ESP (an xfrm state
+with proto esp) and the AES-GCM AEAD they use, or WireGuard.
+
 Creating a device may make the kernel autoload its module, which is the point;
 note that loading ``ipip``/``ip_gre`` also creates their fallback devices
 (tunl0, gre0, ...) in every namespace, the root one included, which the doctor
@@ -28,7 +32,23 @@ from .runstate import RunState
 
 FEATURES = ("netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem",
             "htb", "tbf", "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf",
-            "policy-routing", "rpfilter", "ipip-datapath")
+            "policy-routing", "rpfilter", "ipip-datapath", "esp", "esp-gcm")
+#: The encrypted overlays of the real projects: what each puts on the wire and the probes it
+#: needs. None is built; the doctor says which could run here and what is missing.
+ENCRYPTED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "flannel-ipsec": ("flannel's ipsec backend: strongSwan IKEv2, ESP tunnels (AES-GCM)",
+                      ("esp", "esp-gcm")),
+    "flannel-wireguard": ("flannel's wireguard backend: flannel-wg, UDP 51820", ("wireguard",)),
+    "calico-wireguard": ("Felix's WireGuard: wireguard.cali, UDP 51820", ("wireguard",)),
+    "calico-ipsec": ("Calico Enterprise's IPsec (not in open-source Calico): ESP, AES-GCM",
+                     ("esp", "esp-gcm")),
+    "weave-fastdp-encrypted": ("weave encryption with fastdp: ESP rfc4106(gcm(aes))",
+                               ("esp", "esp-gcm")),
+    "weave-sleeve-encrypted": ("weave encryption with sleeve: NaCl secretbox in user space",
+                               ()),
+    "docker-overlay-encrypted": ("libnetwork --opt encrypted: ESP rfc4106(gcm(aes))",
+                                 ("esp", "esp-gcm")),
+}
 # tool -> arguments that make it print its version (None: it has no such option)
 TOOLS: dict[str, tuple[str, ...] | None] = {
     "iperf3": ("--version",), "ping": ("-V",), "tcpdump": ("--version",),
@@ -39,7 +59,7 @@ TOOLS: dict[str, tuple[str, ...] | None] = {
     "gcc": ("--version",), "nft": ("--version",),
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")
-CNI_PLUGINS = ("bridge", "host-local", "ptp", "loopback", "macvlan")
+CNI_PLUGINS = ("bridge", "host-local", "ptp", "loopback", "macvlan", "portmap")
 TEST_NET = ("192.0.2.1", "192.0.2.2", "192.0.2.0/24")  # RFC 5737: never routed anywhere
 
 
@@ -84,6 +104,15 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
         return ("tc", "qdisc", "add", "dev", "lo", "root", *spec)
 
     root_qdisc_del = (("tc", "qdisc", "del", "dev", "lo", "root"),)
+
+    def esp_state(spi: str, *algorithms: str) -> tuple[str, ...]:
+        return ("ip", "xfrm", "state", "add", "src", local, "dst", remote, "proto", "esp",
+                "spi", spi, "mode", "transport", *algorithms)
+
+    def esp_del(spi: str) -> tuple[tuple[str, ...], ...]:
+        return (("ip", "xfrm", "state", "del", "src", local, "dst", remote, "proto", "esp",
+                 "spi", spi),)
+    key16, key20, key32 = ("0x" + "11" * n for n in (16, 20, 32))
     masq = ("-t", "nat", "POSTROUTING", "-s", net, "-j", "MASQUERADE")
     ct = ("INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
     rule = ("from", net, "table", "100", "priority", "100")
@@ -134,6 +163,14 @@ def _feature_steps(p: str) -> dict[str, _Steps]:
         "rpfilter": _Steps("iptables -m rpfilter (Felix's anti-spoofing)",
                            (("iptables", *rpf[:2], "-A", *rpf[2:]),),
                            (("iptables", *rpf[:2], "-D", *rpf[2:]),)),
+        # ESP itself (esp4, CONFIG_INET_ESP), with the simplest cipher; then the AEAD cipher
+        # that Docker's and weave's encryption program (CONFIG_CRYPTO_GCM).
+        "esp": _Steps("ip xfrm state add proto esp (cbc(aes), hmac(sha256))",
+                      (esp_state("0x100", "enc", "cbc(aes)", key16, "auth", "hmac(sha256)",
+                                 key32),), esp_del("0x100")),
+        "esp-gcm": _Steps("ip xfrm state add proto esp aead rfc4106(gcm(aes))",
+                          (esp_state("0x101", "aead", "rfc4106(gcm(aes))", key20, "128"),),
+                          esp_del("0x101")),
     }
 
 
@@ -334,4 +371,11 @@ def report(probes: dict[str, Probe], variants: dict[str, tuple[str, ...]]) -> st
         lacking = missing(needs, probes)
         verdict = f"cannot run: missing {', '.join(lacking)}" if lacking else "runs"
         lines.append(f"  {variant:<{width}}  {verdict}")
+    lines += ["", "Encrypted overlays (not built in this version; reported, never faked)"]
+    width = max(len(name) for name in ENCRYPTED)
+    for name, (what, needs) in ENCRYPTED.items():
+        lacking = missing(needs, probes)
+        verdict = (f"kernel lacks {', '.join(lacking)}" if lacking
+                   else "this kernel has what it needs")
+        lines.append(f"  {name:<{width}}  {verdict}: {what}")
     return "\n".join(lines) + "\n"

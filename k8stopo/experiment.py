@@ -74,6 +74,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "description": _text, "cni": _names, "scenarios": _names, "protocols": _names,
     "nodes": _int, "pods_per_node": _int, "duration": _int, "repeat": _int, "streams": _int,
     "mtu": _int, "offloads": _on_off, "msg_size": _int, "udp_bandwidth": _rate,
+    "underlay": _text,
 }
 
 

@@ -55,12 +55,16 @@ class Endpoint:
     def sysctl(self, key: str, value: str | int) -> None:
         self.run(["sysctl", "-qw", f"{key}={value}"])
 
-    def batch(self, tool: str, commands: Sequence[Sequence[object]], check: bool = True) -> None:
-        """Many ``ip``/``bridge`` commands in one process (a node has one per peer);
-        with ``check=False`` every command is tried (``-force``) whatever the others do."""
-        if commands:
-            self.run([tool, *([] if check else ["-force"]), "-batch", "-"], check=check,
-                     input="".join(" ".join(str(a) for a in c) + "\n" for c in commands))
+    def batch(self, tool: str, commands: Sequence[Sequence[object]], check: bool = True) -> str:
+        """Many ``ip``/``bridge`` commands in one process (a node has one per peer).
+        With ``check=False`` every command is tried (``-force``) whatever the others do and
+        their errors are returned ("" if none), as an agent that logs a refused route and
+        goes on."""
+        if not commands:
+            return ""
+        result = self.run([tool, *([] if check else ["-force"]), "-batch", "-"], check=check,
+                          input="".join(" ".join(str(a) for a in c) + "\n" for c in commands))
+        return result.stderr.strip() if result.returncode else ""
 
     def link(self, dev: str) -> dict[str, Any]:
         """``ip -j link show dev`` in this namespace (sysfs would show the root's)."""
@@ -92,6 +96,7 @@ class Pod(Endpoint):
     mtu: int = 1500
     netconf: dict = field(default_factory=dict)  # what the CNI plugin was given
     cni_result: dict = field(default_factory=dict)  # what it answered
+    runtime_config: dict = field(default_factory=dict)  # kubelet's run-time values (portMappings)
 
     @property
     def host_network(self) -> bool:

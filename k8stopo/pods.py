@@ -5,6 +5,10 @@ container"), so the Mininet CLI can address pods by name. The plugin binary runs
 inside the *node's* network namespace (where it creates cni0 / the host end of
 the veth) with CNI_NETNS=/proc/<pod pid>/ns/net, the config JSON on stdin and
 CNI_COMMAND=ADD/DEL in the environment (CNI spec), after the loopback plugin.
+A network configuration *list* (``plugins``, e.g. bridge then portmap) is run as
+libcni runs it: in order on ADD, each plugin given the previous one's result as
+``prevResult`` and, for the capabilities it declares, the runtime's values
+(``runtimeConfig``: kubelet's ``portMappings``); in reverse order on DEL.
 """
 from __future__ import annotations
 
@@ -46,27 +50,62 @@ def invoke(node: Node, command: str, netconf: dict[str, Any], container_id: str,
     return json.loads(result.stdout) if result.stdout.strip() else {}
 
 
+def plugin_confs(netconf: dict[str, Any],
+                 runtime_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One config per plugin: a list's entries get its name and cniVersion, and the runtime
+    values of the capabilities each declares (libcni's injectRuntimeConfig)."""
+    if "plugins" not in netconf:
+        return [netconf]
+    confs = []
+    for plugin in netconf["plugins"]:
+        conf = {"cniVersion": netconf["cniVersion"], "name": netconf["name"], **plugin}
+        wanted = {k: v for k, v in runtime_config.items() if plugin.get("capabilities", {}).get(k)}
+        if wanted:
+            conf["runtimeConfig"] = wanted
+        confs.append(conf)
+    return confs
+
+
+def _add(node: Node, netconf: dict[str, Any], runtime_config: dict[str, Any], cid: str,
+         netns: str) -> dict[str, Any]:
+    result: dict[str, Any] | None = None
+    for conf in plugin_confs(netconf, runtime_config):
+        if result is not None:
+            conf = {**conf, "prevResult": result}
+        result = invoke(node, "ADD", conf, cid, netns, POD_IFNAME)
+    assert result is not None
+    return result
+
+
 def container_id(pod_name: str, prefix: str) -> str:
     return f"{prefix}-{pod_name}"
 
 
 def add(node: Node, name: str, netconf: dict[str, Any], pause: Any, namespace: str = "default",
-        labels: dict[str, str] | None = None) -> Pod:
-    """Attach a new pod whose namespace is held by ``pause`` (a Mininet host)."""
+        labels: dict[str, str] | None = None,
+        runtime_config: dict[str, Any] | None = None) -> Pod:
+    """Attach a new pod whose namespace is held by ``pause`` (a Mininet host);
+    ``runtime_config`` holds what kubelet passes at run time (``portMappings``)."""
     netns = f"/proc/{pause.pid}/ns/net"
     cid = container_id(name, node.state.prefix)
     node.state.path("cni", node.name, f"{name}.json").write_text(json.dumps(netconf, indent=2))
     invoke(node, "ADD", LOOPBACK_CONF, cid, netns, "lo")
-    result = invoke(node, "ADD", netconf, cid, netns, POD_IFNAME)
+    runtime_config = dict(runtime_config or {})
+    result = _add(node, netconf, runtime_config, cid, netns)
     address = ipaddress.IPv4Interface(result["ips"][0]["address"])
-    # Let Mininet know the interface so that the CLI can substitute pod names by IPs.
-    Intf(POD_IFNAME, node=pause, moveIntfFn=lambda *_: True)
+    register_interface(pause)
     pod = Pod(name=name, ip=address.ip, pid=pause.pid, state=node.state, node=node, mn=pause,
-              mtu=int(netconf.get("mtu", 1500)), netconf=netconf, cni_result=result,
-              namespace=namespace, labels=dict(labels or {}))
+              mtu=int(plugin_confs(netconf, {})[0].get("mtu", 1500)), netconf=netconf,
+              cni_result=result, runtime_config=runtime_config, namespace=namespace,
+              labels=dict(labels or {}))
     node.pods.append(pod)
     log.info("pod %s on %s: %s", name, node.name, address)
     return pod
+
+
+def register_interface(pause: Any) -> None:
+    """Let Mininet know the pod's eth0 so that its CLI can substitute pod names by IPs."""
+    Intf(POD_IFNAME, node=pause, moveIntfFn=lambda *_: True)
 
 
 def host_network(node: Node, name: str, namespace: str = "default",
@@ -85,5 +124,9 @@ def delete(pod: Pod) -> None:
         raise ValueError(f"{pod.name} is a hostNetwork pod: there is nothing to CNI DEL")
     cid = container_id(pod.name, pod.state.prefix)
     netns = f"/proc/{pod.pid}/ns/net"
-    invoke(pod.node, "DEL", pod.netconf, cid, netns, POD_IFNAME)
+    confs = plugin_confs(pod.netconf, pod.runtime_config)
+    if "plugins" in pod.netconf:  # a list: reverse order, each given the cached ADD result
+        confs = [{**conf, "prevResult": pod.cni_result} for conf in reversed(confs)]
+    for conf in confs:
+        invoke(pod.node, "DEL", conf, cid, netns, POD_IFNAME)
     invoke(pod.node, "DEL", LOOPBACK_CONF, cid, netns, "lo")

@@ -16,13 +16,14 @@ from .workload import Workload
 #: every variant SPEC names, in its order (the registry in k8stopo.cni has those built so far)
 SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
                  "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",
-                 "docker-overlay")
+                 "docker-bridge", "docker-overlay")
 SCENARIOS = ("host-to-host", "pod-to-pod-same-node", "pod-to-pod-cross-node",
              "pod-to-service", "node-to-pod", "pod-to-nodeport", "pod-to-dns")
 PROTOCOLS = ("tcp", "udp", "icmp", "tcp_rr", "dns")  # k8stopo.measure.PROTOCOLS runs them
 OFFLOADS = ("on", "off")
 UNDERLAY_CIDR = "172.20.0.0/16"  # k8stopo/topo.py repeats it: it must load alone (mn --custom)
 MAX_NODES = 1024  # Calico's 192.168.0.0/16 holds 1,024 /26 blocks; ipam refuses what does not fit
+UNDERLAYS = ("l2", "routed")  # one segment, or two subnets behind a router (topo.py repeats it)
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
 BGP_MODES = ("mesh", "rr")  # Calico's node-to-node mesh, or route reflectors
 IPIP_MODES = ("always", "cross-subnet")  # Calico IPPool ipipMode Always / CrossSubnet
@@ -70,6 +71,7 @@ class ClusterSpec:
     route_reflectors: int = 1  # with bgp "rr": how many nodes (n1, n2) reflect
     ipip_mode: str = "always"  # calico-ipip: encapsulate always, or only across subnets
     offloads: str = "on"  # "off": segmentation/checksum offloads off on every veth after the build
+    underlay: str = "l2"  # one of UNDERLAYS
 
     def check_basics(self) -> None:
         """Checks that do not depend on the variant."""
@@ -96,6 +98,12 @@ class ClusterSpec:
             raise SpecError(f"--offloads must be on or off, not {self.offloads!r}")
         if underlay.num_addresses - 2 < self.nodes:
             raise SpecError(f"underlay {underlay} has no room for {self.nodes} nodes")
+        if self.underlay not in UNDERLAYS:
+            raise SpecError(f"unknown underlay {self.underlay!r} (known: {', '.join(UNDERLAYS)})")
+        # routed: each half holds host numbers 1..nodes below its router address
+        if self.underlay == "routed" and underlay.num_addresses // 2 - 3 < self.nodes:
+            raise SpecError(f"underlay {underlay} split in two subnets has no room for "
+                            f"{self.nodes} nodes and the router")
 
 
 #: BenchSpec parameters an experiment may sweep; the first two shape the cluster itself
@@ -123,6 +131,7 @@ class BenchSpec:
     route_reflectors: int = 1
     ipip_mode: str = "always"
     offloads: str = "on"
+    underlay: str = "l2"
     msg_size: int = 64  # tcp_rr request and response size
     sweep: tuple[str, tuple[object, ...]] | None = None
     experiment: str = ""  # the experiment file's name, if it came from one
@@ -181,4 +190,5 @@ class BenchSpec:
         own = {f: getattr(self, f) for f in ("bgp", "route_reflectors", "ipip_mode")
                if f in options}
         return ClusterSpec(cni=cni, nodes=self.nodes, pods_per_node=self.pods_per_node,
-                           mtu=self.mtu, offloads=self.offloads, **own)
+                           mtu=self.mtu, offloads=self.offloads, underlay=self.underlay,
+                           **own)

@@ -75,9 +75,11 @@ def run_dirs() -> set[str]:
 
 
 def assert_gone(prefix: str, pids: list[dict]) -> None:
-    """Nothing of run ``prefix`` is left: links, processes, state directory."""
+    """Nothing of run ``prefix`` is left: links, processes, named netns, state directory."""
     links = [l for l in runstate.root_links() if l.startswith(prefix)]
     assert links == [], f"links left: {links}"
     alive = [p for p in pids if runstate.alive(p["pid"], p["start"])]
     assert alive == [], f"processes left: {alive}"
     assert not (runstate.STATE_ROOT / prefix).exists(), "state directory left"
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [n for n in netns.split() if n.startswith(prefix)], f"named netns left: {netns}"

@@ -99,6 +99,32 @@ def test_scenarios_impossible_by_design_follow_the_capability_flags() -> None:
         "node-to-pod": "impossible by design: a test-no-own-node node cannot reach its own pods"}
 
 
+class NoNodeRoute(Variant):  # docker-overlay's shape: the overlay lives in its own namespaces
+    name = "test-no-node-route"
+    nodes_reach_pods = False
+
+
+class OneSegment(Variant):  # flannel-host-gw's shape: routes via peers must be on-link
+    name = "test-one-segment"
+    routed_caveat = "needs one L2 segment"
+
+
+def test_node_routes_and_the_routed_underlay_rule_out_what_their_flags_say() -> None:
+    assert set(not_measured(NoNodeRoute, FOUR, nodes=2)) == {"node-to-pod"}
+    assert not_measured(OneSegment, FOUR, nodes=2) == {}  # one segment: nothing to say
+    routed = not_measured(OneSegment, FOUR, nodes=3, underlay="routed")
+    assert set(routed) == {"pod-to-pod-cross-node", "node-to-pod"}  # n1 and n3: a router apart
+    assert all("routed underlay: needs one L2 segment" in why for why in routed.values())
+    assert not_measured(FlannelVXLAN, FOUR, nodes=3, underlay="routed") == {}
+
+
+def test_service_scenarios_are_left_out_where_kube_proxy_cannot_forward() -> None:
+    services = ("pod-to-service", "pod-to-nodeport")
+    assert set(not_measured(NoNodeRoute, services, nodes=2)) == set(services)
+    assert set(not_measured(NoOwnNode, services, nodes=2)) == set(services)
+    assert not_measured(FlannelVXLAN, services, nodes=2) == {}
+
+
 def test_environment_columns_parse_what_the_machine_says() -> None:
     assert bench.iptables_mode("iptables v1.8.9 (nf_tables)\n") == "nf_tables"
     assert bench.iptables_mode("iptables v1.8.7 (legacy)\n") == "legacy"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
 from k8stopo.cni.calico import Calico, CalicoBird, cali_name
+from k8stopo.cni.docker import DockerBridge, DockerOverlay
+from k8stopo.cni.macvlan import Macvlan
 from k8stopo.node import Node, Pod
+from k8stopo.pods import plugin_confs
 from k8stopo.spec import ClusterSpec
 
 from conftest import assert_gone
@@ -32,10 +36,39 @@ def ping(src: Node | Pod, dst: Node | Pod) -> bool:
                    check=False).returncode == 0
 
 
+def by_design(cluster: Cluster, src: Node | Pod, dst: Node | Pod) -> bool:
+    """Whether the real project's datapath lets ``src`` reach ``dst`` (the capability flags)."""
+    v = cluster.variant
+    src_node = src if isinstance(src, Node) else src.node
+    if isinstance(dst, Node):  # a pod to a node (only pods are sources here)
+        return dst is not src_node or v.reaches_own_node
+    if dst.node is src_node:
+        return isinstance(src, Pod) or v.reaches_own_node
+    return v.pod_ip_routable and (isinstance(src, Pod) or v.nodes_reach_pods)
+
+
+def answered_by(src: Node | Pod, dst: Node | Pod, port: int = 7007) -> str:
+    """Who answers a TCP connection from ``src`` to ``dst``'s IP: ``dst`` runs a server that
+    says its name; "" when nothing answers."""
+    server = dst.spawn(["socat", f"TCP-LISTEN:{port},reuseaddr,fork", f"SYSTEM:echo {dst.name}"],
+                       what=f"name server@{dst.name}")
+    try:
+        for _ in range(100):  # until it listens
+            if dst.output(["ss", "-Hltn", "sport", "=", f":{port}"]).strip():
+                break
+            time.sleep(0.02)
+        return src.run(["socat", "-T", "2", "-", f"TCP:{dst.ip}:{port},connect-timeout=2"],
+                       input="", check=False).stdout.strip()
+    finally:
+        dst.stop(server)
+
+
 def test_pod_ips_are_unique_and_inside_their_node_range(cluster: Cluster) -> None:
     ips = [pod.ip for pod in cluster.pods]
     assert len(ips) == 6
-    if not cluster.variant.host_network:
+    if not cluster.variant.pod_ip_routable:  # docker0's range is the same on every node
+        assert all(len({p.ip for p in n.pods}) == 2 for n in cluster.nodes)
+    elif not cluster.variant.host_network:
         assert len(set(ips)) == 6
     for node in cluster.nodes:
         for pod in node.pods:
@@ -47,24 +80,46 @@ def test_pod_ips_are_unique_and_inside_their_node_range(cluster: Cluster) -> Non
 
 
 def test_every_pod_reaches_every_pod_and_node(cluster: Cluster) -> None:
+    """Every pair the real datapath allows (the next test tries the others)."""
     a = cluster.pod("pod-n1-0")
     for other in [*cluster.pods, *cluster.nodes]:
-        if other is not a:
+        if other is not a and by_design(cluster, a, other):
             assert ping(a, other), f"{a.name} -> {other.name} ({other.ip})"
-    assert ping(cluster.node("n2"), cluster.pod("pod-n3-1"))
+    n2, pod = cluster.node("n2"), cluster.pod("pod-n3-1")
+    if by_design(cluster, n2, pod):
+        assert ping(n2, pod)
+
+
+def test_what_the_datapath_rules_out_is_really_out_of_reach(cluster: Cluster) -> None:
+    """The pairs the capability flags rule out (a node to its own macvlan pods, a pod IP of
+    another node's docker0, a node into Docker's overlay) never reach that very endpoint; a
+    pair that is allowed, tried the same way, does (so the probe itself works)."""
+    a = cluster.pod("pod-n1-0")
+    candidates = [(a, o) for o in [*cluster.pods, *cluster.nodes] if o is not a]
+    candidates += [(n, p) for n in cluster.nodes for p in cluster.pods]
+    ruled_out = [(s, d) for s, d in candidates if not by_design(cluster, s, d)]
+    if not ruled_out:
+        pytest.skip(f"{cluster.spec.cni} rules out no pair")
+    for src, dst in ruled_out[:3]:
+        assert answered_by(src, dst) != dst.name, f"{src.name} reached {dst.name} ({dst.ip})"
+    assert answered_by(a, cluster.pod("pod-n1-1")) == "pod-n1-1"
 
 
 def test_server_sees_the_client_pods_own_ip(cluster: Cluster) -> None:
+    if not cluster.variant.pod_ip_routable:
+        pytest.skip(f"{cluster.spec.cni}: pod IPs do not cross nodes")
     client, server = cluster.pod("pod-n1-0"), cluster.pod("pod-n2-1")
     m = measure.measure(client, server.ip, server, "tcp")
     assert m.peer_seen_by_server == str(client.ip)
 
 
 def test_pod_traffic_leaving_the_pod_network_is_masqueraded(cluster: Cluster) -> None:
-    """flanneld's and Felix's natOutgoing rules: pod -> another node shows the node's IP."""
-    n2 = cluster.node("n2")
-    m = measure.measure(cluster.pod("pod-n1-0"), n2.ip, n2, "tcp")
-    assert m.peer_seen_by_server == str(cluster.node("n1").ip)
+    """flanneld's, Felix's and dockerd's masquerade rules: pod -> another node shows the
+    node's IP; where the project has none (macvlan), the pod's own."""
+    client, n2 = cluster.pod("pod-n1-0"), cluster.node("n2")
+    m = measure.measure(client, n2.ip, n2, "tcp")
+    expected = cluster.node("n1").ip if cluster.variant.masquerades else client.ip
+    assert m.peer_seen_by_server == str(expected)
 
 
 def test_containers_of_a_pod_share_localhost(cluster: Cluster, tmp_path: Path) -> None:
@@ -88,7 +143,19 @@ def test_same_node_pods_share_the_bridge_or_have_host_routes(cluster: Cluster) -
     if cluster.variant.host_network:
         pytest.skip("hostNetwork pods have no pod network")
     node = cluster.node("n1")
-    if isinstance(cluster.variant, Calico):
+    if isinstance(cluster.variant, Macvlan):  # children of the node's NIC, in bridge mode
+        parent = node.link(node.intf)["ifindex"]
+        for pod in node.pods:
+            eth0 = json.loads(pod.output(["ip", "-j", "-d", "link", "show", "eth0"]))[0]
+            assert eth0["linkinfo"]["info_kind"] == "macvlan"
+            assert eth0["linkinfo"]["info_data"]["mode"] == "bridge"
+            assert eth0["link_index"] == parent
+        assert node.output(["ip", "-o", "link", "show", "type", "bridge"]).strip() == ""
+    elif isinstance(cluster.variant, DockerOverlay):  # veths in br0 of the network's netns
+        ports = json.loads(node.output(["ip", "-n", cluster.variant.netns(node), "-j", "link",
+                                        "show", "master", "br0"]))
+        assert sorted(p["ifname"] for p in ports) == ["veth0", "veth1", "vxlan0"]
+    elif isinstance(cluster.variant, Calico):
         assert node.output(["ip", "-o", "link", "show", "type", "bridge"]).strip() == ""
         for pod in node.pods:
             route = node.output(["ip", "-4", "route", "show", f"{pod.ip}/32"])
@@ -96,13 +163,16 @@ def test_same_node_pods_share_the_bridge_or_have_host_routes(cluster: Cluster) -
             assert pod.output(["ip", "-4", "route", "show", "default"]).startswith(
                 "default via 169.254.1.1 dev eth0")
             assert f"{pod.ip}/32" in pod.output(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
-    else:  # a bridge (flannel's cni0, weave's weave): pods' veths are ports, it is their gateway
-        conf = node.pods[0].netconf
+    else:  # the bridge plugin (flannel's cni0, weave's weave, docker0): pods' veths are its
+        # ports, it is their gateway
+        conf = plugin_confs(node.pods[0].netconf, {})[0]
         bridge = conf["bridge"]
         ports = json.loads(node.output(["ip", "-j", "link", "show", "master", bridge]))
         pod_ports = [p for p in ports if "link_netnsid" in p]  # veths into pod namespaces
         assert len(pod_ports) == len(node.pods) == 2
-        assert conf["hairpinMode"] and all(p["mtu"] == node.pods[0].mtu for p in pod_ports)
+        assert all(p["mtu"] == node.pods[0].mtu for p in pod_ports)
+        # kubelet's CNIs turn hairpin on (a pod reaching itself through a Service); dockerd not
+        assert conf["hairpinMode"] == (not isinstance(cluster.variant, DockerBridge))
         address = ipaddress.IPv4Address(json.loads(node.output(
             ["ip", "-j", "addr", "show", bridge]))[0]["addr_info"][0]["local"])
         assert address in node.pod_cidr
@@ -128,11 +198,17 @@ WIRE = {
     "calico-vxlan": lambda p, a, b: p.proto == 17 and p.dport == 4789 and p.vni == 4096
     and (p.inner_src, p.inner_dst) == (a, b),
     "host": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
+    "macvlan": lambda p, a, b: p.proto == 1 and (p.src, p.dst) == (a, b),
+    "docker-overlay": lambda p, a, b: p.proto == 17 and p.dport == 4789 and p.vni == 4096
+    and (p.inner_src, p.inner_dst) == (a, b),
+    # docker-bridge: no pod IP crosses the wire (tests/test_l2_docker.py, hostPort capture)
 }
 
 
 def test_cross_node_traffic_has_the_variants_wire_format(cluster: Cluster,
                                                          tmp_path: Path) -> None:
+    if not cluster.variant.pod_ip_routable:
+        pytest.skip(f"{cluster.spec.cni}: pod IPs do not cross nodes")
     a, b = cluster.pod("pod-n1-0"), cluster.pod("pod-n2-0")
     n1 = cluster.node("n1")
     with Capture(n1, n1.intf, tmp_path / "underlay.pcap", ["not", "arp"]) as cap:
@@ -173,7 +249,7 @@ def test_teardown_leaves_nothing(cni: str) -> None:
 
 
 @pytest.mark.parametrize("cni", ["flannel-vxlan", "calico-bgp", "calico-ipip", "flannel-udp",
-                                 "weave-sleeve"])
+                                 "weave-sleeve", "docker-overlay"])
 def test_a_build_that_fails_midway_leaves_nothing(cni: str, monkeypatch) -> None:
     seen: dict = {}
     original = VARIANTS[cni].pod_added

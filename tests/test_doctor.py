@@ -14,10 +14,10 @@ from k8stopo.doctor import Probe, probe_all, report
 NAMES = {
     "netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem", "htb", "tbf",
     "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf", "policy-routing",
-    "rpfilter", "ipip-datapath", "ipset", "clang",
+    "rpfilter", "ipip-datapath", "ipset", "clang", "esp", "esp-gcm",
     "iperf3", "ping", "tcpdump", "bird", "birdc", "mnexec", "brctl", "dnsmasq", "socat",
     "sockperf", "nsenter", "dnsperf", "curl", "ethtool", "gcc", "nft",
-    "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan",
+    "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan", "cni:portmap",
     "native:flannel-udp-proxy", "native:weave-sleeve",
 }
 
@@ -99,6 +99,8 @@ def test_basic_features_work_here(probes: dict[str, Probe]) -> None:
 @pytest.mark.parametrize("name, option, module, error", [
     ("ipip", "CONFIG_NET_IPIP", "ipip", "Unknown device type"),
     ("netem", "CONFIG_NET_SCH_NETEM", "sch_netem", "unknown"),
+    ("esp", "CONFIG_INET_ESP", "esp4", "Requested type not found"),
+    ("wireguard", "CONFIG_WIREGUARD", "wireguard", "Unknown device type"),
 ])
 def test_probe_matches_kernel_config(probes: dict[str, Probe], name: str, option: str,
                                      module: str, error: str) -> None:
@@ -168,11 +170,20 @@ def test_report_marks_variants(probes: dict[str, Probe]) -> None:
     assert all(name in full for name in NAMES)
 
 
-def test_native_forwarders_are_probed_where_make_install_builds_them(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(native, "BUILD", tmp_path)
-    missing = doctor.probe(["native:weave-sleeve"])["native:weave-sleeve"]
-    assert not missing.ok and "make install" in missing.detail
-    (tmp_path / "weave-sleeve").write_text("#!/bin/sh\n")
-    (tmp_path / "weave-sleeve").chmod(0o755)
-    assert doctor.probe(["native:weave-sleeve"])["native:weave-sleeve"].ok
+    "esp", "esp-gcm",
+    "iperf3", "ping", "tcpdump", "bird", "birdc", "mnexec", "brctl", "dnsmasq", "socat",
+    "sockperf", "nsenter",
+    "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan", "cni:portmap",
+
+
+def test_report_names_the_encrypted_overlays_and_what_they_lack(probes: dict[str, Probe]) -> None:
+    text = report(probes, {})
+    section = text.split("Encrypted overlays")[1]
+    for name in doctor.ENCRYPTED:
+        assert re.search(rf"^\s+{name}\s", section, re.M), name
+    line = next(l for l in section.splitlines() if "docker-overlay-encrypted" in l)
+    if probes["esp"].ok and probes["esp-gcm"].ok:
+        assert "has what it needs" in line
+    else:
+        assert "kernel lacks" in line and "esp" in line
+    assert "weave-sleeve-encrypted    this kernel has what it needs" in section  # user space

@@ -30,3 +30,23 @@ def test_mn_custom_topology_builds_nodes_that_reach_each_other() -> None:
     finally:
         net.stop()
     assert set(runstate.root_links()) == before
+
+
+def test_mn_custom_routed_topology_crosses_its_router() -> None:
+    custom = runpy.run_path(str(REPO / "k8stopo" / "topo.py"))
+    topo = custom["topos"]["k8s"](3, underlay="routed")  # mn: --topo k8s,3,underlay=routed
+    before = set(runstate.root_links())
+    Mininet.inited = True
+    net = Mininet(topo=topo, controller=None, waitConnected=False)
+    try:
+        net.start()
+        n1, n3 = net["n1"], net["n3"]
+        assert (n1.IP(), n3.IP()) == ("172.20.0.1", "172.20.128.3")
+        assert "ip_forward = 1" in net[custom["ROUTER"]].cmd("sysctl net.ipv4.ip_forward")
+        n1.cmd("ip route add default via 172.20.127.254")
+        n3.cmd("ip route add default via 172.20.255.254")
+        assert " 0% packet loss" in n1.cmd("ping -c 1 -W 2 172.20.128.3")
+        assert set(runstate.root_links()) == before
+    finally:
+        net.stop()
+    assert set(runstate.root_links()) == before

@@ -4,13 +4,16 @@ from __future__ import annotations
 from ..spec import SPEC_VARIANTS, SpecError, pick
 from .base import Variant
 from .calico import CalicoBGP, CalicoIPIP, CalicoVXLAN
+from .docker import DockerBridge, DockerOverlay
 from .flannel import FlannelHostGW, FlannelUDP, FlannelVXLAN
 from .host import HostNetwork
+from .macvlan import Macvlan
 from .weave import WeaveFastDP, WeaveSleeve
 
 VARIANTS: dict[str, type[Variant]] = {
     cls.name: cls for cls in (HostNetwork, FlannelVXLAN, FlannelHostGW, FlannelUDP, CalicoBGP,
-                              CalicoIPIP, CalicoVXLAN, WeaveFastDP, WeaveSleeve)
+                              CalicoIPIP, CalicoVXLAN, WeaveFastDP, WeaveSleeve, Macvlan,
+                              DockerBridge, DockerOverlay)
 }
 
 

@@ -11,14 +11,17 @@ wait_ready, stop) plus what only the pod network has::
     check(spec)            before anything exists: bad input -> SpecError; node ranges
     netconf(node)          CNI config handed to the plugins for each pod
     attach_pod(node, ...)  make a pod's namespace and attach it (default: CNI ADD)
+    detach_pod(pod)        undo it at teardown (default: CNI DEL)
+    detach_all(node)       undo all of a node's pods at once (a large cluster's teardown)
 
-Capabilities (``reaches_own_node``, ``pod_ip_routable``, ``masquerades``,
-``enforces_policy``) say what the real project's datapath does, so tests and the
+Capabilities (``reaches_own_node``, ``pod_ip_routable``, ``nodes_reach_pods``,
+``masquerades``, ``enforces_policy``) say what the real project's datapath does, so tests and the
 bench ask the variant instead of special-casing names.
 """
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -64,22 +67,28 @@ class Variant(Agent):
     pod_ip_routable: ClassVar[bool] = True
     #: pod traffic to a node IP (outside the pod network) leaves masqueraded to the node's IP
     masquerades: ClassVar[bool] = True
+    #: a node reaches pods on other nodes by pod IP (docker-overlay's live in a namespace
+    #: of their own, which no node routes into)
+    nodes_reach_pods: ClassVar[bool] = True
     #: the real project enforces NetworkPolicy
     enforces_policy: ClassVar[bool] = False
     #: ClusterSpec fields beyond the basics that this variant honours (bgp, ipip_mode, ...)
     options: ClassVar[frozenset[str]] = frozenset()
+    #: what breaks on a routed underlay (nodes on several subnets); empty: nothing
+    routed_caveat: ClassVar[str] = ""
+
+    @classmethod
+    def kube_proxy_reaches_pods(cls) -> bool:
+        """Whether kube-proxy, in the node's namespace, can carry Service traffic: the node
+        must reach every pod IP (not docker-bridge's nor docker-overlay's) and its own pods,
+        whose packets pass through its stack (macvlan's bypass it, parent and child apart)."""
+        return cls.pod_ip_routable and cls.nodes_reach_pods and cls.reaches_own_node
 
     # -- before anything exists -------------------------------------------------
     @classmethod
     def check(cls, spec: ClusterSpec) -> list[ipaddress.IPv4Network]:
         """Validate the spec for this variant; return each node's pod range."""
-        if spec.mtu - cls.overhead < MIN_MTU:
-            raise SpecError(f"MTU {spec.mtu} leaves no room for {cls.name}'s {cls.overhead}-byte "
-                            f"encapsulation (pods would get {spec.mtu - cls.overhead} < {MIN_MTU})")
-        for option in ("bgp", "route_reflectors", "ipip_mode"):
-            if (getattr(spec, option) != getattr(ClusterSpec, option)
-                    and option not in cls.options):
-                raise SpecError(f"--{option.replace('_', '-')} does not apply to {cls.name}")
+        cls.check_mtu_options(spec)
         if cls.host_network:
             return []
         pod_cidr = ipv4_network(spec.pod_cidr or cls.pod_cidr, "pod CIDR")
@@ -93,6 +102,17 @@ class Variant(Agent):
                 raise SpecError(f"{spec.pods_per_node} pods per node do not fit in a node's "
                                 f"{block.prefixlen}-bit range ({capacity} addresses)")
         return ranges
+
+    @classmethod
+    def check_mtu_options(cls, spec: ClusterSpec) -> None:
+        """What every variant checks: room for its encapsulation, and only its own options."""
+        if spec.mtu - cls.overhead < MIN_MTU:
+            raise SpecError(f"MTU {spec.mtu} leaves no room for {cls.name}'s {cls.overhead}-byte "
+                            f"encapsulation (pods would get {spec.mtu - cls.overhead} < {MIN_MTU})")
+        for option in ("bgp", "route_reflectors", "ipip_mode"):
+            if (getattr(spec, option) != getattr(ClusterSpec, option)
+                    and option not in cls.options):
+                raise SpecError(f"--{option.replace('_', '-')} does not apply to {cls.name}")
 
     @classmethod
     def split(cls, pod_cidr: ipaddress.IPv4Network,
@@ -136,6 +156,22 @@ class Variant(Agent):
         :meth:`netconf`, then the agent's :meth:`pod_added`."""
         pause = self.cluster.new_pod_host(name)
         pod = pods.add(node, name, self.netconf(node), pause, namespace=namespace,
-                       labels=labels or {})
+                       labels=labels or {}, runtime_config=self.runtime_config(node))
         self.pod_added(pod)
         return pod
+
+    def runtime_config(self, node: "Node") -> dict[str, Any]:
+        """What kubelet passes the plugins at run time for the next pod on ``node``
+        (CNI ``runtimeConfig``, e.g. ``portMappings`` for hostPorts)."""
+        return {}
+
+    def detach_pod(self, pod: "Pod") -> None:
+        """Undo :meth:`attach_pod` as kubelet does when a pod goes: CNI DEL."""
+        pods.delete(pod)
+
+    def detach_all(self, node: "Node") -> None:
+        """Undo every pod of ``node`` at once (a large cluster's teardown): delete every veth
+        in the node's namespace but its NIC, which takes each pod's pair whole."""
+        links = json.loads(node.output(["ip", "-j", "link", "show", "type", "veth"]) or "[]")
+        node.batch("ip", [["link", "del", link["ifname"]] for link in links
+                          if link["ifname"] != node.intf], check=False)

@@ -26,6 +26,11 @@ What calico-node does on each node, and how this emulation does it:
 * calico-vxlan: no BIRD (calico-node's rc.local: no BGP daemon with the vxlan backend);
   Felix's ``vxlan.calico`` (VNI 4096, UDP 4789, MTU underlay - 50) and, per peer, the ARP,
   FDB and onlink route of felix/dataplane/linux/vxlan_mgr.go; the outer UDP is NOTRACK.
+* On the routed underlay the fabric must know the blocks (Calico's "peer with
+  your top-of-rack router" model): every node also peers with its subnet's
+  router address (a node-specific BGPPeer), and the router ``r1`` runs BIRD as
+  an iBGP route reflector (templates/bird-tor.conf) that installs each block
+  via its node. Without it, the router would drop pod traffic between subnets.
 """
 from __future__ import annotations
 
@@ -40,9 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from ..errors import RunError
 from .. import proc
-from ..node import Node, Pod
+from ..errors import RunError
+from ..node import Endpoint, Node, Pod
 from . import felix
 from .base import Variant, render
 
@@ -157,6 +162,7 @@ class CalicoBird(Calico):
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
         self.birds: dict[str, Any] = {}
+        self.tor_bird: Any = None  # the routed underlay's router, when there is one
         self.started_at: float | None = None  # monotonic time the first BIRD was started
         self.converged_at: float | None = None  # ... and every node held every block
 
@@ -179,12 +185,21 @@ class CalicoBird(Calico):
         reflectors = self.reflectors()
         others = [p for p in self.cluster.nodes if p is not node]
         if not reflectors:
-            return [Peering(ip_name("Mesh", p), str(p.ip), passive=str(p.ip) > str(node.ip))
-                    for p in others]
-        if node in reflectors:
-            return [Peering(ip_name("Node", p), str(p.ip), rr_client=p not in reflectors)
-                    for p in others]
-        return [Peering(ip_name("Node", p), str(p.ip)) for p in reflectors]
+            nodes = [Peering(ip_name("Mesh", p), str(p.ip), passive=str(p.ip) > str(node.ip))
+                     for p in others]
+        elif node in reflectors:
+            nodes = [Peering(ip_name("Node", p), str(p.ip), rr_client=p not in reflectors)
+                     for p in others]
+        else:
+            nodes = [Peering(ip_name("Node", p), str(p.ip)) for p in reflectors]
+        return nodes + self.tor_peerings(node)
+
+    def tor_peerings(self, node: Node) -> list[Peering]:
+        """On the routed underlay, the node-specific BGPPeer with its subnet's router."""
+        if self.cluster.router is None:
+            return []
+        tor = str(self.cluster.gateway(node))
+        return [Peering(f"Node_{tor.replace('.', '_')}", tor)]
 
     def bird_config(self, node: Node) -> str:
         conf, _, logfile = self._paths(node)
@@ -193,7 +208,7 @@ class CalicoBird(Calico):
             pool=self.cluster.pod_cidr, asn=self.ASN, peers=self.peerings(node),
             cluster_id=RR_CLUSTER_ID, log=logfile, **self.kernel_programming(node))
 
-    def _paths(self, node: Node) -> tuple[Path, Path, Path]:
+    def _paths(self, node: Endpoint) -> tuple[Path, Path, Path]:
         base = self.cluster.state.directory(node.name, "bird")
         return base / "bird.conf", base / "bird.ctl", base / "bird.log"
 
@@ -205,6 +220,8 @@ class CalicoBird(Calico):
         self.started_at = time.monotonic()
         for node in self.cluster.nodes:
             self.start_bird(node)
+        if self.cluster.router is not None:
+            self._start_tor(self.cluster.router)
 
     def start_bird(self, node: Node) -> None:
         conf, ctl, _ = self._paths(node)
@@ -216,7 +233,18 @@ class CalicoBird(Calico):
         with a Cease, so peers withdraw its block at once)."""
         node.stop(self.birds.pop(node.name))
 
-    def birdc(self, node: Node, *command: str) -> str:
+    def _start_tor(self, router: Endpoint) -> None:
+        """The routed underlay's router peers BGP with every node (templates/bird-tor.conf),
+        as a fabric must for unencapsulated pod traffic to cross it."""
+        conf, ctl, _ = self._paths(router)
+        peers = [{"ip": str(n.ip), "via": str(self.cluster.gateway(n))} for n in self.cluster.nodes]
+        conf.write_text(render("bird-tor.conf", router=router.name, router_id=router.ip,
+                               asn=self.ASN, peers=peers))
+        router.run(["bird", "-p", "-c", conf])
+        self.tor_bird = router.spawn(["bird", "-f", "-c", conf, "-s", ctl],
+                                     what=f"bird@{router.name}")
+
+    def birdc(self, node: Endpoint, *command: str) -> str:
         return node.output(["birdc", "-s", self._paths(node)[1], *command])
 
     def established(self, node: Node) -> int:
@@ -224,23 +252,32 @@ class CalicoBird(Calico):
         return sum(1 for line in self.birdc(node, "show", "protocols").splitlines()
                    if line.startswith(("Mesh_", "Node_")) and "Established" in line)
 
+    def speakers(self) -> dict[str, Endpoint]:
+        """Every BIRD of the run by name: the nodes', and the routed underlay's router's."""
+        router = self.cluster.router
+        return {e.name: e for e in [*self.cluster.nodes, *([router] if router else [])]}
+
     def missing_everywhere(self) -> dict[str, list[str]]:
-        """Per node, the peer blocks its kernel table lacks (nodes lacking none left out);
-        the nodes are asked at once, so a poll round of a large cluster stays short."""
+        """Per BGP speaker, the peer blocks its kernel table lacks (those lacking none left
+        out); they are asked at once, so a poll round of a large cluster stays short."""
+        speakers = self.speakers()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            found = dict(zip([n.name for n in self.cluster.nodes],
-                             pool.map(self._missing_blocks, self.cluster.nodes)))
+            found = dict(zip(speakers, pool.map(self._missing_blocks, speakers.values())))
         return {name: blocks for name, blocks in found.items() if blocks}
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll every node's kernel table until it holds every peer's block via BIRD."""
+        """Poll every node's kernel table (and the routed underlay's router's) until it holds
+        every peer's block via BIRD."""
         deadline = time.monotonic() + timeout
+        speakers = self.speakers()
+        router = self.cluster.router
+        birds = {**self.birds, **({router.name: self.tor_bird} if router else {})}
         while True:
             missing = self.missing_everywhere()
             if not missing:
                 self.converged_at = time.monotonic()
                 return
-            for name, proc_ in self.birds.items():
+            for name, proc_ in birds.items():
                 if proc_.poll() is not None:
                     raise RunError(f"bird on {name} exited: {proc_.stderr.read().strip()}")
             if time.monotonic() >= deadline:
@@ -248,15 +285,16 @@ class CalicoBird(Calico):
             time.sleep(0.1)
         worst = max(missing, key=lambda n: len(missing[n]))
         try:
-            protocols = self.birdc(self.cluster.node(worst), "show", "protocols").strip()
+            protocols = self.birdc(speakers[worst], "show", "protocols").strip()
         except proc.CommandError as exc:
             protocols = f"(birdc failed: {exc})"
         raise TimeoutError(
-            f"BGP did not converge in {timeout:.0f}s: {len(missing)} of {len(self.cluster.nodes)} "
-            f"nodes still lack peer blocks ({worst} lacks {len(missing[worst])}, e.g. "
-            f"{', '.join(missing[worst][:3])}); `birdc show protocols` on {worst}:\n{protocols}")
+            f"BGP did not converge in {timeout:.0f}s: {len(missing)} of {len(speakers)} "
+            f"nodes{' and router' if router else ''} still lack peer blocks ({worst} lacks "
+            f"{len(missing[worst])}, e.g. {', '.join(missing[worst][:3])}); "
+            f"`birdc show protocols` on {worst}:\n{protocols}")
 
-    def _missing_blocks(self, node: Node) -> list[str]:
+    def _missing_blocks(self, node: Endpoint) -> list[str]:
         routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])
         have = {line.split()[0] for line in routes.splitlines() if line.strip()}
         return [str(p.pod_cidr) for p in self.cluster.nodes
@@ -266,6 +304,9 @@ class CalicoBird(Calico):
         for name, proc_ in self.birds.items():
             self.cluster.node(name).stop(proc_)
         self.birds.clear()
+        if self.tor_bird is not None and self.cluster.router is not None:
+            self.cluster.router.stop(self.tor_bird)
+            self.tor_bird = None
 
 
 class CalicoBGP(CalicoBird):

@@ -28,12 +28,15 @@ traffic from pods to outside the cluster CIDR is masqueraded, pod-to-pod never i
 """
 from __future__ import annotations
 
+import logging
 import subprocess
 from typing import Any
 
 from .. import native
 from ..node import Node
 from .base import Variant
+
+log = logging.getLogger("k8stopo.flannel")
 
 FLANNEL_NETWORK = "10.244.0.0/16"
 
@@ -109,11 +112,20 @@ class FlannelVXLAN(Flannel):
 class FlannelHostGW(Flannel):
     name = "flannel-host-gw"
     wire = "plain IP with pod IPs, no encapsulation"
+    routed_caveat = ("host-gw needs all nodes on one L2 segment (flannel's documented "
+                     "requirement): routes via nodes on the other subnet are refused by the "
+                     "kernel, so their pods are unreachable")
 
     def connect(self) -> None:
+        """A route per peer; like flanneld, log the ones the kernel refuses (a peer that is not
+        on-link, across a router) and go on."""
         for node in self.cluster.nodes:
-            node.batch("ip", [["route", "replace", p.pod_cidr, "via", p.ip, "dev", node.intf]
-                              for p in self.cluster.nodes if p is not node])
+            errors = node.batch("ip", [["route", "replace", p.pod_cidr, "via", p.ip, "dev",
+                                        node.intf] for p in self.cluster.nodes if p is not node],
+                                check=False)
+            if errors:  # the run's one-line caveat says it to the user (Cluster.caveats)
+                log.info("flanneld on %s: error adding routes: %s", node.name,
+                         "; ".join(l for l in errors.splitlines() if l.startswith("Error")))
 
 
 class FlannelUDP(Flannel):
