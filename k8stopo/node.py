@@ -99,5 +99,12 @@ class Pod(Endpoint):
     runtime_config: dict = field(default_factory=dict)  # kubelet's run-time values (portMappings)
 
     @property
+    def k8s_name(self) -> str:
+        """The pod's name within its namespace (``name`` is unique cluster-wide: pods from
+        manifests are named ``name.namespace``, see :func:`k8stopo.workload.pod_handle`)."""
+        suffix = f".{self.namespace}"
+        return self.name[:-len(suffix)] if self.name.endswith(suffix) else self.name
+
+    @property
     def host_network(self) -> bool:
         return self.mn is None

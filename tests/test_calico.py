@@ -11,7 +11,7 @@ from k8stopo import measure
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.cni import felix
-from k8stopo.cni.calico import CalicoIPIP, cali_name, tunnel_address
+from k8stopo.cni.calico import CalicoIPIP, tunnel_address, workload_iface
 from k8stopo.node import Node, Pod
 from k8stopo.spec import ClusterSpec, SpecError
 
@@ -47,7 +47,7 @@ def test_felix_chains_exist_without_any_policy(cluster: Cluster) -> None:
         assert "-A cali-FORWARD -i cali+ -j cali-from-wl-dispatch" in saved
         assert "-A cali-pri-kns.default -j MARK --set-xmark 0x10000/0x10000" in saved
         for pod in node.pods:
-            iface = cali_name(pod.namespace, pod.name)
+            iface = workload_iface(pod)
             assert f"-A cali-from-wl-dispatch -i {iface} -g cali-fw-{iface}" in saved
             assert f"-A cali-to-wl-dispatch -o {iface} -g cali-tw-{iface}" in saved
             for chain in (f"cali-tw-{iface}", f"cali-fw-{iface}"):
@@ -64,7 +64,7 @@ def test_pod_traffic_walks_the_workload_chains(cluster: Cluster) -> None:
     """A new connection from a pod to a pod on another node is accepted by the sender's
     cali-fw profile and the receiver's cali-tw profile (their accept-mark rules count it)."""
     a, b = cluster.pod("pod-n1-0"), cluster.pod("pod-n2-1")
-    fw, tw = f"cali-fw-{cali_name(a.namespace, a.name)}", f"cali-tw-{cali_name(b.namespace, b.name)}"
+    fw, tw = f"cali-fw-{workload_iface(a)}", f"cali-tw-{workload_iface(b)}"
     before = (rule_packets(a.node, "filter", fw, "cali-pro-kns.default"),
               rule_packets(b.node, "filter", tw, "cali-pri-kns.default"))
     assert ping(a, b)

@@ -13,7 +13,7 @@ from k8stopo import measure, proc, runstate
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
-from k8stopo.cni.calico import Calico, CalicoBird, cali_name
+from k8stopo.cni.calico import Calico, CalicoBird, workload_iface
 from k8stopo.cni.docker import DockerBridge, DockerOverlay
 from k8stopo.cni.macvlan import Macvlan
 from k8stopo.node import Node, Pod
@@ -159,7 +159,7 @@ def test_same_node_pods_share_the_bridge_or_have_host_routes(cluster: Cluster) -
         assert node.output(["ip", "-o", "link", "show", "type", "bridge"]).strip() == ""
         for pod in node.pods:
             route = node.output(["ip", "-4", "route", "show", f"{pod.ip}/32"])
-            assert f"dev {cali_name(pod.namespace, pod.name)}" in route
+            assert f"dev {workload_iface(pod)}" in route
             assert pod.output(["ip", "-4", "route", "show", "default"]).startswith(
                 "default via 169.254.1.1 dev eth0")
             assert f"{pod.ip}/32" in pod.output(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])

@@ -59,6 +59,11 @@ RR_CLUSTER_ID = "244.0.0.1"  # Calico docs' example routeReflectorClusterID
 BPF_SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "calico_ipip.c"
 
 
+def workload_iface(pod: Pod) -> str:
+    """The host-side veth of a pod, named from its Kubernetes namespace and name."""
+    return cali_name(pod.namespace, pod.k8s_name)
+
+
 def cali_name(namespace: str, pod: str) -> str:
     """Calico's host-side veth name for a workload (libcalico-go's VethNameForWorkload)."""
     return "cali" + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest()[:11]
@@ -109,7 +114,7 @@ class Calico(Variant):
         node = pod.node
         assert node is not None
         host_end = next(i["name"] for i in pod.cni_result["interfaces"] if not i.get("sandbox"))
-        cali = cali_name(pod.namespace, pod.name)
+        cali = workload_iface(pod)
         # One process per namespace and step (a thousand pods are thousands of forks).
         node.batch("ip", [["link", "set", host_end, "down"],
                           ["link", "set", host_end, "name", cali, "address", "ee:ee:ee:ee:ee:ee"],
@@ -134,10 +139,10 @@ class Calico(Variant):
         lines declaring those chains, loaded first in the same atomic batch."""
         node = pod.node
         assert node is not None
-        ifaces = [cali_name(p.namespace, p.name) for p in node.pods if not p.host_network]
+        ifaces = [workload_iface(p) for p in node.pods if not p.host_network]
         felix.restore(node, felix.table("filter", [
             *policy_lines,
-            *felix.workload_rules(cali_name(pod.namespace, pod.name), pod,
+            *felix.workload_rules(workload_iface(pod), pod,
                                   ingress_policies, egress_policies),
             *felix.dispatch_rules(ifaces)]))
 

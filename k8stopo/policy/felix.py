@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from ..cni import felix as dataplane
 from ..cni.base import render
-from ..cni.calico import Calico, cali_name
+from ..cni.calico import Calico, workload_iface
 from .agent import IPSet, PolicyAgent, host
 from .model import LabelSelector, NetworkPolicy, Peer, PolicyPort, Rule
 from .semantics import peer_matches
@@ -197,7 +197,7 @@ class FelixPolicy(PolicyAgent):
                     if name not in chains:
                         chains[name] = self.policy_chain(policy, direction, sets)
                 jumps[direction] = [chain_name(p, direction) for p in active]
-            workloads += dataplane.workload_rules(cali_name(pod.namespace, pod.name), pod,
+            workloads += dataplane.workload_rules(workload_iface(pod), pod,
                                                   jumps["Ingress"], jumps["Egress"])
         lines = [line for text in chains.values() for line in text.splitlines()]
         return sets, lines + workloads
