@@ -71,10 +71,18 @@ def fmt_value(value: object) -> str:
     return str(value)
 
 
+#: options of some variants only (empty on the others' rows): they describe the variant, so
+#: they split setups only when a variant was measured with more than one value of them
+VARIANT_OPTIONS = frozenset({"bgp_mode", "ipip_mode"})
+
+
 def parameters(df: pd.DataFrame) -> list[str]:
     """The setup parameter columns present (with at least one value), in column order."""
-    return [c for c in df.columns if c not in IDENTITY | ENVIRONMENT | DERIVED
-            and df[c].notna().any()]
+    def splits(c: str) -> bool:
+        if not df[c].notna().any():
+            return False
+        return c not in VARIANT_OPTIONS or bool((df.groupby("cni")[c].nunique() > 1).any())
+    return [c for c in df.columns if c not in IDENTITY | ENVIRONMENT | DERIVED and splits(c)]
 
 
 def underlay_mtu(df: pd.DataFrame) -> pd.Series:

@@ -173,6 +173,17 @@ def parser() -> argparse.ArgumentParser:
     probe.add_argument("--count", type=int, default=1, help="attempts per pair (default 1)")
     probe.add_argument("--json", action="store_true", help="one JSON object per probe and line")
 
+    scale = sub.add_parser("scale", help="bring-up/teardown times and, for Calico, BGP "
+                           "sessions, convergence, withdrawal and memory per cluster size")
+    scale.add_argument("--cni", default="calico-bgp", help="one variant (default calico-bgp)")
+    scale.add_argument("--nodes", default="4,100", help="comma list of cluster sizes")
+    scale.add_argument("--pods-per-node", type=int, default=0, help="pods per node (default 0)")
+    scale.add_argument("--bgp-modes", default="mesh",
+                       help="comma list of mesh, rr1, rr2 (Calico's BIRD variants)")
+    scale.add_argument("--repeat", type=int, default=1, help="repeats (default 1)")
+    scale.add_argument("--out", type=Path, required=True, help="CSV to append the rows to")
+    scale.add_argument("--plots", type=Path, help="also draw scale.png into DIR")
+
     clean = sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
     clean.add_argument("--force", action="store_true",
                        help="also remove runs whose k8stopo process still runs (a stuck run)")
@@ -435,6 +446,39 @@ def _port_arg(value: str) -> int:
     return int(value)
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from . import plots, results, scale
+    _require_root()
+    names = cni_names(args.cni)
+    if len(names) != 1 or args.cni.strip() == "all":
+        raise SpecError("scale measures one variant at a time: give exactly one --cni")
+    sizes = tuple(_count_arg(v, "--nodes") for v in args.nodes.split(",") if v.strip())
+    spec = scale.ScaleSpec(cni=names[0], nodes=sizes, pods_per_node=args.pods_per_node,
+                           modes=pick(args.bgp_modes, tuple(scale.MODES), "BGP mode"),
+                           repeat=args.repeat)
+    spec.check()
+    results.check_appendable(args.out)
+    _check_output_dir(args.plots, "--plots")
+    _runnable({names[0]: variant_class(names[0]).requires}, False)
+    _clean_dead_runs()
+    run_id, failures = scale.run(spec, args.out)
+    print(f"run {run_id}: rows in {args.out}")
+    if args.plots:
+        df = results.load([args.out])
+        for path in plots.scale_charts(df[df.run_id == run_id], args.plots):
+            print(f"  {path}")
+    if failures:
+        print(f"k8stopo: {failures} cluster(s) failed; see the log above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _count_arg(value: str, flag: str) -> int:
+    if not value.strip().isdigit():
+        raise SpecError(f"{flag}: {value!r} is not a whole number")
+    return int(value)
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import runstate
     _require_root()
@@ -469,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe,
-               "plot": cmd_plot, "clean": cmd_clean}[args.command]
+               "plot": cmd_plot, "scale": cmd_scale, "clean": cmd_clean}[args.command]
     try:
         return handler(args)
     except SpecError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from . import proc
+from .proc import Argv
 from .runstate import RunState
 from .workload import ContainerPort
 
@@ -31,13 +32,13 @@ class Endpoint:
     state: RunState
     own_mounts: bool = False  # commands also enter the mount namespace of ``pid``
 
-    def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def run(self, argv: Argv, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return proc.run(argv, self.pid, mount=self.own_mounts, **kwargs)
 
-    def output(self, argv: Sequence[str], **kwargs: Any) -> str:
+    def output(self, argv: Argv, **kwargs: Any) -> str:
         return proc.output(argv, self.pid, mount=self.own_mounts, **kwargs)
 
-    def spawn(self, argv: Sequence[str], what: str | None = None,
+    def spawn(self, argv: Argv, what: str | None = None,
               **kwargs: Any) -> subprocess.Popen[str]:
         """Start a process in this namespace, recorded in the run's manifest."""
         p = proc.spawn(argv, self.pid, mount=self.own_mounts,

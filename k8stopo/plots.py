@@ -517,3 +517,41 @@ def plot_all(df: pd.DataFrame, out_dir: Path,
     for line in analysis.warnings(described):
         log.warning("%s", line)
     return written
+
+
+#: the scale benchmark's panels: (title, metrics drawn as lines, unit label, divisor)
+SCALE_PANELS = (
+    ("bring-up and teardown", ("build_ms", "teardown_ms"), "s", 1000.0),
+    ("BGP convergence, withdrawal, rejoin", ("converge_ms", "withdraw_ms", "rejoin_ms"), "s",
+     1000.0),
+    ("BGP sessions", ("bgp_sessions_total", "bgp_sessions_max_per_node"), "count", 1.0),
+    ("BIRD memory per node", ("bird_rss_per_node",), "MiB", 1024.0),
+)
+
+
+def scale_charts(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """``k8stopo scale``'s chart: each metric against the number of nodes, a line per BGP
+    mode (median over repeats, every repeat as a dot); panels without rows are left out."""
+    rows = df[df.protocol == "control"].copy()
+    rows["bgp_mode"] = rows.get("bgp_mode", pd.Series("", index=rows.index)).fillna("")
+    panels = [p for p in SCALE_PANELS if rows.metric.isin(p[1]).any()]
+    if not panels:
+        return []
+    fig = Figure(figsize=(4.2 * len(panels), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (title, metrics, unit, div) in zip(axes[0], panels):
+        for (metric, mode), group in rows[rows.metric.isin(metrics)].groupby(
+                ["metric", "bgp_mode"]):
+            med = group.groupby("nodes").value.median() / div
+            label = f"{metric.removesuffix('_ms')}{f' ({mode})' if mode else ''}"
+            line, = ax.plot(med.index, med.values, marker="o", label=label)
+            ax.scatter(group.nodes, group.value / div, color=line.get_color(), s=8, alpha=0.5)
+        ax.set(title=title, xlabel="nodes", ylabel=unit)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    per_node = ", ".join(str(n) for n in sorted(rows.pods_per_node.unique()))
+    fig.suptitle(f"scale: {', '.join(sorted(rows.cni.unique()))}, pods per node {per_node}",
+                 fontsize=9.5)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return _save(fig, Path(out_dir), "scale")

@@ -38,26 +38,28 @@ class CommandError(RunError):
         super().__init__(f"{' '.join(self.argv)} exited {returncode}: {tail}")
 
 
+#: a command: program and arguments; numbers, addresses and paths are turned into strings
+Argv = Sequence[object]
 Netns = int | str | None  # a pid living in the namespace, a named netns, or None (here)
 
 
-def in_netns(argv: Sequence[str], netns: Netns, mount: bool = False) -> list[str]:
+def in_netns(argv: Argv, netns: Netns, mount: bool = False) -> list[str]:
     """argv prefixed so that it runs in ``netns``: the namespace of a pid, or a named one;
     with ``mount``, also in that pid's mount namespace."""
-    argv = [str(a) for a in argv]
+    words = [str(a) for a in argv]
     if netns is None:
-        return argv
+        return words
     path = f"/proc/{netns}/ns/net" if isinstance(netns, int) else f"/run/netns/{netns}"
     enter = [f"--net={path}"]
     if mount:
         if not isinstance(netns, int):
             raise ValueError(f"a named netns ({netns}) has no mount namespace to enter")
         enter.append(f"--mount=/proc/{netns}/ns/mnt")
-    return ["nsenter", *enter, "--", which(argv[0]) or argv[0], *argv[1:]]
+    return ["nsenter", *enter, "--", which(words[0]) or words[0], *words[1:]]
 
 
 def run(
-    argv: Sequence[str],
+    argv: Argv,
     netns: Netns = None,
     *,
     mount: bool = False,
@@ -82,13 +84,13 @@ def run(
     return proc
 
 
-def output(argv: Sequence[str], netns: Netns = None, **kwargs) -> str:
+def output(argv: Argv, netns: Netns = None, **kwargs) -> str:
     """Run a command and return its stdout."""
     return run(argv, netns, **kwargs).stdout
 
 
 def spawn(
-    argv: Sequence[str],
+    argv: Argv,
     netns: Netns = None,
     *,
     mount: bool = False,

@@ -124,9 +124,10 @@ CASES = (
                                                                        {"protocol": "TCP", "port": 53}]}]}),),
          lambda s, d, p, pr: s[0] != "x"),
     Case("egress-only-policy-types",  # the ingress rules listed are not used: Egress only
-         lambda ips: (netpol("egress-only", "x", {"podSelector": A, "policyTypes": ["Egress"],
-                                                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "c"}}}]}],
-                                                  "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]}),),
+         lambda ips: (netpol("egress-only", "x", {
+             "podSelector": A, "policyTypes": ["Egress"],
+             "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "c"}}}]}],
+             "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]}),),
          lambda s, d, p, pr: s != ("x", "a") or d[0] == "z"),
     Case("egress-named-port-on-destination",  # an egress section: Ingress AND Egress by default
          lambda ips: (netpol("egress-named", "y", {"podSelector": SEL_ALL, "egress": [
@@ -205,7 +206,7 @@ def _probe(cluster: Cluster, todo: list[tuple[Pod, Pod, int, str]]) -> dict[tupl
 def measure(cluster: Cluster) -> dict[tuple[int, str], dict[tuple[str, str], bool]]:
     """The truth table per port/protocol, from real connections; a blocked probe is tried a
     second time (as the e2e suite retries) so a lost datagram does not read as a policy."""
-    pods = [p for p in cluster.pods]
+    pods = list(cluster.pods)
     todo = [(s, d, port, proto) for s in pods for d in pods if s is not d for port, proto in PROBES]
     seen = _probe(cluster, todo)
     again = [t for t in todo if not seen[(t[0].name, t[1].name, t[2], t[3])]]

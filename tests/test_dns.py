@@ -257,7 +257,7 @@ def test_ndots_search_expansion_costs_queries_a_trailing_dot_saves(cluster: Clus
 def test_experiment_file_refuses_unknown_keys_and_bad_values(tmp_path: Path) -> None:
     bad = tmp_path / "dns.yaml"
     bad.write_text("cni: flannel-vxlan\nservice: 10\n")
-    with pytest.raises(SpecError, match="unknown key.*service"):
+    with pytest.raises(SpecError, match=r"unknown key.*service"):
         Params.load(bad)
     bad.write_text("duration: 60\n")
     with pytest.raises(SpecError, match="30 s TTL"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from k8stopo import doctor, native, proc, runstate
+from k8stopo import doctor, proc, runstate
 from k8stopo.doctor import Probe, probe_all, report
 
 NAMES = {
@@ -168,12 +168,6 @@ def test_report_marks_variants(probes: dict[str, Probe]) -> None:
     assert order == sorted(order)
     full = report(probes, {"flannel-vxlan": ("netns", "veth", "bridge", "vxlan", "cni:bridge")})
     assert all(name in full for name in NAMES)
-
-
-    "esp", "esp-gcm",
-    "iperf3", "ping", "tcpdump", "bird", "birdc", "mnexec", "brctl", "dnsmasq", "socat",
-    "sockperf", "nsenter",
-    "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan", "cni:portmap",
 
 
 def test_report_names_the_encrypted_overlays_and_what_they_lack(probes: dict[str, Probe]) -> None:

@@ -72,7 +72,7 @@ def test_iptables_deletes_the_chains_of_endpoints_that_left() -> None:
 
 
 def test_nftables_dispatches_by_verdict_map() -> None:
-    rules, chains, _ = _proxy(NftablesProxy).render(NODE, [port(node_port=30080)])
+    rules, _chains, _ = _proxy(NftablesProxy).render(NODE, [port(node_port=30080)])
     assert "10.96.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80" in rules
     assert "tcp . 30080 : goto external-ULMVA6XW-ns1/svc1/tcp/p80" in rules
     assert "numgen random mod 3 vmap { 0 : goto endpoint-5OJB2KTY" in rules

@@ -29,7 +29,7 @@ def test_the_services_test_workload_reads_as_the_api_would(tmp_path: Path) -> No
     w = manifests.load(DATA / "services.yaml")
     assert [p.name for p in w.pods] == ["client", "web-0", "web-1", "web-2"]
     assert w.pods[1].labels == {"app": "web"} and w.pods[1].ports[0].name == "http"
-    web, np, sticky, empty = w.services
+    web, np, sticky, _empty = w.services
     assert web.cluster_ip == ipaddress.IPv4Address("10.96.0.2")  # .1 is kubernetes.default
     assert web.ports[0].target_port == "http" and web.ports[1].protocol == "UDP"
     assert np.type == "NodePort" and np.ports[0].node_port == 30080

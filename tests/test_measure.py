@@ -426,11 +426,11 @@ def test_measure_failures_raise_and_leave_nothing(state: runstate.RunState) -> N
     with two_endpoints(state) as (a, b):
         # an address the client has no route to: the client fails, the server is stopped
         for protocol in POINT_TO_POINT:
-            with pytest.raises(MeasurementError, match="Network is unreachable|No route"):
+            with pytest.raises(MeasurementError, match=r"Network is unreachable|No route"):
                 measure(a, "10.98.0.2", b, protocol)  # ping says so on stderr only
         # b's address, but nobody answers there on sockperf's port: sockperf exits 0
         # server in a, not b
-        with pytest.raises(MeasurementError, match="Connection refused|did not connect"), \
+        with pytest.raises(MeasurementError, match=r"Connection refused|did not connect"), \
                 TcpRR(a, str(b.ip), a, Params(duration=1)) as rr:
             rr.run()
         with pytest.raises(ValueError):

@@ -87,7 +87,7 @@ def test_refuses_in_one_line(spec, needle):
 
 
 def test_refuses_foreign_documents_and_duplicates():
-    with pytest.raises(SpecError, match="not a networking.k8s.io/v1 NetworkPolicy"):
+    with pytest.raises(SpecError, match=r"not a networking\.k8s\.io/v1 NetworkPolicy"):
         model.parse({"apiVersion": "extensions/v1beta1", "kind": "NetworkPolicy",
                      "metadata": {"name": "p"}, "spec": {"podSelector": {}}})
     with pytest.raises(SpecError, match="defined twice"):

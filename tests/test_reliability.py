@@ -108,7 +108,7 @@ def test_random_signals_never_leave_anything(tmp_path: Path) -> None:
             pids = runstate.RunState.open(prefix).data["pids"] if prefix and (
                 runstate.STATE_ROOT / prefix / runstate.JOURNAL).exists() else []
             p.send_signal(sig)
-            out, err = p.communicate(timeout=120)
+            _out, err = p.communicate(timeout=120)
             if prefix is None:
                 continue
             why = f"trial {trial}: {' '.join(command)} got {sig.name}: {err[-500:]}"
@@ -187,12 +187,12 @@ def test_clean_keeps_on_record_what_it_could_not_remove(monkeypatch) -> None:
     blocker = Path(f"/run/netns/{state.prefix}-never-deletable")
     blocker.mkdir()
     try:
-        removed, left = state.remove_all()
+        _removed, left = state.remove_all()
         assert left == [f"netns {state.prefix}-never-deletable"]
         assert (runstate.STATE_ROOT / state.prefix / runstate.JOURNAL).exists()
         assert runstate.RunState.open(state.prefix).data["netns"] == [
             f"{state.prefix}-never-deletable"]
     finally:
         blocker.rmdir()
-    removed, left = runstate.RunState.open(state.prefix).remove_all()
+    _removed, left = runstate.RunState.open(state.prefix).remove_all()
     assert left == [] and not (runstate.STATE_ROOT / state.prefix).exists()

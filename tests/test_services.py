@@ -119,7 +119,7 @@ def test_pod_to_cluster_ip_keeps_the_pods_ip(cluster: Cluster) -> None:
 def test_nodeport_from_outside_the_pod_network_is_masqueraded(cluster: Cluster) -> None:
     n1, n2 = cluster.node("n1"), cluster.node("n2")
     t = probe.Target("x", str(n2.ip), 30080, "tcp")
-    results = probe.probe_from(cluster, n1, [t], count=6)  # type: ignore[arg-type]
+    results = probe.probe_from(cluster, n1, [t], count=6)
     assert all(r.connected for r in results)
     assert {r.peer for r in results} <= node_addresses(n2), results
 

@@ -207,7 +207,7 @@ class CalicoBird(Calico):
         return [Peering(f"Node_{tor.replace('.', '_')}", tor)]
 
     def bird_config(self, node: Node) -> str:
-        conf, _, logfile = self._paths(node)
+        logfile = self._paths(node)[2]
         return render(
             "bird.conf", node=node.name, router_id=node.ip, node_ip=node.ip, block=node.pod_cidr,
             pool=self.cluster.pod_cidr, asn=self.ASN, peers=self.peerings(node),

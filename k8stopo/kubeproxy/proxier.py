@@ -115,6 +115,7 @@ class Proxier:
             def connection_made(self, transport: Any) -> None:
                 self.transport = transport
                 self.clients: dict[tuple[str, int], Any] = {}
+                self.opening: set[asyncio.Task[None]] = set()  # the loop keeps weak refs only
 
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
                 back = self.clients.get(addr)
@@ -123,7 +124,9 @@ class Proxier:
                     return
                 ep = proxier.balancers[key].next(addr[0], reset=False)
                 if ep is not None:
-                    loop.create_task(self.open(addr, ep, data))
+                    task = loop.create_task(self.open(addr, ep, data))
+                    self.opening.add(task)
+                    task.add_done_callback(self.opening.discard)
 
             async def open(self, addr: tuple[str, int], ep: tuple[str, int], data: bytes) -> None:
                 front = self.transport

@@ -57,7 +57,7 @@ class PolicyAgent(Agent):
 
     requires: ClassVar[tuple[str, ...]] = ("conntrack", "ipset")
 
-    def __init__(self, cluster) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
         self.policies = policies_of(cluster.spec)
         workload = cluster.spec.workload

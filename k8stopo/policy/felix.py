@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..cni import felix as dataplane
 from ..cni.base import render
@@ -87,7 +87,7 @@ class FelixPolicy(PolicyAgent):
 
     name = "felix-policy"
 
-    def __init__(self, cluster) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
         self.chains: dict[str, set[str]] = {}  # node -> policy chains loaded there
 
@@ -146,7 +146,7 @@ class FelixPolicy(PolicyAgent):
     def _rules(self, policy: NetworkPolicy, direction: str,
                sets: dict[str, IPSet]) -> list[dict[str, object]]:
         _, side, flag, _ = DIRECTIONS[direction]
-        scratch = '%#x' % dataplane.MARK_SCRATCH0
+        scratch = f"{dataplane.MARK_SCRATCH0:#x}"
         out: list[dict[str, object]] = []
         for rule in policy.ingress if direction == "Ingress" else policy.egress:
             for peer in rule.peers or (None,):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import select
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import proc
 from ..agent import Agent
@@ -43,7 +43,7 @@ class PodServers(Agent):
     name = "pod-servers"
     requires = ("gcc",)
 
-    def __init__(self, cluster) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
         self.servers: dict[str, subprocess.Popen[str]] = {}
 
