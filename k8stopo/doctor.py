@@ -32,7 +32,7 @@ from .runstate import RunState
 
 FEATURES = ("netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem",
             "htb", "tbf", "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf",
-            "policy-routing", "rpfilter", "ipip-datapath", "esp", "esp-gcm")
+            "policy-routing", "rpfilter", "ipip-datapath", "esp", "esp-gcm", "bridge-nf")
 #: The encrypted overlays of the real projects: what each puts on the wire and the probes it
 #: needs. None is built; the doctor says which could run here and what is missing.
 ENCRYPTED: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -310,6 +310,18 @@ def probe_all() -> dict[str, Probe]:
     return probe()
 
 
+def _bridge_nf() -> Probe:
+    """br_netfilter: flanneld and weave refuse to start without it, since kube-proxy's rules
+    must see traffic bridged between pods of one node. Read, never loaded: its sysctls
+    exist only once the module is in (k8stopo's own underlay switch turns it off inside
+    its namespace)."""
+    knob = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if not knob.exists():
+        return Probe("bridge-nf", False, "br_netfilter not loaded (modprobe br_netfilter)")
+    return Probe("bridge-nf", True, f"br_netfilter loaded, bridge-nf-call-iptables="
+                 f"{knob.read_text().strip()} here (each namespace has its own)")
+
+
 def probe(wanted: Iterable[str] | None = None) -> dict[str, Probe]:
     """The probes named in ``wanted`` (all when None). ``up`` and ``bench`` ask only for
     what their variants need: creating a device can autoload a module, and some modules
@@ -326,6 +338,8 @@ def probe(wanted: Iterable[str] | None = None) -> dict[str, Probe]:
             probes[f"cni:{plugin}"] = _guarded(f"cni:{plugin}", _probe_cni_plugin, plugin)
     if want is None or "ipip-datapath" in want:
         probes["ipip-datapath"] = _ipip_datapath(probes)
+    if want is None or "bridge-nf" in want:
+        probes["bridge-nf"] = _guarded("bridge-nf", _bridge_nf)
     for name in native.PROGRAMS:
         if want is None or f"native:{name}" in want:
             probes[f"native:{name}"] = _guarded(f"native:{name}", _probe_native, name)

@@ -14,7 +14,7 @@ from k8stopo.doctor import Probe, probe_all, report
 NAMES = {
     "netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem", "htb", "tbf",
     "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf", "policy-routing",
-    "rpfilter", "ipip-datapath", "ipset", "clang", "esp", "esp-gcm",
+    "rpfilter", "ipip-datapath", "ipset", "clang", "esp", "esp-gcm", "bridge-nf",
     "iperf3", "ping", "tcpdump", "bird", "birdc", "mnexec", "brctl", "dnsmasq", "socat",
     "sockperf", "nsenter", "dnsperf", "curl", "ethtool", "gcc", "nft",
     "cni:bridge", "cni:host-local", "cni:ptp", "cni:loopback", "cni:macvlan", "cni:portmap",

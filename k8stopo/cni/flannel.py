@@ -46,7 +46,7 @@ class Flannel(Variant):
 
     pod_cidr = FLANNEL_NETWORK
     node_prefixlen = 24
-    requires = Variant.requires + ("bridge", "iptables-nat", "cni:bridge", "cni:host-local",
+    requires = Variant.requires + ("bridge", "bridge-nf", "iptables-nat", "cni:bridge", "cni:host-local",
                                    "cni:loopback")
 
     def setup_node(self, node: Node) -> None:

@@ -117,7 +117,7 @@ class Weave(Variant):
 
     pod_cidr = WEAVE_RANGE
     enforces_policy = True  # weave-npc; its no-policy state is here, policies are the policy agent's
-    requires = Variant.requires + ("bridge", "iptables-nat", "ipset", "cni:bridge",
+    requires = Variant.requires + ("bridge", "bridge-nf", "iptables-nat", "ipset", "cni:bridge",
                                    "cni:host-local", "cni:loopback")
     #: the bridge port through which frames reach the other nodes (weave-npc's --bridge-port-name)
     overlay_port: ClassVar[str] = "vethwe-bridge"
