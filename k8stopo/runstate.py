@@ -222,15 +222,9 @@ class RunState:
         still exist; the recorded ones are left for an orderly stop."""
         recorded = {e["pid"] for e in self.data["pids"]}
         strays = {pid: start_time(pid) for pid in self._run_processes() - recorded}
-        for pid, started in strays.items():
-            if alive(pid, started):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for pid, started in strays.items():
-            _wait_gone(pid, started)
-        return [f"process {_comm(pid)} ({pid})" for pid in strays]
+        names = {pid: _comm(pid) for pid in strays}
+        _kill(strays)
+        return [f"process {names[pid]} ({pid})" for pid in strays]
 
     def remove_all(self) -> tuple[list[str], list[str]]:
         """Stop and delete everything of the run; return (removed, left behind).
@@ -240,17 +234,11 @@ class RunState:
         removed: list[str] = []
         names = {e["pid"]: e["what"] for e in self.data["pids"]}
         victims = {pid: start_time(pid) for pid in self._run_processes()}
+        names.update({pid: _comm(pid) for pid in victims if pid not in names})
         if self.cgroup is not None and (self.cgroup / "cgroup.kill").exists():
             (self.cgroup / "cgroup.kill").write_text("1")
-        for pid, started in victims.items():
-            if alive(pid, started):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for pid, started in victims.items():
-            _wait_gone(pid, started)
-            removed.append(f"process {names.get(pid, _comm(pid))} ({pid})")
+        _kill(victims)
+        removed += [f"process {names[pid]} ({pid})" for pid in victims]
         left = [f"process {names.get(p, p)} ({p})" for p, s in victims.items() if alive(p, s)]
         present = set(root_links())
         mine = [l for l in self.data["links"] if l in present]
@@ -317,6 +305,18 @@ def _replay(text: str) -> dict[str, Any]:
         elif op in ("link", "netns"):
             data[f"{op}s" if op == "link" else op].append(entry["name"])
     return data
+
+
+def _kill(victims: dict[int, int | None]) -> None:
+    """SIGKILL each (pid, start time) that is still that very process, then wait for all."""
+    for pid, started in victims.items():
+        if alive(pid, started):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid, started in victims.items():
+        _wait_gone(pid, started)
 
 
 def _comm(pid: int) -> str:
