@@ -262,6 +262,11 @@ class RunState:
                 self.cgroup.rmdir()
             except OSError as exc:
                 left.append(f"cgroup {self.cgroup} ({exc.strerror})")
+            else:
+                try:  # the runs' parent cgroup too, once no other run is in it
+                    self.cgroup.parent.rmdir()
+                except OSError:
+                    pass
         left += [f"link {l}" for l in left_links] + [f"netns {n}" for n in left_netns]
         if left:
             self.data["links"], self.data["netns"] = left_links, left_netns

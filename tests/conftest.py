@@ -7,6 +7,7 @@ are checked on any machine, even one without Mininet.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _remove_kept_logs():
+    """Tests fail builds on purpose, and a failed build keeps its daemons' logs for the user
+    (runstate.LOGS); the tests remove the ones they caused, nothing else."""
+    logs = runstate.STATE_ROOT / runstate.LOGS
+    before = set(logs.iterdir()) if logs.is_dir() else set()
+    yield
+    if logs.is_dir():
+        for path in set(logs.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
+        if not before and not any(logs.iterdir()):
+            logs.rmdir()
 
 
 def k8stopo(*args: str, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess[str]:
