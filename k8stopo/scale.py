@@ -122,7 +122,7 @@ def bgp_samples(cluster: Cluster) -> list[tuple[str, Sample]]:
     block = str(node.pod_cidr)
 
     def nobody_routes() -> bool:
-        return all(block in variant._missing_blocks(n) for n in cluster.nodes if n is not node)
+        return all(block in variant.missing_blocks(n) for n in cluster.nodes if n is not node)
 
     variant.stop_bird(node)
     withdraw, poll_w = _wait(nobody_routes)

@@ -53,7 +53,7 @@ def test_flannel0_is_a_tun_with_the_subnet_address_and_the_cluster_route(flannel
 def test_the_proxy_is_one_tracked_thread_per_node(flannel_udp: Cluster) -> None:
     tracked = {e["pid"] for e in flannel_udp.state.data["pids"]}
     for node in flannel_udp.nodes:
-        proxy = flannel_udp.variant.proxies[node.name]
+        proxy = flannel_udp.variant.forwarders[node.name]
         assert proxy.poll() is None and proxy.pid in tracked and threads(proxy.pid) == 1
 
 
@@ -140,7 +140,7 @@ def test_sleeve_router_and_checksum_offload_as_weave_sets_them(weave: Cluster) -
         pytest.skip("sleeve's router")
     tracked = {e["pid"] for e in weave.state.data["pids"]}
     for node in weave.nodes:
-        router = weave.variant.routers[node.name]
+        router = weave.variant.forwarders[node.name]
         assert router.poll() is None and router.pid in tracked and threads(router.pid) == 1
         assert json.loads(node.output(["ip", "-j", "link", "show", "vethwe-bridge"]))[0][
             "master"] == "weave"

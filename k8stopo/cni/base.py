@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import jinja2
 
-from .. import ipam, pods
+from .. import ipam, native, pods
 from ..agent import Agent
 from ..spec import MIN_MTU, ClusterSpec, SpecError, ipv4_network
 
@@ -175,3 +176,23 @@ class Variant(Agent):
         links = json.loads(node.output(["ip", "-j", "link", "show", "type", "veth"]) or "[]")
         node.batch("ip", [["link", "del", link["ifname"]] for link in links
                           if link["ifname"] != node.intf], check=False)
+
+
+class ForwardingVariant(Variant):
+    """A variant whose datapath is one of k8stopo's C forwarders per node (flanneld's UDP
+    proxy, weave's sleeve router): :meth:`connect` starts them into ``forwarders``, and
+    this class checks them at ready time and stops them first at teardown."""
+
+    program: ClassVar[str]  # the k8stopo.native program
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        self.forwarders: dict[str, subprocess.Popen[str]] = {}
+
+    def wait_ready(self, timeout: float) -> None:
+        native.check_running(self.cluster.state, self.forwarders, self.program)
+
+    def stop(self) -> None:
+        for name, p in self.forwarders.items():
+            self.cluster.node(name).stop(p)
+        self.forwarders.clear()

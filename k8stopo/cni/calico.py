@@ -267,7 +267,7 @@ class CalicoBird(Calico):
         out); they are asked at once, so a poll round of a large cluster stays short."""
         speakers = self.speakers()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            found = dict(zip(speakers, pool.map(self._missing_blocks, speakers.values())))
+            found = dict(zip(speakers, pool.map(self.missing_blocks, speakers.values())))
         return {name: blocks for name, blocks in found.items() if blocks}
 
     def wait_ready(self, timeout: float) -> None:
@@ -299,7 +299,7 @@ class CalicoBird(Calico):
             f"{len(missing[worst])}, e.g. {', '.join(missing[worst][:3])}); "
             f"`birdc show protocols` on {worst}:\n{protocols}")
 
-    def _missing_blocks(self, node: Endpoint) -> list[str]:
+    def missing_blocks(self, node: Endpoint) -> list[str]:
         routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])
         have = {line.split()[0] for line in routes.splitlines() if line.strip()}
         return [str(p.pod_cidr) for p in self.cluster.nodes

@@ -29,12 +29,11 @@ traffic from pods to outside the cluster CIDR is masqueraded, pod-to-pod never i
 from __future__ import annotations
 
 import logging
-import subprocess
 from typing import Any
 
 from .. import native
 from ..node import Node
-from .base import Variant
+from .base import ForwardingVariant, Variant
 
 log = logging.getLogger("k8stopo.flannel")
 
@@ -128,17 +127,14 @@ class FlannelHostGW(Flannel):
                          "; ".join(l for l in errors.splitlines() if l.startswith("Error")))
 
 
-class FlannelUDP(Flannel):
+class FlannelUDP(ForwardingVariant, Flannel):
     name = "flannel-udp"
     wire = "UDP 8285, payload = the inner IP packet (pod IPs)"
     overhead = 28  # outer IPv4 20 + UDP 8 (flannel's encapOverhead)
     requires = Flannel.requires + ("tun", "native:flannel-udp-proxy")
+    program = "flannel-udp-proxy"
     DEVICE = "flannel0"
     PORT = 8285
-
-    def __init__(self, cluster: Any) -> None:
-        super().__init__(cluster)
-        self.proxies: dict[str, subprocess.Popen[str]] = {}
 
     def connect(self) -> None:
         """flanneld's udp backend per node: open the TUN and the socket (our proxy does
@@ -149,8 +145,8 @@ class FlannelUDP(Flannel):
             tun_ip = node.pod_cidr.network_address
             routes = [arg for p in self.cluster.nodes if p is not node
                       for arg in ("--route", f"{p.pod_cidr}={p.ip}:{self.PORT}")]
-            self.proxies[node.name] = native.start(
-                node, "flannel-udp-proxy",
+            self.forwarders[node.name] = native.start(
+                node, self.program,
                 ["--tun", self.DEVICE, "--bind", f"{node.ip}:{self.PORT}", "--mtu", self.pod_mtu,
                  "--tun-ip", tun_ip, *routes])
             node.batch("ip", [["addr", "add", f"{tun_ip}/32", "dev", self.DEVICE],
@@ -158,10 +154,3 @@ class FlannelUDP(Flannel):
                               ["route", "add", self.cluster.pod_cidr, "dev", self.DEVICE,
                                "scope", "global"]])
 
-    def wait_ready(self, timeout: float) -> None:
-        native.check_running(self.cluster.state, self.proxies, "flannel-udp-proxy")
-
-    def stop(self) -> None:
-        for name, p in self.proxies.items():
-            self.cluster.node(name).stop(p)
-        self.proxies.clear()

@@ -57,14 +57,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import subprocess
 import threading
 from typing import Any, ClassVar
 
 from .. import native
 from ..node import Node, Pod
 from ..spec import ClusterSpec, SpecError
-from .base import Variant
+from .base import ForwardingVariant, Variant
 
 WEAVE_RANGE = "10.32.0.0/12"
 BRIDGE = "weave"
@@ -280,19 +279,16 @@ class WeaveFastDP(Weave):
                           "dst", peer.ip, "vni", self.vni(node, peer), "self", "permanent"])
 
 
-class WeaveSleeve(Weave):
+class WeaveSleeve(ForwardingVariant, Weave):
     name = "weave-sleeve"
     wire = "UDP 6783: sender peer name, then per frame src/dst peer names, length, Ethernet frame"
     # outer IPv4 + UDP 28, sender name 6, frame header 6 + 6 + 2, inner Ethernet 14
     overhead = 62  # router/sleeve.go overheadDF
     requires = Weave.requires + ("ethtool", "native:weave-sleeve")
     pod_tx_off = True
+    program = "weave-sleeve"
     PORT = 6783
     CAPTURE = "vethwe-pcap"
-
-    def __init__(self, cluster: Any) -> None:
-        super().__init__(cluster)
-        self.routers: dict[str, subprocess.Popen[str]] = {}
 
     def attach_overlay(self, node: Node) -> None:
         """bridgeImpl.init: vethwe-bridge in the bridge, vethwe-pcap for the router, TX off."""
@@ -306,16 +302,9 @@ class WeaveSleeve(Weave):
         for node in self.cluster.nodes:
             peers = [arg for p in self.cluster.nodes if p is not node
                      for arg in ("--peer", f"{peer_name(p)}={p.ip}:{self.PORT}")]
-            self.routers[node.name] = native.start(
-                node, "weave-sleeve",
+            self.forwarders[node.name] = native.start(
+                node, self.program,
                 ["--capture", self.CAPTURE, "--bind", f"{node.ip}:{self.PORT}",
                  "--name", peer_name(node), "--mtu", self.pod_mtu,
                  "--pmtu", self.cluster.spec.mtu, *peers])
 
-    def wait_ready(self, timeout: float) -> None:
-        native.check_running(self.cluster.state, self.routers, "weave-sleeve")
-
-    def stop(self) -> None:
-        for name, p in self.routers.items():
-            self.cluster.node(name).stop(p)
-        self.routers.clear()

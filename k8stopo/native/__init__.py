@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from ..errors import RunError
 from ..proc import CommandError
 
 if TYPE_CHECKING:
@@ -67,10 +68,10 @@ def start(endpoint: "Endpoint", name: str, args: Sequence[object],
 
 def check_running(state: "RunState", processes: dict[str, subprocess.Popen[str]],
                   name: str) -> None:
-    """RuntimeError naming the endpoint and the forwarder's last log line if one has exited
+    """RunError naming the endpoint and the forwarder's last log line if one has exited
     (its node's pods would silently lose every cross-node packet)."""
     for where, p in processes.items():
         if p.poll() is not None:
             log = log_path(state, where, name).read_text().strip().splitlines()
-            raise RuntimeError(f"{name} on {where} exited with {p.returncode}: "
+            raise RunError(f"{name} on {where} exited with {p.returncode}: "
                                f"{log[-1] if log else 'no log output'}")
