@@ -6,6 +6,7 @@ reference (never computed by the evaluator under test)."""
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import subprocess
 import sys
@@ -182,11 +183,16 @@ def start_servers(cluster: Cluster) -> None:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready", pod.name
 
 
+# Fresh UDP source ports, below the kernel's ephemeral range: a test's few thousand probes never
+# repeat a 5-tuple that an earlier case left in conntrack (the ESTABLISHED rule would pass it).
+_SOURCE_PORTS = itertools.cycle(range(10000, 30000))
+
+
 def _probe(cluster: Cluster, todo: list[tuple[Pod, Pod, int, str]]) -> dict[tuple, bool]:
     by_client: dict[str, list] = {}
     for src, dst, port, proto in todo:
         by_client.setdefault(src.name, []).append(
-            [f"{dst.name}|{port}|{proto}", str(dst.ip), port, proto])
+            [f"{dst.name}|{port}|{proto}", str(dst.ip), port, proto, next(_SOURCE_PORTS)])
 
     def one(client: str) -> dict[str, str | None]:
         out = cluster.pod(client).output([sys.executable, str(AGENT), "probe",

@@ -2,8 +2,10 @@
 
 ``serve NAME PORT/PROTO...``: answer every TCP connection and UDP datagram on the given ports
 with NAME (the pod's ``ns/pod``), as the e2e suite's agnhost does.
-``probe JSON``: JSON is a list of [key, ip, port, proto]; try each once, all at the same time,
-and print {key: answered-name-or-null}.
+``probe JSON``: JSON is a list of [key, ip, port, proto, source_port]; try each once, all at
+the same time, and print {key: answered-name-or-null}. A UDP probe sends from the source port
+it is given: the caller never reuses one, so no probe rides on an earlier case's conntrack
+entry (which Felix's and weave-npc's ESTABLISHED rules accept, as on a real node).
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def serve(name: str, specs: list[str]) -> None:
                 s.sendto(answer, peer)
 
 
-def probe_one(ip: str, port: int, proto: str) -> str | None:
+def probe_one(ip: str, port: int, proto: str, source_port: int) -> str | None:
     kind = socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
         s.settimeout(TIMEOUT)
@@ -53,6 +55,7 @@ def probe_one(ip: str, port: int, proto: str) -> str | None:
             if proto == "TCP":
                 s.connect((ip, port))
             else:
+                s.bind(("0.0.0.0", source_port))
                 s.sendto(b"?", (ip, port))
             return s.recv(256).decode() or None
         except OSError:
@@ -62,8 +65,8 @@ def probe_one(ip: str, port: int, proto: str) -> str | None:
 def probe(targets: list[list]) -> None:
     out: dict[str, str | None] = {}
 
-    def run(key: str, ip: str, port: int, proto: str) -> None:
-        out[key] = probe_one(ip, port, proto)
+    def run(key: str, ip: str, port: int, proto: str, source_port: int) -> None:
+        out[key] = probe_one(ip, port, proto, source_port)
 
     threads = [threading.Thread(target=run, args=t) for t in targets]
     for t in threads:
