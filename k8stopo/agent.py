@@ -44,7 +44,8 @@ class Agent:
         """Refuse (SpecError) a spec this agent cannot serve, before anything exists."""
 
     def setup_node(self, node: "Node") -> None:
-        """Per-node set-up; ip_forward is already on."""
+        """Per-node set-up; ip_forward is already on. Nodes are set up at once (one thread
+        each): touch only ``node`` and guard what the nodes share."""
 
     def connect(self) -> None:
         """Program every node for its peers (all nodes exist now)."""

@@ -248,9 +248,7 @@ class Cluster:
         with self._phase("agents"):
             self.variant = self.variant_cls(self)
             self.agents = [self.variant, *(cls(self) for cls in self.agent_classes)]
-            for node in self.nodes:
-                for agent in self.agents:
-                    agent.setup_node(node)
+            self.per_node(self._setup_node, self.nodes)
             for agent in self.agents:
                 agent.connect()
         with self._phase("pods"):
@@ -263,6 +261,11 @@ class Cluster:
             self.offloads_off()
         log.info("cluster %s ready: %s", prefix,
                  ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
+
+    def _setup_node(self, node: Node) -> None:
+        """Every agent's per-node setup, in agent order (nodes are set up at once)."""
+        for agent in self.agents:
+            agent.setup_node(node)
 
     @contextlib.contextmanager
     def _phase(self, name: str) -> Iterator[None]:
@@ -282,19 +285,28 @@ class Cluster:
         addresses are seeded; pods still resolve their neighbours themselves."""
         macs = {n.name: n.mn.defaultIntf().MAC() for n in self.nodes}
         segment = {n.name: self.gateway(n) for n in self.nodes}
-        for node in self.nodes:
+
+        def seed(node: Node) -> None:
             node.batch("ip", [["neigh", "replace", peer.ip, "lladdr", macs[peer.name],
                                "dev", node.intf, "nud", "permanent"]
                               for peer in self.nodes
                               if peer is not node and segment[peer.name] == segment[node.name]])
+
+        self.per_node(seed, self.nodes)
         self.seeded_neighbours = True
 
     def new_pod_host(self, name: str) -> Host:
-        """A Mininet host holding a new pod's namespace (Mininet itself is not thread-safe;
-        pods of different nodes are attached at once)."""
+        """A Mininet host holding a new pod's namespace, made as ``addHost`` makes it.
+
+        Pods of different nodes are attached at once: the shell starts outside the lock
+        (its spawn and prompt round trip are most of a pod's Mininet cost), and only the
+        registration in Mininet's lists, which are not thread-safe, holds it."""
         assert self.net is not None
+        host = self.net.host(name, ip=None)
         with self._mininet_lock:
-            return self.net.addHost(name, ip=None)
+            self.net.hosts.append(host)
+            self.net.nameToNode[name] = host
+        return host
 
     def gateway(self, node: Node) -> ipaddress.IPv4Address:
         """The router address of ``node``'s segment (absent on one segment, as no packet
@@ -364,14 +376,14 @@ class Cluster:
                 pod = variant.attach_pod(node, name, namespace, labels)
                 pod.ports = self._declared_ports.get(name, ())
 
-        self._per_node(attach, list(per_node.values()))
+        self.per_node(attach, list(per_node.values()))
         by_name = {p.name: p for p in self.pods}
         for name in names:
             for agent in self.agents[1:]:
                 agent.pod_added(by_name[name])
 
     @staticmethod
-    def _per_node(work: Any, batches: list[Any]) -> None:
+    def per_node(work: Any, batches: list[Any]) -> None:
         """Run ``work`` over the batches (one per node) in threads; the first failure is
         raised once every batch under way has finished (teardown must not race them)."""
         if len(batches) <= 1:
@@ -398,14 +410,14 @@ class Cluster:
         if variant is None:
             return
         if len(self.pods) > CNI_DEL_UP_TO:
-            self._per_node(variant.detach_all, self.nodes)
+            self.per_node(variant.detach_all, self.nodes)
             return
 
         def detach(node_pods: list[Pod]) -> None:
             for pod in reversed(node_pods):
                 if not pod.host_network:
                     self._stop_step(f"detach {pod.name}", lambda p=pod: variant.detach_pod(p))
-        self._per_node(detach, [node.pods for node in self.nodes])
+        self.per_node(detach, [node.pods for node in self.nodes])
 
     def _stop_mininet(self) -> None:
         """Mininet's stop, in its order (links, then hosts), with the links deleted in one

@@ -40,6 +40,7 @@ import ipaddress
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,15 +219,18 @@ class CalicoBird(Calico):
         return base / "bird.conf", base / "bird.ctl", base / "bird.log"
 
     def connect(self) -> None:
-        for node in self.cluster.nodes:  # every config checked before any BIRD starts
-            conf = self._paths(node)[0]
-            conf.write_text(self.bird_config(node))
-            node.run(["bird", "-p", "-c", conf])  # BIRD's own config check first
+        # every node's config checked (at once) before any BIRD starts
+        self.cluster.per_node(self._write_config, self.cluster.nodes)
         self.started_at = time.monotonic()
         for node in self.cluster.nodes:
             self.start_bird(node)
         if self.cluster.router is not None:
             self._start_tor(self.cluster.router)
+
+    def _write_config(self, node: Node) -> None:
+        conf = self._paths(node)[0]
+        conf.write_text(self.bird_config(node))
+        node.run(["bird", "-p", "-c", conf])  # BIRD's own config check
 
     def start_bird(self, node: Node) -> None:
         conf, ctl, _ = self._paths(node)
@@ -346,6 +350,7 @@ class CalicoIPIP(CalicoBird):
         super().__init__(cluster)
         self.datapath: str | None = None  # "ipip" (kernel module) or "tc-bpf"
         self._bpf_object: Path | None = None
+        self._first = threading.Lock()  # nodes are set up at once: one decides, one compiles
 
     def kernel_programming(self, node: Node) -> dict[str, Any]:
         """BIRD puts peers' blocks on tunl0 (onlink via the peer); cross-subnet leaves the
@@ -362,14 +367,16 @@ class CalicoIPIP(CalicoBird):
 
     def setup_node(self, node: Node) -> None:
         super().setup_node(node)
-        if self.datapath is None:
-            self.datapath = "ipip" if self._kernel_tunl0(node) else "tc-bpf"
-            log.info("calico-ipip datapath: %s", "kernel ipip tunl0" if self.datapath == "ipip"
-                     else "tc eBPF stand-in for the absent ipip module")
-        elif self.datapath == "ipip":
-            self._kernel_tunl0(node)
-        if self.datapath == "tc-bpf":
-            self._bpf_tunl0(node)
+        with self._first:
+            if self.datapath is None:
+                self.datapath = "ipip" if self._kernel_tunl0(node) else "tc-bpf"
+                log.info("calico-ipip datapath: %s", "kernel ipip tunl0"
+                         if self.datapath == "ipip" else "tc eBPF stand-in for the absent ipip module")
+            elif self.datapath == "ipip":
+                self._kernel_tunl0(node)
+            obj = self._compile() if self.datapath == "tc-bpf" else None
+        if obj is not None:
+            self._bpf_tunl0(node, obj)
         node.run(["ip", "link", "set", "tunl0", "mtu", self.pod_mtu, "up"])
         node.run(["ip", "addr", "add", f"{tunnel_address(node)}/32", "dev", "tunl0"])
 
@@ -381,8 +388,7 @@ class CalicoIPIP(CalicoBird):
         return node.run(["ip", "link", "add", "tunl0", "type", "ipip"],
                         check=False).returncode == 0
 
-    def _bpf_tunl0(self, node: Node) -> None:
-        obj = self._compile()
+    def _bpf_tunl0(self, node: Node, obj: Path) -> None:
         node.batch("ip", [["link", "add", "tunl0", "type", "veth", "peer", "name", self.SINK],
                           ["link", "set", "tunl0", "arp", "off"],
                           ["link", "set", self.SINK, "mtu", self.pod_mtu, "up"]])
