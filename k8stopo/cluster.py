@@ -257,6 +257,7 @@ class Cluster:
         with self._phase("ready"):
             for agent in self.agents:
                 agent.wait_ready(READY_TIMEOUT)
+            self.state.settle()  # every shell in the run's cgroup before anyone types in one
         if self.spec.offloads == "off":
             self.offloads_off()
         log.info("cluster %s ready: %s", prefix,
@@ -372,9 +373,10 @@ class Cluster:
         variant = self.variant
 
         def attach(entries: list[tuple[Node, str, str, dict[str, str]]]) -> None:
-            for node, name, namespace, labels in entries:
-                pod = variant.attach_pod(node, name, namespace, labels)
-                pod.ports = self._declared_ports.get(name, ())
+            with variant.attaching(entries[0][0]):
+                for node, name, namespace, labels in entries:
+                    pod = variant.attach_pod(node, name, namespace, labels)
+                    pod.ports = self._declared_ports.get(name, ())
 
         self.per_node(attach, list(per_node.values()))
         by_name = {p.name: p for p in self.pods}

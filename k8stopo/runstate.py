@@ -21,12 +21,14 @@ tries again instead of saying "nothing left behind".
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
 import secrets
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -95,6 +97,9 @@ def _fresh_prefix() -> str:
 class RunState:
     """The record of one run; see the module docstring. ``RunState.open`` reads one back."""
 
+    _joins: concurrent.futures.ThreadPoolExecutor | None  # moves into the cgroup, queued
+    _joins_lock: threading.Lock
+
     def __init__(self, kind: str) -> None:
         STATE_ROOT.mkdir(parents=True, exist_ok=True)
         root = cgroup2_root()
@@ -102,6 +107,7 @@ class RunState:
         while True:
             self.prefix = _fresh_prefix()
             self.cgroup: Path | None = root / "k8stopo" / self.prefix if root else None
+            self._queue_joins()
             self.data: dict[str, Any] = {
                 "prefix": self.prefix, "kind": kind, "created": time.time(),
                 "owner": {"pid": me, "start": start_time(me)},
@@ -130,6 +136,7 @@ class RunState:
         self.dir = STATE_ROOT / prefix
         self.data = _replay((self.dir / JOURNAL).read_text())
         self.cgroup = Path(self.data["cgroup"]) if self.data.get("cgroup") else None
+        self._queue_joins()
         return self
 
     # -- the journal ------------------------------------------------------------------
@@ -163,11 +170,40 @@ class RunState:
 
     # -- recording --------------------------------------------------------------------
     def track_pid(self, pid: int, what: str) -> None:
-        """Record a process of the run (and put it in the run's cgroup if not there yet)."""
-        self.join_cgroup(pid)
+        """Record a process of the run, and put it in the run's cgroup if not there yet.
+
+        The move is queued (:meth:`settle` waits for it): each write to ``cgroup.procs``
+        waits for an RCU grace period, about 10 ms, serialised machine-wide; a thousand
+        pods' shells moved one by one on the attaching threads cost seconds, queued they
+        go back to back. Until it has moved, the process is stopped by its recorded pid."""
         entry = {"pid": pid, "start": start_time(pid), "what": what}
         self.data["pids"].append(entry)
         self._append({"op": "pid", **entry})
+        if self.cgroup is not None and not self.holds(pid):
+            with self._joins_lock:
+                if self._joins is None:
+                    self._joins = concurrent.futures.ThreadPoolExecutor(1, "cgroup-join")
+                self._joins.submit(self.join_cgroup, pid)
+
+    def _queue_joins(self) -> None:
+        self._joins = None
+        self._joins_lock = threading.Lock()
+
+    def settle(self) -> None:
+        """Wait until every recorded process has been moved into the run's cgroup."""
+        with self._joins_lock:
+            joins, self._joins = self._joins, None
+        if joins is not None:
+            joins.shutdown(wait=True)
+
+    def holds(self, pid: int) -> bool:
+        """Whether ``pid`` is in the run's cgroup already (a spawned process joins before
+        it execs)."""
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return False
+        return f"0::/k8stopo/{self.prefix}" in lines
 
     def untrack_pid(self, pid: int) -> None:
         self.data["pids"] = [p for p in self.data["pids"] if p["pid"] != pid]
@@ -231,6 +267,7 @@ class RunState:
 
         What is left behind stays in the journal, which is kept, so a later
         ``k8stopo clean`` tries again."""
+        self.settle()
         removed: list[str] = []
         names = {e["pid"]: e["what"] for e in self.data["pids"]}
         victims = {pid: start_time(pid) for pid in self._run_processes()}

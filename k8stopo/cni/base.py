@@ -20,11 +20,12 @@ bench ask the variant instead of special-casing names.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import jinja2
 
@@ -160,6 +161,13 @@ class Variant(Agent):
                        labels=labels or {}, runtime_config=self.runtime_config(node))
         self.pod_added(pod)
         return pod
+
+    @contextlib.contextmanager
+    def attaching(self, node: "Node") -> Iterator[None]:
+        """Around the attachment of several pods of ``node`` back to back (the cluster's
+        bring-up): a variant whose node agent coalesces updates applies them once, at the
+        end, as it would with the updates that arrive while it is busy."""
+        yield
 
     def runtime_config(self, node: "Node") -> dict[str, Any]:
         """What kubelet passes the plugins at run time for the next pod on ``node``

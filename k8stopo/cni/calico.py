@@ -35,6 +35,7 @@ What calico-node does on each node, and how this emulation does it:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -44,7 +45,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 from .. import proc
 from ..errors import RunError
@@ -88,6 +89,10 @@ class Calico(Variant):
     #: the tunnel device Felix's nat rules name (None: no encapsulation)
     tunnel_device: ClassVar[str | None] = None
 
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        self._pending: dict[str, list[Pod]] = {}  # per node, while its pods are attached
+
     def netconf(self, node: Node) -> dict[str, Any]:
         return {
             "cniVersion": "0.3.1",
@@ -128,7 +133,25 @@ class Calico(Variant):
                          ["addr", "add", f"{pod.ip}/32", "dev", pod.ifname],
                          ["route", "replace", GATEWAY, "dev", pod.ifname, "scope", "link"],
                          ["route", "replace", "default", "via", GATEWAY, "dev", pod.ifname]])
-        self.program_workload(pod)
+        pending = self._pending.get(node.name)
+        if pending is None:
+            self.program_workload(pod)
+        else:
+            pending.append(pod)
+
+    @contextlib.contextmanager
+    def attaching(self, node: Node) -> Iterator[None]:
+        """Felix's apply loop: the endpoints of the pods that arrived while it was busy are
+        programmed in one iptables-restore (felix/iptables/table.go Apply), not one each."""
+        self._pending[node.name] = []
+        try:
+            yield
+            arrived = self._pending[node.name]
+        finally:
+            del self._pending[node.name]
+        if arrived:
+            self._program(node, [line for pod in arrived
+                                 for line in felix.workload_rules(workload_iface(pod), pod)])
 
     def program_workload(self, pod: Pod, ingress_policies: Sequence[str] = (),
                          egress_policies: Sequence[str] = (), policy_lines: Sequence[str] = ()
@@ -140,12 +163,14 @@ class Calico(Variant):
         lines declaring those chains, loaded first in the same atomic batch."""
         node = pod.node
         assert node is not None
+        self._program(node, [*policy_lines, *felix.workload_rules(
+            workload_iface(pod), pod, ingress_policies, egress_policies)])
+
+    @staticmethod
+    def _program(node: Node, lines: Sequence[str]) -> None:
+        """Workload chains and the node's dispatch chains over all its pods, one batch."""
         ifaces = [workload_iface(p) for p in node.pods if not p.host_network]
-        felix.restore(node, felix.table("filter", [
-            *policy_lines,
-            *felix.workload_rules(workload_iface(pod), pod,
-                                  ingress_policies, egress_policies),
-            *felix.dispatch_rules(ifaces)]))
+        felix.restore(node, felix.table("filter", [*lines, *felix.dispatch_rules(ifaces)]))
 
 
 @dataclass(frozen=True)
