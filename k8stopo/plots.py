@@ -160,7 +160,7 @@ def _axes_style(ax: Axes, layout: _Layout) -> None:
 
 
 def _repeat_span(rows: pd.DataFrame) -> str:
-    counts = rows.groupby(KEYS + ["protocol", "metric"]).size()
+    counts = analysis.measured(rows).groupby(KEYS + ["protocol", "metric"]).size()
     lo, hi = (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
