@@ -150,13 +150,14 @@ class NodeStopped(UnderlayLinkDown):
         return lambda: self._move({srv.pid}, self.run_cgroup)
 
     def lift(self) -> None:
-        if not self.frozen.exists():
-            return
-        super().lift()
-        (self.frozen / "cgroup.freeze").write_text("0")
-        members = {int(p) for p in (self.frozen / "cgroup.procs").read_text().split()}
-        self._move(members, self.run_cgroup)
-        self.frozen.rmdir()
+        try:
+            if self.frozen.exists():
+                (self.frozen / "cgroup.freeze").write_text("0")
+                members = {int(p) for p in (self.frozen / "cgroup.procs").read_text().split()}
+                self._move(members, self.run_cgroup)
+                self.frozen.rmdir()
+        finally:
+            super().lift()
 
 
 #: fault name -> its class (spec.FAULTS names them for the command line)
@@ -167,7 +168,8 @@ FAULTS: dict[str, type[Fault]] = {c.name: c for c in (UnderlayLinkDown, ServerSt
 @contextlib.contextmanager
 def injected(name: str, cluster: Cluster, server: Endpoint) -> Iterator[None]:
     """Fault ``name`` on ``server``'s node for the measurements run inside the block; lifted
-    on the way out, however it is left, then the cluster is waited for until ready."""
+    on the way out, however it is left, and then (unless it was left by an exception, a
+    Ctrl-C) the cluster is waited for until it is ready again."""
     fault = FAULTS[name](cluster, node_of(server))
     log.info("%s on %s", name, fault.node.name)
     try:
@@ -176,4 +178,4 @@ def injected(name: str, cluster: Cluster, server: Endpoint) -> Iterator[None]:
             yield
     finally:
         fault.lift()
-        cluster.wait_ready()
+    cluster.wait_ready()
