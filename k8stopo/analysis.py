@@ -18,6 +18,10 @@ all draw from the same numbers, on any machine that has the CSVs.
   ``RESAMPLES`` resamples, fixed seed: the same rows give the same interval), and the
   coefficient of variation (sample standard deviation over mean). With 3 repeats the
   interval cannot be wider than min–max; more repeats are what narrow a claim.
+- **Failures.** A measurement that failed is one row of metric ``failed`` (value 1, the
+  reason in ``error``): never a value. :func:`describe` and every chart leave those rows
+  out; :func:`failures` counts them, and :func:`summary` shows the count (``failed``).
+  Rows measured under a fault (``fault``) are a setup of their own.
 """
 from __future__ import annotations
 
@@ -35,7 +39,9 @@ SCENARIO_ORDER: tuple[str, ...] = SCENARIOS + ("pod-to-nodeport", "pod-to-hostpo
 #: which measurement a row is, and what was measured: never a setup parameter
 IDENTITY = frozenset({
     "run_id", "started_at", "cni", "scenario", "protocol", "metric", "value", "unit", "repeat",
-    "client", "server", "client_ip", "server_ip", "raw_file", "experiment", "setup"})
+    "client", "server", "client_ip", "server_ip", "raw_file", "experiment", "setup", "error"})
+#: the metric of a measurement that failed (k8stopo.bench.FAILED): a count, never a value
+FAILED = "failed"
 #: where and with what it was measured: shown in subtitles, never splits a setup
 ENVIRONMENT = frozenset({
     "kernel", "k8stopo_version", "cpu_model", "iptables_mode", "commit", "command", "hostname",
@@ -219,6 +225,27 @@ def tcp_ratios(df: pd.DataFrame) -> pd.DataFrame:
     return paired.assign(ratio=paired["value"] / paired["baseline"])
 
 
+def measured(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that hold a measured value: all but the ``failed`` ones."""
+    return df[df["metric"] != FAILED]
+
+
+def failures(df: pd.DataFrame) -> pd.DataFrame:
+    """Failed measurements per setup × cni × scenario × protocol: ``failed`` (how many)
+    and ``error`` (the most frequent reason)."""
+    df = _ensure_setup(df)
+    cols = STAT_KEYS[:-2] + ["failed", "error"]
+    sel = df[df["metric"] == FAILED]
+    if sel.empty:
+        return pd.DataFrame(columns=cols)
+    reasons = sel["error"] if "error" in sel.columns else pd.Series("", index=sel.index)
+    sel = sel.assign(error=reasons.fillna(""))
+    rows = [{**dict(zip(STAT_KEYS[:-2], key)), "failed": len(group),
+             "error": group["error"].mode().iloc[0]}
+            for key, group in sel.groupby(STAT_KEYS[:-2], sort=False, dropna=False)]
+    return _sorted(pd.DataFrame(rows, columns=cols), setups(df))
+
+
 def stats(values: Sequence[float] | pd.Series) -> dict[str, float]:
     """n, median, 95% bootstrap CI of the median (fixed seed) and coefficient of variation.
 
@@ -254,6 +281,8 @@ def describe(df: pd.DataFrame) -> pd.DataFrame:
     """Statistics of every metric per setup × cni × scenario × protocol × metric, plus the
     paired TCP ratio to host-to-host as protocol ``tcp``, metric ``ratio_to_host``."""
     df = _ensure_setup(df)
+    order = setups(df)
+    df = measured(df)
     cols = STAT_KEYS + ["n", "median", "ci_low", "ci_high", "cv"]
     if df.empty:
         return pd.DataFrame(columns=cols)
@@ -268,7 +297,7 @@ def describe(df: pd.DataFrame) -> pd.DataFrame:
     long = pd.concat(frames, ignore_index=True)
     rows = [{**dict(zip(STAT_KEYS, key)), **stats(group["value"])}
             for key, group in long.groupby(STAT_KEYS, sort=False, dropna=False)]
-    return _sorted(pd.DataFrame(rows, columns=cols), setups(df))
+    return _sorted(pd.DataFrame(rows, columns=cols), order)
 
 
 def warnings(table: pd.DataFrame) -> list[str]:
@@ -299,11 +328,14 @@ SUMMARY_METRICS = (
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per setup × cni × scenario: for each metric present, ``<name>`` (the median),
     ``<name>_ci_low``, ``<name>_ci_high`` and ``<name>_cv``, in the units shown
-    (Gbit/s, µs, %); ``repeats`` is the most repeats behind any of them."""
+    (Gbit/s, µs, %); ``repeats`` is the most repeats behind any of them; ``failed`` the
+    failed measurements (only when there are any: a setup may then have no value)."""
     homes = full_setups(df)
     table = describe(df)
     table = table.assign(setup=table["setup"].map(homes)).explode("setup")
-    out = table[KEYS].drop_duplicates().set_index(KEYS)
+    failed = failures(df)
+    failed = failed.assign(setup=failed["setup"].map(homes)).explode("setup")
+    out = pd.concat([table[KEYS], failed[KEYS]]).drop_duplicates().set_index(KEYS)
     for protocol, metric, name, factor in SUMMARY_METRICS:
         sel = table[(table["protocol"] == protocol) & (table["metric"] == metric)].set_index(KEYS)
         if sel.empty:
@@ -313,6 +345,10 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         out[f"{name}_ci_high"] = sel["ci_high"] * factor
         out[f"{name}_cv"] = sel["cv"]
     out["repeats"] = table.groupby(KEYS, sort=False)["n"].max()
+    out["repeats"] = out["repeats"].fillna(0).astype(int)
+    if not failed.empty:
+        out["failed"] = failed.groupby(KEYS, sort=False)["failed"].sum()
+        out["failed"] = out["failed"].fillna(0).astype(int)
     order = list(dict.fromkeys(f for fs in homes.values() for f in fs))
     return _sorted(out.reset_index(), order)
 

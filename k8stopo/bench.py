@@ -25,16 +25,26 @@ Only what is distinct is measured (docs/bench.md):
   kube-proxy cannot forward to the pods (``Variant.kube_proxy_reaches_pods``).
 
 Both are printed as one line each before the run starts, never written as rows:
-every row holds a value a tool measured.
+every row holds a value a tool measured, or says that a measurement that was tried
+failed (metric ``failed``, the reason in ``error``; the run goes on).
+
+With ``faults`` (k8stopo.faults), each repeat's regular steps are followed by the same
+scenarios and protocols measured again under each fault in turn, one measurement per
+injection, tagged in the ``fault`` column. ``--resume`` (:func:`last_run`,
+:func:`remaining`) continues the last run of a CSV: the plan is the same, so the steps it
+had measured are the first ones of each (variant, scenario, protocol, repeat, fault).
 """
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
+import io
 import logging
 import platform
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TextIO
@@ -42,7 +52,7 @@ from typing import Sequence, TextIO
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import __version__, measure, proc, results
+from . import __version__, faults, measure, proc, results
 from .agent import Agent
 from .cluster import Cluster
 from .cni import variant as variant_class
@@ -52,7 +62,7 @@ from .dns import perf as _dnsperf  # noqa: F401 (registers the dns protocol)
 from .errors import RunError
 from .kubeproxy.scenarios import SERVICE_SCENARIOS, service_ends
 from .node import Endpoint, Pod
-from .spec import CLUSTER_PARAMS, BenchSpec
+from .spec import CLUSTER_PARAMS, BenchSpec, SpecError
 from .topo import segment_index
 from .workload import Workload
 
@@ -165,28 +175,95 @@ class Step:
     point: BenchSpec  # the spec at one sweep value (sweep None)
     scenario: str
     protocol: str
+    fault: str = ""  # measured under this fault (k8stopo.faults); "" for a regular step
+
+    @property
+    def key(self) -> tuple[str, str, str, int, str]:
+        """What a row records of its step (the sweep value not always: see remaining)."""
+        return (self.cni, self.scenario, self.protocol, self.repeat, self.fault)
+
+
+def not_under_fault(fault: str, scenario: str) -> str | None:
+    """Why ``scenario`` is not measured under ``fault`` (None: it is). A fault hits the
+    server's node, which only the scenario table and the Service scenarios fix (their
+    backend is on another node than the client); a stopped node runs no client."""
+    if scenario in SERVICE_SCENARIOS:
+        return None
+    if scenario not in SCENARIO_ENDS:
+        return "its server's node is not fixed by the scenario"
+    client, server = SCENARIO_ENDS[scenario]
+    if faults.FAULTS[fault].needs_other_node and client.node == server.node:
+        return "its client runs on the stopped node"
+    return None
 
 
 def plan(spec: BenchSpec) -> list[Step]:
     """Interleaved order: every variant and sweep point within a repeat before the next
-    repeat; scenarios that are not measured (:func:`not_measured`) are left out."""
+    repeat, then the same under each fault; scenarios that are not measured
+    (:func:`not_measured`, :func:`not_under_fault`) are left out."""
     kept = {cni: [s for s in spec.scenarios
                   if s not in not_measured(variant_class(cni), spec.scenarios, spec.nodes,
                                            spec.underlay)]
             for cni in spec.cnis}
-    return [Step(r, cni, point, scenario, protocol)
-            for r in range(spec.repeat) for cni in spec.cnis for point in spec.points()
-            for scenario in kept[cni] for protocol in spec.protocols
+    return [Step(r, cni, point, scenario, protocol, fault)
+            for r in range(spec.repeat) for fault in ("", *spec.faults) for cni in spec.cnis
+            for point in spec.points() for scenario in kept[cni] for protocol in spec.protocols
             if ONLY_WITH.get(protocol, scenario) == scenario
             and (scenario not in ONLY_WITH.values() or protocol in ONLY_WITH)
-            and (scenario not in SERVICE_SCENARIOS or protocol in ("tcp", "udp"))]
+            and (scenario not in SERVICE_SCENARIOS or protocol in ("tcp", "udp"))
+            and not (fault and not_under_fault(fault, scenario))]
 
 
 def skipped_lines(spec: BenchSpec) -> list[str]:
     """One line per variant and scenario that the plan leaves out, with why."""
-    return [f"not measured: {cni} {scenario}: {why}" for cni in spec.cnis
-            for scenario, why in not_measured(variant_class(cni), spec.scenarios,
-                                              spec.nodes, spec.underlay).items()]
+    lines = [f"not measured: {cni} {scenario}: {why}" for cni in spec.cnis
+             for scenario, why in not_measured(variant_class(cni), spec.scenarios,
+                                               spec.nodes, spec.underlay).items()]
+    return lines + [f"not measured under {fault}: {scenario}: {why}" for fault in spec.faults
+                    for scenario in spec.scenarios
+                    if (why := not_under_fault(fault, scenario))]
+
+
+# --- resuming an interrupted run -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Resume:
+    """What the last run of a CSV holds: its id, its command, and the measurements on
+    record per step key."""
+
+    run_id: str
+    command: str
+    done: Counter[tuple[str, str, str, int, str]]
+
+
+def last_run(out: Path) -> Resume:
+    """The last run recorded in ``out`` (the run of its last row); SpecError if none.
+
+    A measurement is one raw file (a failed one has its ``.error.txt``), so it counts once
+    whatever number of rows it wrote."""
+    rows = [r for r in csv.DictReader(io.StringIO(results.complete_text(out)))
+            if r.get("run_id")] if out.is_file() else []
+    if not rows:
+        raise SpecError(f"--resume: {out} holds no run to resume")
+    run_id = rows[-1]["run_id"]
+    mine = [r for r in rows if r["run_id"] == run_id]
+    raws = {r["raw_file"]: r for r in mine}
+    done = Counter((r["cni"], r["scenario"], r["protocol"], int(r["repeat"]), r.get("fault") or "")
+                   for r in raws.values())
+    return Resume(run_id, mine[-1].get("command") or "", done)
+
+
+def remaining(steps: list[Step], done: Counter[tuple[str, str, str, int, str]]) -> list[Step]:
+    """The steps not yet measured: of each key's steps (one per sweep value, in plan
+    order, which is measurement order), the first ``done[key]`` are."""
+    seen: Counter[tuple[str, str, str, int, str]] = Counter()
+    left = []
+    for step in steps:
+        if seen[step.key] < done[step.key]:
+            seen[step.key] += 1
+        else:
+            left.append(step)
+    return left
 
 
 def clusters(spec: BenchSpec, workload: Workload | None = None,
@@ -271,7 +348,8 @@ def _build(stack: contextlib.ExitStack, pending: dict[ClusterKey, Cluster]
 
 
 def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster: Cluster,
-             ends: tuple[Endpoint, str, Endpoint], raw_file: str) -> results.Context:
+             ends: tuple[Endpoint, str, Endpoint], raw_file: str, error: str = ""
+             ) -> results.Context:
     client, target, server = ends  # server_ip is the address dialled
     p = step.point
     return results.Context(
@@ -286,12 +364,16 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
                "offloads": p.offloads, "underlay": p.underlay, "underlay_mtu": p.mtu,
                "bgp_mode": _bgp_mode(step.cni, p), "ipip_mode": _own(step.cni, p, "ipip_mode"),
                "cpu_model": env.cpu_model, "iptables_mode": env.iptables_mode,
-               "commit": env.commit, "command": env.command, "experiment": spec.experiment})
+               "commit": env.commit, "command": env.command, "experiment": spec.experiment,
+               "fault": step.fault, "error": error})
 
 
 #: the parameter and environment columns every bench row adds to results.COLUMNS
 EXTRA_COLUMNS = ("udp_bandwidth", "msg_size", "offloads", "underlay", "underlay_mtu",
-                 "bgp_mode", "ipip_mode", "cpu_model", "iptables_mode", "commit", "command", "experiment")
+                 "bgp_mode", "ipip_mode", "cpu_model", "iptables_mode", "commit", "command",
+                 "experiment", "fault", "error")
+#: the metric of a measurement that failed (value 1, unit count, the reason in ``error``)
+FAILED = "failed"
 
 
 def _own(cni: str, point: BenchSpec, option: str) -> object:
@@ -306,27 +388,35 @@ def _bgp_mode(cni: str, point: BenchSpec) -> str:
 
 
 def run(spec: BenchSpec, out: Path, pending: dict[ClusterKey, Cluster], env: Environment,
-        progress_stream: TextIO = sys.stderr) -> tuple[str, int]:
-    """Run the whole matrix on ``pending`` (from :func:`clusters`, validated, not built);
-    return (run_id, number of failed measurements and builds)."""
-    run_id = results.new_run_id()
+        progress_stream: TextIO = sys.stderr, resume: Resume | None = None) -> tuple[str, int]:
+    """Run the whole matrix on ``pending`` (from :func:`clusters`, validated, not built),
+    or with ``resume`` what the last run of ``out`` lacks, under its run id (only the
+    clusters still needed are built); return (run_id, number of failed measurements and
+    builds)."""
+    run_id = resume.run_id if resume else results.new_run_id()
+    todo = remaining(plan(spec), resume.done) if resume else plan(spec)
+    pending = {k: c for k, c in pending.items()
+               if any(cluster_key(s.cni, s.point) == k for s in todo)}
     for line in skipped_lines(spec):
         print(f"k8stopo: {line}", file=progress_stream)
     with contextlib.ExitStack() as stack, results.CsvSink(out) as sink:
         built, failed = _build(stack, pending)
         for line in failed:
             log.error("%s; its measurements are skipped", line)
-        steps = [s for s in plan(spec) if cluster_key(s.cni, s.point) in built]
+        steps = [s for s in todo if cluster_key(s.cni, s.point) in built]
         raw_dir = out.parent / f"{out.stem}.raw" / run_id
-        raw_dir.mkdir(parents=True, exist_ok=False)  # a run id is never reused
-        writer = _Writer(run_id, spec, env, sink, raw_dir, out.parent)
+        raw_dir.mkdir(parents=True, exist_ok=resume is not None)  # a new run id is never reused
+        # numbering goes on after every file there, a crash's orphan without a row included
+        numbers = (re.match(r"\d+", f.name) for f in raw_dir.iterdir())
+        writer = _Writer(run_id, spec, env, sink, raw_dir, out.parent,
+                         max((int(n.group()) for n in numbers if n), default=0))
         bar = tqdm(total=len(steps), file=progress_stream, unit="measurement",
                    smoothing=0, dynamic_ncols=True, disable=not progress_stream.isatty())
         with bar, (logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()):
             for cell in _cells(steps):
                 bar.set_description(f"{cell[0].cni} {cell[0].scenario} r{cell[0].repeat}")
                 cluster = built[cluster_key(cell[0].cni, cell[0].point)]
-                _measure_cell(cluster, cell, writer)
+                (_measure_faulted if cell[0].fault else _measure_cell)(cluster, cell, writer)
                 bar.update(len(cell))  # per cell: a cell's measurements end together
         return run_id, len(failed) + writer.failures
 
@@ -343,37 +433,48 @@ def _cells(steps: list[Step]) -> list[list[Step]]:
 
 
 def _cell_of(step: Step) -> tuple[object, ...]:
-    return (step.repeat, step.cni, step.point, step.scenario)
+    return (step.repeat, step.cni, step.point, step.scenario, step.fault)
 
 
 class _Writer:
     """Turns one step's measurement (or failure) into rows and a raw file of this run."""
 
     def __init__(self, run_id: str, spec: BenchSpec, env: Environment, sink: results.CsvSink,
-                 raw_dir: Path, csv_dir: Path) -> None:
+                 raw_dir: Path, csv_dir: Path, index: int = 0) -> None:
         self.run_id, self.spec, self.env, self.sink = run_id, spec, env, sink
         self.raw_dir, self.csv_dir = raw_dir, csv_dir
-        self.index = 0  # numbers the raw files in the order they were measured
+        self.index = index  # numbers the raw files in the order they were measured
         self.failures = 0
 
     def write(self, cluster: Cluster, step: Step, started_at: str,
               m: measure.Measurement | measure.MeasurementError) -> None:
-        if isinstance(m, measure.MeasurementError):
-            self.failures += 1
-            log.error("%s %s %s repeat %d failed: %s", step.cni, step.scenario, step.protocol,
-                      step.repeat, m)
-            return
+        """A measurement's rows, or one ``failed`` row with the reason; either way a raw
+        file (a failure's holds the whole message), created exclusively."""
         self.index += 1
-        stem = f"{self.index:04d}_{step.cni}_{step.scenario}_{step.protocol}_r{step.repeat}"
-        raw = self.raw_dir / (stem + m.suffix)
+        fault = f"_{step.fault}" if step.fault else ""
+        stem = (f"{self.index:04d}_{step.cni}_{step.scenario}_{step.protocol}_r{step.repeat}"
+                f"{fault}")
+        if isinstance(m, measure.MeasurementError):
+            raw = self.raw_dir / f"{stem}.error.txt"
+            text, error = f"{m}\n", measure.reason(m)
+            samples = [measure.Sample(FAILED, 1, "count")]
+            # under a fault a failure is the expected outcome, not a failure of the run
+            self.failures += not step.fault
+            log.log(logging.INFO if step.fault else logging.ERROR,
+                    "%s %s %s repeat %d%s failed: %s", step.cni, step.scenario, step.protocol,
+                    step.repeat, f" under {step.fault}" if step.fault else "", m)
+        else:
+            raw = self.raw_dir / (stem + m.suffix)
+            text, error, samples = m.raw, "", m.samples
+            if m.server_raw:  # the iperf3 server's own view of the same test
+                with (self.raw_dir / f"{stem}.server.json").open("x") as f:
+                    f.write(m.server_raw)
         with raw.open("x") as f:  # "x": never overwrite
-            f.write(m.raw)
-        if m.server_raw:  # the iperf3 server's own view of the same test
-            with (self.raw_dir / f"{stem}.server.json").open("x") as f:
-                f.write(m.server_raw)
+            f.write(text)
         ctx = _context(self.run_id, self.spec, step, self.env, cluster,
-                       endpoints(cluster, step.scenario), str(raw.relative_to(self.csv_dir)))
-        self.sink.write(results.rows(ctx, started_at, m.samples))
+                       endpoints(cluster, step.scenario), str(raw.relative_to(self.csv_dir)),
+                       error)
+        self.sink.write(results.rows(ctx, started_at, samples))
 
 
 Outcome = tuple[str, measure.Measurement | measure.MeasurementError]  # (started_at, result)
@@ -393,6 +494,15 @@ def _one(cluster: Cluster, step: Step) -> Outcome:
                                            _params(step.point))
     except measure.MeasurementError as exc:
         return started_at, exc
+
+
+def _measure_faulted(cluster: Cluster, cell: list[Step], writer: _Writer) -> None:
+    """Each step of a cell under its fault, injected on the scenario's server side for
+    that one measurement and lifted (the cluster ready again) before the next."""
+    for step in cell:
+        with faults.injected(step.fault, cluster, endpoints(cluster, step.scenario)[2]):
+            outcome = _one(cluster, step)
+        writer.write(cluster, step, *outcome)
 
 
 def _measure_cell(cluster: Cluster, cell: list[Step], writer: _Writer) -> None:

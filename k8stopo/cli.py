@@ -5,7 +5,9 @@ Bad input exits with status 2 and one line, before anything is created.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import logging
 import os
 import shlex
@@ -20,11 +22,12 @@ from .cni import names as cni_names
 from .cni import variant as variant_class
 from .errors import RunError
 from .measure import REQUIRES
-from .spec import PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
+from .spec import FAULTS, PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
     import pandas
 
+    from . import bench
     from .agent import Agent
     from .cluster import Cluster
     from .workload import Workload
@@ -65,6 +68,7 @@ BENCH_DEFAULTS: dict[str, object] = {
     "protocols": "tcp,udp,icmp", "nodes": 2, "pods_per_node": 2, "mtu": 1500, "duration": 10,
     "repeat": 3, "streams": 1, "udp_bandwidth": "0", "offloads": "on", "msg_size": 64,
     "bgp": "mesh", "route_reflectors": 1, "ipip_mode": "always", "underlay": "l2",
+    "faults": "",
 }
 
 
@@ -93,6 +97,10 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     opt("--route-reflectors", "with --bgp rr: 1 (n1) or 2 (n1, n2) reflectors", type=int)
     opt("--ipip-mode", "calico-ipip: always or cross-subnet")
     opt("--underlay", "l2 (one segment) or routed (two subnets behind a router)")
+    p.add_argument("--faults", help=f"comma list of {', '.join(FAULTS)}: each repeat is "
+                   "measured again under each (docs/bench.md, Faults; default none)")
+    p.add_argument("--resume", action="store_true", help="continue the last run recorded in "
+                   "--out: same command, its missing steps only, same run id")
     p.add_argument("--out", type=Path, help="CSV to append the rows to (required without "
                    "--experiment; with it: results/NAME/NAME-<UTC time>.csv)")
     p.add_argument("--plots", type=Path, help="also draw the charts of this run into DIR "
@@ -338,8 +346,13 @@ def _bench_spec(s: dict[str, Any]) -> BenchSpec:
                      udp_bandwidth=s["udp_bandwidth"], offloads=s["offloads"],
                      msg_size=s["msg_size"], sweep=s["sweep"], experiment=s["experiment"],
                      bgp=s["bgp"], route_reflectors=s["route_reflectors"],
-                     ipip_mode=s["ipip_mode"], underlay=s["underlay"])
+                     ipip_mode=s["ipip_mode"], underlay=s["underlay"],
+                     faults=pick(s["faults"], FAULTS, "fault") if s["faults"] else ())
     spec.check()
+    if "node-stopped" in spec.faults:
+        from .runstate import cgroup2_root
+        if cgroup2_root() is None:
+            raise SpecError("fault node-stopped needs cgroup v2 (its freezer); not mounted here")
     for option in ("bgp", "route_reflectors", "ipip_mode"):
         if getattr(spec, option) != getattr(BenchSpec, option) and not any(
                 option in variant_class(cni).options for cni in spec.cnis):
@@ -360,6 +373,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     pending = bench.clusters(spec, workload, _agents(args, workload))  # checks their shapes
     name = spec.experiment
     out = args.out
+    if args.resume and out is None:
+        raise SpecError("--resume needs --out: the CSV of the run to continue")
     if out is None:
         if not name:
             raise SpecError("--out FILE.csv is required without --experiment")
@@ -375,8 +390,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          settings["cni"].strip() == "all")
     spec = dataclasses.replace(spec, cnis=runnable)
     pending = {key: c for key, c in pending.items() if key[0] in runnable}
+    resume = _resume(args, settings, out) if args.resume else None
+    if resume is not None and not bench.remaining(bench.plan(spec), resume.done):
+        print(f"run {resume.run_id}: every step is already measured in {out}")
+        return 0
     _clean_dead_runs()
-    run_id, failures = bench.run(spec, out, pending, bench.Environment.here(args.command_line))
+    command = resume.command if resume else args.command_line
+    run_id, failures = bench.run(spec, out, pending, bench.Environment.here(command),
+                                 resume=resume)
     print(f"run {run_id}: rows in {out}")
     if plots_dir:
         df = results.load([out])
@@ -393,6 +414,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _resume(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> bench.Resume:
+    """The last run of ``out``, refused unless its recorded command asks for what this one
+    does: the same settings (experiment file, flags, defaults) and workload; where the rows
+    and charts go and how verbose it is may differ."""
+    from . import bench
+    resume = bench.last_run(out)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # its usage error is not ours
+            recorded = parser().parse_args(shlex.split(resume.command)[1:])
+        same = (recorded.command == "bench" and _bench_settings(recorded) == settings
+                and (recorded.manifests, recorded.proxy_mode) == (args.manifests,
+                                                                  args.proxy_mode))
+    except (SystemExit, ValueError):  # not a bench command line of this version
+        same = False
+    if not same:
+        raise SpecError(f"--resume: the last run in {out} ({resume.run_id}) was "
+                        f"{resume.command!r}, which measures something else; refusing to mix")
+    return resume
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -255,8 +255,7 @@ class Cluster:
             self._add_pods(self.pod_plan())
             self._add_pods([p for agent in self.agents for p in agent.system_pods()])
         with self._phase("ready"):
-            for agent in self.agents:
-                agent.wait_ready(READY_TIMEOUT)
+            self.wait_ready()
             self.state.settle()  # every shell in the run's cgroup before anyone types in one
         if self.spec.offloads == "off":
             self.offloads_off()
@@ -309,6 +308,18 @@ class Cluster:
             self.net.nameToNode[name] = host
         return host
 
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Return once every agent has converged (after the build, and after a fault)."""
+        for agent in self.agents:
+            agent.wait_ready(timeout)
+
+    @staticmethod
+    def switch_port(node: Node) -> tuple[str, int]:
+        """(name, pid of its namespace) of ``node``'s port on its underlay switch."""
+        intf = node.mn.defaultIntf()
+        port = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
+        return port.name, port.node.pid
+
     def gateway(self, node: Node) -> ipaddress.IPv4Address:
         """The router address of ``node``'s segment (absent on one segment, as no packet
         may leave the run; the router ``r1`` on a routed underlay)."""
@@ -338,9 +349,8 @@ class Cluster:
         """What every Kubernetes node has, whatever its CNI."""
         if self.spec.mtu != 1500:
             node.run(["ip", "link", "set", node.intf, "mtu", self.spec.mtu])
-            intf = node.mn.defaultIntf()
-            port = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
-            proc.run(["ip", "link", "set", port.name, "mtu", self.spec.mtu], port.node.pid)
+            port, switch = self.switch_port(node)
+            proc.run(["ip", "link", "set", port, "mtu", self.spec.mtu], switch)
         node.sysctl("net.ipv4.ip_forward", 1)
         # Real nodes have a default route; Calico's proxy-ARP gateway relies on it.
         node.run(["ip", "route", "replace", "default", "via", gateway, "dev", node.intf])

@@ -18,6 +18,7 @@ command line's default (docs/bench.md lists them)::
     udp_bandwidth: "0"       # iperf3 -b; 0 = unlimited
     sweep:                   # at most one parameter, several values
       streams: [1, 2, 4, 8]
+    faults: [underlay-link-down, server-stopped, node-stopped]   # docs/bench.md, "Faults"
 
 The file is checked completely before anything is built: an unknown key, a value
 of the wrong type, an unknown variant, scenario or protocol is a
@@ -31,7 +32,7 @@ from typing import Any, Callable
 import yaml
 
 from .cni import names as cni_names
-from .spec import PROTOCOLS, SCENARIOS, SWEEPABLE, SpecError, pick
+from .spec import FAULTS, PROTOCOLS, SCENARIOS, SWEEPABLE, SpecError, pick
 
 
 def _int(value: Any) -> int:
@@ -74,7 +75,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "description": _text, "cni": _names, "scenarios": _names, "protocols": _names,
     "nodes": _int, "pods_per_node": _int, "duration": _int, "repeat": _int, "streams": _int,
     "mtu": _int, "offloads": _on_off, "msg_size": _int, "udp_bandwidth": _rate,
-    "underlay": _text,
+    "underlay": _text, "faults": _names,
 }
 
 
@@ -121,7 +122,8 @@ def load(path: Path) -> dict[str, Any]:
     try:
         if "cni" in settings:
             cni_names(settings["cni"])
-        for key, allowed in (("scenarios", SCENARIOS), ("protocols", PROTOCOLS)):
+        for key, allowed in (("scenarios", SCENARIOS), ("protocols", PROTOCOLS),
+                             ("faults", FAULTS)):
             if key in settings:
                 pick(settings[key], allowed, key[:-1])
     except SpecError as exc:

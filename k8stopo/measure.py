@@ -36,6 +36,7 @@ datapath, and of anything else running at the time.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ipaddress
 import json
 import os
@@ -57,6 +58,11 @@ MIN_PINGS = 20
 CLIENT_GRACE_S = 30.0  # added to the run's duration to bound a client run
 LISTEN_TIMEOUT_S = 10.0  # for a server to start listening
 SERVER_EXIT_TIMEOUT_S = 10.0  # for the one-off iperf3 server to finish after the client
+#: iperf3 --connect-timeout: a control connection not set up by then fails the measurement
+#: ("Connection timed out") instead of waiting out the kernel's SYN retries (~2 min);
+#: on veth it takes well under a millisecond, and two SYN retransmissions (1 s, 3 s) fit
+CONNECT_TIMEOUT_MS = 4000
+ERROR_CHARS = 300  # the longest reason a failed row's ``error`` cell keeps
 IPERF3_PORT = 5201
 SOCKPERF_PORT = 11111
 PROC_STAT = "/proc/stat"
@@ -64,6 +70,17 @@ PROC_STAT = "/proc/stat"
 
 class MeasurementError(RunError):
     """A measuring tool failed or its output is unusable; the message says why."""
+
+
+def reason(exc: MeasurementError) -> str:
+    """Why a measurement failed, on one line, in the tool's own words where it gave any:
+    the innermost MeasurementError of the chain (iperf3's JSON ``error``, ping's
+    statistics, sockperf's ERROR line), cut to ERROR_CHARS."""
+    inner = exc
+    while isinstance(inner.__cause__, MeasurementError):
+        inner = inner.__cause__
+    text = " ".join(str(inner).split())
+    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -325,6 +342,25 @@ def _wait_listening(server: Endpoint, port: int, srv: subprocess.Popen[str]) -> 
                            f"after {LISTEN_TIMEOUT_S:.0f}s")
 
 
+#: ``hook(server endpoint, server process)``; what it returns is run before the server stops
+ServerHook = Callable[[Endpoint, "subprocess.Popen[str]"], Callable[[], None] | None]
+_server_up: contextvars.ContextVar[ServerHook | None] = contextvars.ContextVar(
+    "server_up", default=None)
+
+
+@contextlib.contextmanager
+def on_server_up(hook: ServerHook) -> Iterator[None]:
+    """Run ``hook`` in every measurement started inside this block, once its server listens
+    and before its client starts: a fault (k8stopo.faults) kills the server there, as a pod
+    whose server died, or freezes it with its node; the undo it may return (a thaw) runs
+    before the measurement stops the server."""
+    token = _server_up.set(hook)
+    try:
+        yield
+    finally:
+        _server_up.reset(token)
+
+
 @contextlib.contextmanager
 def _serving(server: Endpoint, argv: list[str], port: int) -> Iterator[subprocess.Popen[str]]:
     """A server spawned in ``server`` for one measurement, listening, stopped afterwards."""
@@ -332,7 +368,13 @@ def _serving(server: Endpoint, argv: list[str], port: int) -> Iterator[subproces
                        stdout=subprocess.PIPE)
     try:
         _wait_listening(server, port, srv)
-        yield srv
+        hook = _server_up.get()
+        undo = hook(server, srv) if hook is not None else None
+        try:
+            yield srv
+        finally:
+            if undo is not None:
+                undo()
     finally:
         server.stop(srv)
 
@@ -365,7 +407,7 @@ def _iperf3(protocol: str, client: Endpoint, target: str, server: Endpoint,
     """
     address, port = dialled(target, IPERF3_PORT)
     argv = ["iperf3", "-c", address, "-p", str(port), "-t", str(p.duration),
-            "-J", "-P", str(p.streams)]
+            "-J", "-P", str(p.streams), "--connect-timeout", str(CONNECT_TIMEOUT_MS)]
     if protocol == "udp":
         argv += ["-u", "-b", p.udp_bandwidth]
     with _serving(server, ["iperf3", "-s", "-1", "-J", "-p", str(IPERF3_PORT)],

@@ -160,7 +160,7 @@ def _axes_style(ax: Axes, layout: _Layout) -> None:
 
 
 def _repeat_span(rows: pd.DataFrame) -> str:
-    counts = rows.groupby(KEYS + ["protocol", "metric"]).size()
+    counts = analysis.measured(rows).groupby(KEYS + ["protocol", "metric"]).size()
     lo, hi = (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
@@ -430,7 +430,7 @@ def summary_markdown(df: pd.DataFrame, table: pd.DataFrame | None = None,
             heads.append(head)
             if name in WITH_CV:
                 heads.append(f"{head.split(' (')[0]} CV")
-        heads.append("repeats")
+        heads += ["repeats", *(["failed"] if "failed" in table.columns else [])]
         lines += ["", f"### {own[setup]}" if len(names) > 1 else "", "",
                   "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for _, row in part.iterrows():
@@ -440,8 +440,16 @@ def summary_markdown(df: pd.DataFrame, table: pd.DataFrame | None = None,
                 if name in WITH_CV:
                     cells.append(_cv(row, name))
             cells.append(str(int(row["repeats"])))
+            if "failed" in table.columns:
+                cells.append(str(int(row["failed"])))
             lines.append("| " + " | ".join(cells) + " |")
     lines += _verdict_markdown(df, table)
+    failed = analysis.failures(df)
+    if not failed.empty:
+        homes = analysis.full_setups(df)  # a ping setup lacks streams: named by its home's
+        lines += ["", "Failed measurements (no value; the reason from the tool):", *[
+            f"- {r.cni} {r.scenario} {r.protocol} ({own.get(homes[r.setup][0], r.setup)}): "
+            f"{r.failed}× {r.error}" for r in failed.itertuples()]]
     described = analysis.describe(df) if described is None else described
     noisy = analysis.warnings(described)
     if noisy:

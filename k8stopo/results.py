@@ -257,6 +257,18 @@ class CsvSink:
         self.close()
 
 
+def complete_text(path: Path | str) -> str:
+    """A results file's text up to its last complete line: k8stopo ends every row with a
+    newline, so a last line without one was cut by a crash mid-write (a cut number would
+    read as a wrong value) and is left out, with a warning; the file is not changed."""
+    data = Path(path).read_bytes()
+    keep = len(data) if data.endswith(b"\n") or not data else data.rfind(b"\n") + 1
+    if keep < len(data):
+        log.warning("%s: ignoring an incomplete last line (%d bytes) left by an interrupted "
+                    "write", path, len(data) - keep)
+    return data[:keep].decode("utf-8")
+
+
 def load(paths: Sequence[Path | str]) -> pandas.DataFrame:
     """Concatenate result CSVs; refuse one lacking a SPEC column rather than plot a guess.
 
@@ -270,7 +282,7 @@ def load(paths: Sequence[Path | str]) -> pandas.DataFrame:
     frames = []
     for path in paths:
         try:
-            frame = pd.read_csv(path, dtype=dict.fromkeys(TEXT, str))
+            frame = pd.read_csv(io.StringIO(complete_text(path)), dtype=dict.fromkeys(TEXT, str))
         except (OSError, ValueError) as exc:  # missing, empty, not a CSV, not UTF-8
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"{path}: cannot read results: {reason}") from None

@@ -22,6 +22,7 @@ tries again instead of saying "nothing left behind".
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -295,6 +296,10 @@ class RunState:
             else:
                 left_netns.append(ns)
         if self.cgroup is not None and self.cgroup.exists():
+            for child in self.cgroup.iterdir():  # a fault's freezer (k8stopo.faults), emptied
+                if child.is_dir():
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
             try:
                 self.cgroup.rmdir()
             except OSError as exc:

@@ -27,6 +27,7 @@ UNDERLAYS = ("l2", "routed")  # one segment, or two subnets behind a router (top
 MIN_MTU = 576  # the smallest MTU every IPv4 host must accept (RFC 791)
 BGP_MODES = ("mesh", "rr")  # Calico's node-to-node mesh, or route reflectors
 IPIP_MODES = ("always", "cross-subnet")  # Calico IPPool ipipMode Always / CrossSubnet
+FAULTS = ("underlay-link-down", "server-stopped", "node-stopped")  # k8stopo.faults injects them
 
 
 class SpecError(ValueError):
@@ -135,6 +136,7 @@ class BenchSpec:
     msg_size: int = 64  # tcp_rr request and response size
     sweep: tuple[str, tuple[object, ...]] | None = None
     experiment: str = ""  # the experiment file's name, if it came from one
+    faults: tuple[str, ...] = ()  # measured again under each fault after each repeat's steps
 
     def points(self) -> list[BenchSpec]:
         """One spec per sweep value (just this one without a sweep), in sweep order."""
