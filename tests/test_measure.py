@@ -281,6 +281,7 @@ def test_cpu_seconds_per_gbit_uses_the_receivers_bytes() -> None:
 
 
 def test_protocol_registry_is_specs_and_names_doctors_tools() -> None:
+    import k8stopo.dns.perf  # noqa: F401  (registers "dns", as bench's import does)
     assert tuple(PROTOCOLS) == SPEC_PROTOCOLS
     assert set(measure_mod.REQUIRES) == set(PROTOCOLS)
     assert {t for tools in measure_mod.REQUIRES.values() for t in tools} <= set(doctor.TOOLS)
