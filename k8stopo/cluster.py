@@ -62,6 +62,30 @@ class _Tracked:
         self.run_state.track_pid(self.pid, f"mininet shell {self.name}")  # type: ignore[attr-defined]
 
 
+class _Mininet(Mininet):
+    """Mininet whose hosts' shells start at once, before its build adds them in order: a
+    thousand nodes' shells, each a spawn and a prompt round trip, take seconds in a row."""
+
+    def buildFromTopo(self, topo: Any = None) -> None:  # noqa: N802 (Mininet's name)
+        topo = topo or self.topo
+
+        def start(name: str) -> tuple[str, Host]:
+            params = dict(topo.nodeInfo(name))
+            return name, params.pop("cls", self.host)(name, **params)
+
+        with concurrent.futures.ThreadPoolExecutor(ATTACH_WORKERS) as pool:
+            self._started = dict(pool.map(start, topo.hosts()))
+        super().buildFromTopo(topo)
+
+    def addHost(self, name: str, cls: Any = None, **params: Any) -> Host:  # noqa: N802
+        host = getattr(self, "_started", {}).pop(name, None)
+        if host is None:
+            return super().addHost(name, cls, **params)
+        self.hosts.append(host)
+        self.nameToNode[name] = host
+        return host
+
+
 def pod_name(node: Node, index: int) -> str:
     return f"pod-{node.name}-{index}"
 
@@ -227,8 +251,8 @@ class Cluster:
                 cls = info["cls"]
                 topo.setNodeInfo(name, {**info, "cls": type(f"K8s{cls.__name__}", (_Tracked, cls),
                                                              {"run_state": self.state})})
-        self.net = Mininet(topo=topo, host=host, controller=None, build=False,
-                           waitConnected=False)
+        self.net = _Mininet(topo=topo, host=host, controller=None, build=False,
+                            waitConnected=False)
         with self._phase("underlay"):
             self.net.build()
             self.net.start()
@@ -243,11 +267,11 @@ class Cluster:
                 r1 = self.net[ROUTER]
                 self.router = Endpoint(name=ROUTER, ip=self.gateway(self.nodes[0]), pid=r1.pid,
                                        state=self.state)
-            if len(self.nodes) >= SEED_NEIGHBOURS_FROM:
-                self._seed_neighbours()
         with self._phase("agents"):
             self.variant = self.variant_cls(self)
             self.agents = [self.variant, *(cls(self) for cls in self.agent_classes)]
+            if len(self.nodes) >= SEED_NEIGHBOURS_FROM:
+                self._seed_neighbours(self.variant)
             self.per_node(self._setup_node, self.nodes)
             for agent in self.agents:
                 agent.connect()
@@ -275,8 +299,9 @@ class Cluster:
         finally:
             self.timings[name] = time.monotonic() - started
 
-    def _seed_neighbours(self) -> None:
-        """Permanent underlay neighbour entries for every other node, on every node.
+    def _seed_neighbours(self, variant: Variant) -> None:
+        """Permanent underlay neighbour entries on every node for the nodes its agent
+        dials as it starts (:meth:`Variant.dials`: every other node, or BGP's peers).
 
         A stand-in for a network at scale, said so in ``describe()``: a hundred nodes
         ARPing for each other at once on one emulated segment, all on two CPUs, lose
@@ -289,8 +314,8 @@ class Cluster:
         def seed(node: Node) -> None:
             node.batch("ip", [["neigh", "replace", peer.ip, "lladdr", macs[peer.name],
                                "dev", node.intf, "nud", "permanent"]
-                              for peer in self.nodes
-                              if peer is not node and segment[peer.name] == segment[node.name]])
+                              for peer in variant.dials(node)
+                              if segment[peer.name] == segment[node.name]])
 
         self.per_node(seed, self.nodes)
         self.seeded_neighbours = True

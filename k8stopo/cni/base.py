@@ -162,6 +162,11 @@ class Variant(Agent):
         self.pod_added(pod)
         return pod
 
+    def dials(self, node: "Node") -> list["Node"]:
+        """The nodes whose underlay addresses ``node``'s agent contacts as soon as it
+        starts, both ways (what the cluster seeds neighbour entries for at scale)."""
+        return [n for n in self.cluster.nodes if n is not node]
+
     @contextlib.contextmanager
     def attaching(self, node: "Node") -> Iterator[None]:
         """Around the attachment of several pods of ``node`` back to back (the cluster's

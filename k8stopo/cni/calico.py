@@ -225,6 +225,12 @@ class CalicoBird(Calico):
             nodes = [Peering(ip_name("Node", p), str(p.ip)) for p in reflectors]
         return nodes + self.tor_peerings(node)
 
+    def dials(self, node: Node) -> list[Node]:
+        """BIRD's peers among the nodes: the mesh, or a client's reflectors and a
+        reflector's everyone (a thousand clients do not resolve each other at start)."""
+        peers = {p.ip for p in self.peerings(node)}
+        return [n for n in self.cluster.nodes if str(n.ip) in peers]
+
     def tor_peerings(self, node: Node) -> list[Peering]:
         """On the routed underlay, the node-specific BGPPeer with its subnet's router."""
         if self.cluster.router is None:
@@ -300,15 +306,20 @@ class CalicoBird(Calico):
         return {name: blocks for name, blocks in found.items() if blocks}
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll every node's kernel table (and the routed underlay's router's) until it holds
-        every peer's block via BIRD."""
+        """Poll the nodes' kernel tables (and the routed underlay's router's) until each
+        holds every peer's block via BIRD.
+
+        A node found complete is not asked again: asking a thousand nodes every round
+        is a thousand ``ip`` processes competing with the BIRDs they wait for, so each
+        round resumes at the first node still incomplete (eight asked at once)."""
         deadline = time.monotonic() + timeout
         speakers = self.speakers()
         router = self.cluster.router
         birds = {**self.birds, **({router.name: self.tor_bird} if router else {})}
+        pending = list(speakers.values())
         while True:
-            missing = self.missing_everywhere()
-            if not missing:
+            pending = self._incomplete(pending)
+            if not pending:
                 self.converged_at = time.monotonic()
                 return
             for name, proc_ in birds.items():
@@ -317,6 +328,10 @@ class CalicoBird(Calico):
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
+        missing = self.missing_everywhere()
+        if not missing:  # complete in the very last instant
+            self.converged_at = time.monotonic()
+            return
         worst = max(missing, key=lambda n: len(missing[n]))
         try:
             protocols = self.birdc(speakers[worst], "show", "protocols").strip()
@@ -327,6 +342,14 @@ class CalicoBird(Calico):
             f"nodes{' and router' if router else ''} still lack peer blocks ({worst} lacks "
             f"{len(missing[worst])}, e.g. {', '.join(missing[worst][:3])}); "
             f"`birdc show protocols` on {worst}:\n{protocols}")
+
+    def _incomplete(self, pending: list[Endpoint]) -> list[Endpoint]:
+        """``pending`` from the first group of eight with a node lacking a peer block."""
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for i in range(0, len(pending), 8):
+                if any(pool.map(self.missing_blocks, pending[i:i + 8])):
+                    return pending[i:]
+        return []
 
     def missing_blocks(self, node: Endpoint) -> list[str]:
         routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])
