@@ -19,8 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import yaml
-
+from . import yamlfile
 from .spec import SpecError
 from .workload import ContainerPort, PodSpec, ServicePort, ServiceSpec, Workload
 
@@ -128,12 +127,7 @@ def _files(path: Path) -> list[Path]:
 def documents(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, document) for every non-empty document under ``path``."""
     for file in _files(path):
-        try:
-            docs = list(yaml.safe_load_all(file.read_text()))
-        except yaml.YAMLError as exc:
-            line = " ".join(str(exc).split())
-            raise SpecError(f"{file}: not valid YAML: {line}") from None
-        for i, doc in enumerate(docs):
+        for i, doc in enumerate(yamlfile.documents(file, "manifest")):
             if doc is None:
                 continue
             if not isinstance(doc, dict):
