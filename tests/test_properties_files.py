@@ -10,6 +10,7 @@ a build would start) and fails the test, so no example ever builds a cluster.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,232 @@ def test_valid_mutations_of_the_shipped_experiments_are_accepted(doc: dict[str, 
         elif key != "description":
             assert loaded[key] == _expected(key, value)
     cli._bench_spec({**cli.BENCH_DEFAULTS, "sweep": None, **loaded})  # the spec's checks too
+
+
+# -- manifests -----------------------------------------------------------------------
+
+#: every field of the API this version serves, in one NetworkPolicy beside the netpol layout
+POLICY = {
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "metadata": {"name": "rich", "namespace": "x", "labels": {"team": "a"},
+                 "annotations": {"example.com/why": "every field"}},
+    "spec": {
+        "podSelector": {"matchLabels": {"pod": "a"},
+                        "matchExpressions": [{"key": "pod", "operator": "In", "values": ["a"]},
+                                             {"key": "gone", "operator": "DoesNotExist"}]},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [
+            {"from": [{"podSelector": {"matchLabels": {"pod": "b"}},
+                       "namespaceSelector": {"matchExpressions": [
+                           {"key": "ns", "operator": "NotIn", "values": ["z"]}]}},
+                      {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+             "ports": [{"protocol": "TCP", "port": 80, "endPort": 81},
+                       {"protocol": "UDP", "port": "serve-81-udp"}]}],
+        "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                    "ports": [{"port": 53, "protocol": "UDP"}]}],
+    },
+}
+CLUSTER_IP = {"apiVersion": "v1", "kind": "Service",
+              "metadata": {"name": "fixed", "namespace": "y"},
+              "spec": {"clusterIP": "10.96.0.50", "selector": {"pod": "b"},
+                       "sessionAffinity": "ClientIP",
+                       "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}},
+                       "ports": [{"port": 81, "targetPort": "serve-81-tcp"}]}}
+MANIFESTS = {
+    "services": list(yaml.safe_load_all((REPO / "tests/data/services.yaml").read_text())),
+    "netpol": [*yaml.safe_load_all((REPO / "experiments/manifests/netpol-xyz.yaml").read_text()),
+               POLICY, CLUSTER_IP],
+}
+
+UNKNOWN_FIELDS = st.one_of(
+    st.sampled_from(["status", "hostNetwork", "securityContext", "volumes", "initContainers",
+                     "hostPort", "externalIPs", "loadBalancerIP", "externalTrafficPolicy",
+                     "finalizers", "generateName", "ownerReferences", "strategy", "matchFields",
+                     "namespaceSelectr", "Name", "podselector", "sctp", "ports ", ""]),
+    st.from_regex(r"\Ax[A-Z][a-z]{1,6}\Z"), st.integers(), st.just("a\nb"))
+BAD_NAMES = ["", "Bad", "a_b", "-a", "a-", "a b", "a" * 64, "ä", "a\nb"]
+BAD_LABEL_KEYS = ["", "a b", "-a", "a" * 64, "bad prefix!/a", "/a", "a/b/c", "a/", "x/-a",
+                  "A_b.example.com/a"]
+BAD_LABEL_VALUES = ["a b", "-a", "a-", "a" * 64, "a/b", "ä"]
+BAD_PORTS = [0, -1, 65536, 10**6]
+BAD_PORT_NAMES = ["", "Bad", "a" * 16, "-a", "a--b", "80", "a_b"]
+#: leaf key -> values of the right type that the API refuses in every place the key appears
+BAD_VALUES: dict[str, list[Any]] = {
+    "name": BAD_NAMES, "namespace": BAD_NAMES + ["nowhere"],
+    "kind": ["Secret", "pod", "Ingress", "ReplicaSet", ""],
+    "apiVersion": ["v2", "apps/v2", "", "extensions/v1beta1"],
+    "containerPort": BAD_PORTS, "port": [*BAD_PORTS, "Bad", "a" * 16, "-a"],
+    "targetPort": BAD_PORTS + BAD_PORT_NAMES, "nodePort": [*BAD_PORTS, 80, 29999, 32768],
+    "endPort": BAD_PORTS + [79], "protocol": ["SCTP", "tcp", "ICMP", "", "TCP "],
+    "replicas": [-1, 1001, 10**9], "type": ["LoadBalancer", "ExternalName", "clusterip", ""],
+    "sessionAffinity": ["Sticky", "clientip", ""], "timeoutSeconds": [0, -5, 86401],
+    "nodeName": ["n99", "Bad_Node", "", "n0"], "image": [""],
+    "cidr": ["10.0.0.0/33", "10.0.0.1/8", "::/0", "x", "", "300.0.0.0/8", "10.0.0.0/-1"],
+    "except": [["192.168.0.0/16"], ["10.0.0.0/8"], ["10.1.0.1/16"], ["::/0"]],
+    "operator": ["in", "Equals", "", "Gt"], "policyTypes": [["ingress"], ["Both"], [""]],
+    "key": BAD_LABEL_KEYS, "values": [[v] for v in BAD_LABEL_VALUES],
+    "clusterIP": ["10.0.0.1", "10.96.0.1", "10.96.0.10", "10.96.0.0", "10.111.255.255", "x",
+                  "10.96.0.5/32", 174063621, "None "],
+}
+#: shapes (list indices as *, any prefix as **) a document cannot do without, per kind
+_CONTAINERS = ("containers", "containers.*.name",
+               "containers.*.ports.*.containerPort")
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "Namespace": (),
+    "Pod": ("spec", *(f"spec.{c}" for c in _CONTAINERS)),
+    "Deployment": ("spec", "spec.selector", "spec.selector.matchLabels", "spec.template",
+                   "spec.template.metadata", "spec.template.metadata.labels",
+                   "spec.template.spec", *(f"spec.template.spec.{c}" for c in _CONTAINERS)),
+    "Service": ("spec", "spec.ports", "spec.ports.*.port"),
+    "NetworkPolicy": ("spec", "spec.podSelector", "**.ipBlock.cidr",
+                      "**.matchExpressions.*.key", "**.matchExpressions.*.operator"),
+}
+#: shapes of lists whose items must differ (names, or port and protocol)
+UNIQUE = ("spec.ports", "spec.containers", "spec.containers.*.ports",
+          "spec.template.spec.containers", "spec.template.spec.containers.*.ports")
+#: where any string or number is taken (a port's number or name)
+INT_OR_STRING = ("targetPort", "port")
+LABEL_MAPS = ("labels", "matchLabels", "annotations")
+
+
+def _shape(path: tuple[Any, ...]) -> str:
+    return ".".join("*" if isinstance(p, int) else str(p) for p in path)
+
+
+def _required(kind: str, path: tuple[Any, ...], doc: dict[str, Any]) -> bool:
+    shape = _shape(path)
+    if shape in ("apiVersion", "kind", "metadata", "metadata.name") or any(
+            re.fullmatch(re.escape(pattern).replace(r"\*\*", ".*"), shape)
+            for pattern in REQUIRED.get(kind, ())):
+        return True
+    parent = _get(doc, path[:-1])
+    if path[-1] == "values":  # In and NotIn need them
+        return parent.get("operator") in ("In", "NotIn")
+    if kind == "Service" and shape == "spec.ports.*.name":  # several ports: each named
+        return len(_get(doc, path[:-2])) > 1
+    return kind == "Service" and shape == "spec.sessionAffinity"  # the config needs it
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    children: list[tuple[Any, Any]] = (list(value.items()) if isinstance(value, dict) else
+                                       list(enumerate(value)) if isinstance(value, list) else [])
+    return [path, *(p for k, v in children for p in _paths(v, (*path, k)))]
+
+
+def _get(doc: Any, path: tuple[Any, ...]) -> Any:
+    for p in path:
+        doc = doc[p]
+    return doc
+
+
+def _free_form(path: tuple[Any, ...], kind: str) -> bool:
+    """A map of labels (or annotations), or a Service's selector: keys are data."""
+    return bool(path) and (path[-1] in LABEL_MAPS or (kind == "Service"
+                                                      and _shape(path) == "spec.selector"))
+
+
+def _wrong_type(value: Any, key: Any) -> st.SearchStrategy[Any]:
+    if isinstance(value, dict):
+        return _not(dict).filter(lambda v: v is not None)
+    if isinstance(value, list):
+        return _not(list).filter(lambda v: v is not None)
+    if key in INT_OR_STRING:
+        return _not(int, str).filter(lambda v: v is not None)
+    return _not(type(value)).filter(lambda v: v is not None)
+
+
+@st.composite
+def bad_manifests(draw: st.DrawFn) -> str:
+    """A valid multi-document file with one document made invalid at a random place."""
+    docs = copy.deepcopy(MANIFESTS[draw(st.sampled_from(sorted(MANIFESTS)))])
+    i = draw(st.integers(0, len(docs) - 1))
+    doc = docs[i]
+    kind = doc["kind"]
+    how = draw(st.sampled_from(["unknown field", "wrong type", "bad value", "bad label",
+                                "required", "duplicate", "document"]))
+    paths = _paths(doc)
+    if how == "unknown field":
+        path = draw(st.sampled_from([p for p in paths if isinstance(_get(doc, p), dict)
+                                     and not _free_form(p, kind)]))
+        _get(doc, path)[draw(UNKNOWN_FIELDS)] = draw(SCALARS)
+    elif how == "wrong type":
+        path = draw(st.sampled_from(paths[1:]))
+        _get(doc, path[:-1])[path[-1]] = draw(_wrong_type(_get(doc, path), path[-1]))
+    elif how == "bad value":
+        if kind == "Service" and draw(st.booleans()):
+            doc["spec"]["clusterIP"] = draw(st.sampled_from(BAD_VALUES["clusterIP"]))
+        else:
+            choices = [p for p in paths if p and p[-1] in BAD_VALUES]
+            path = draw(st.sampled_from(choices))
+            _get(doc, path[:-1])[path[-1]] = draw(st.sampled_from(BAD_VALUES[path[-1]]))
+    elif how == "bad label":
+        maps = [p for p in paths if _free_form(p, kind)]
+        if not maps:
+            doc["metadata"]["labels"] = {}
+            maps = [("metadata", "labels")]
+        labels = _get(doc, draw(st.sampled_from(maps)))
+        if draw(st.booleans()):
+            labels[draw(st.sampled_from(BAD_LABEL_KEYS))] = "v"
+        else:
+            labels["k"] = draw(st.one_of(st.sampled_from(BAD_LABEL_VALUES), _not(str).filter(
+                lambda v: v is not None)))
+    elif how == "required":
+        path = draw(st.sampled_from([p for p in paths if p and _required(kind, p, doc)]))
+        if draw(st.booleans()):
+            del _get(doc, path[:-1])[path[-1]]
+        else:
+            _get(doc, path[:-1])[path[-1]] = None
+    elif how == "duplicate":
+        lists = [p for p in paths if _shape(p) in UNIQUE and _get(doc, p)]
+        if draw(st.booleans()) and lists:
+            items = _get(doc, draw(st.sampled_from(lists)))
+            items.append(copy.deepcopy(draw(st.sampled_from(items))))
+        else:
+            docs.insert(draw(st.integers(0, len(docs))), copy.deepcopy(doc))
+    else:
+        docs[i] = draw(st.one_of(st.lists(SCALARS, min_size=1, max_size=3),
+                                 SCALARS.filter(lambda v: v is not None)))
+    return yaml.safe_dump_all(docs, sort_keys=False, allow_unicode=True)
+
+
+MANIFEST_TEXTS = st.one_of(
+    bad_manifests(),
+    st.sampled_from(["kind: [", "apiVersion: v1\nkind: Pod\nkind: Pod\n", "\x00", "---\n- a\n",
+                     "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, name: b}\n"]),
+    st.binary(max_size=40).map(lambda b: b"\xff" + b),
+)
+
+
+POD = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c}]}\n"
+
+
+@settings(SETTINGS, max_examples=500)
+# regressions, each a traceback, two lines or an accepted input before
+@example(text=b"\xff" + POD.encode())  # UnicodeDecodeError
+@example(text=POD.replace("kind: Pod", "kind: [Pod]"))  # TypeError: unhashable
+@example(text=POD.replace("{name: p}", '{name: p, "a\\nb": 1}'))  # the key's newline: 2 lines
+@example(text=POD.replace("{name: p}", "[{name: p}]"))  # AttributeError: a list for a mapping
+@example(text=POD.replace("{name: p}", "{name: p, labels: {a/b/c: v}}"))  # bad label prefix
+@example(text=POD.replace("{name: p}", "{name: p, annotations: [a]}"))  # annotations unchecked
+@example(text=POD.replace("{name: c}", "{name: c}, {name: c}"))  # container named twice
+@example(text=POD.replace("{name: c}", "{image: i}"))  # container without a name
+@example(text="apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+              "spec: {clusterIP: 174063621, ports: [{port: 80}]}\n")  # an int for 10.96.0.5
+@example(text="# nothing\n")  # no object at all
+@given(text=MANIFEST_TEXTS)
+def test_invalid_manifests_exit_2_with_one_line_and_create_nothing(text: str | bytes,
+                                                                  tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    assert_refused(["probe", "--cni", "flannel-vxlan", "--manifests", str(path)])
+
+
+@pytest.mark.parametrize("name", sorted(MANIFESTS))
+def test_the_manifests_mutated_above_are_valid(name: str, tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump_all(MANIFESTS[name]))
+    with pytest.raises(Accepted):
+        cli.main(["probe", "--cni", "flannel-vxlan", "--manifests", str(path)])
