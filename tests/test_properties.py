@@ -10,7 +10,7 @@ import io
 import os
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from k8stopo import cli, runstate
@@ -25,7 +25,9 @@ BAD_INT = st.one_of(st.integers(max_value=0), st.integers(min_value=100_000),
 
 
 def netns() -> set[str]:
-    return set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    """Named network namespaces of k8stopo runs (ours would be new ones)."""
+    names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    return {n for n in names if n.startswith(runstate.PREFIX)}
 
 
 def run(argv: list[str]) -> tuple[int, str]:
@@ -69,6 +71,8 @@ BAD_COMMANDS = st.one_of(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(argv=["scale", "--nodes", "²", "--out", "x.csv"])  # isdigit() but not int(): ValueError
+@example(argv=["probe", "--cni", "host", "--manifests", "m.yaml", "--ports", "²"])
 @given(argv=BAD_COMMANDS)
 def test_invalid_command_lines_exit_2_with_one_line_and_create_nothing(argv, tmp_path,
                                                                         monkeypatch) -> None:
