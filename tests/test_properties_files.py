@@ -432,36 +432,43 @@ MANIFEST_TEXTS = st.one_of(
 )
 
 
+#: every command that takes --manifests (bench's output in the test's directory)
+COMMANDS = [["probe", "--cni", "flannel-vxlan"], ["up", "--cni", "flannel-vxlan"],
+            ["bench", "--cni", "flannel-vxlan", "--scenarios", "pod-to-pod-cross-node",
+             "--protocols", "tcp", "--out", "out.csv"]]
+PROBE = COMMANDS[0]
 POD = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c}]}\n"
 
 
 @settings(SETTINGS, max_examples=500)
 # regressions, each a traceback, two lines or an accepted input before
-@example(text=b"\xff" + POD.encode())  # UnicodeDecodeError
-@example(text=POD.replace("kind: Pod", "kind: [Pod]"))  # TypeError: unhashable
-@example(text=POD.replace("{name: p}", '{name: p, "a\\nb": 1}'))  # the key's newline: 2 lines
-@example(text=POD.replace("{name: p}", "[{name: p}]"))  # AttributeError: a list for a mapping
-@example(text=POD.replace("{name: p}", "{name: p, labels: {a/b/c: v}}"))  # bad label prefix
-@example(text=POD.replace("{name: p}", "{name: p, annotations: [a]}"))  # annotations unchecked
-@example(text=POD.replace("{name: c}", "{name: c}, {name: c}"))  # container named twice
-@example(text=POD.replace("{name: c}", "{image: i}"))  # container without a name
-@example(text="apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+@example(command=PROBE, text=b"\xff" + POD.encode())  # UnicodeDecodeError
+@example(command=PROBE, text=POD.replace("kind: Pod", "kind: [Pod]"))  # TypeError: unhashable
+@example(command=PROBE, text=POD.replace("{name: p}", '{name: p, "a\\nb": 1}'))  # the key's newline: 2 lines
+@example(command=PROBE, text=POD.replace("{name: p}", "[{name: p}]"))  # AttributeError: a list for a mapping
+@example(command=PROBE, text=POD.replace("{name: p}", "{name: p, labels: {a/b/c: v}}"))  # bad label prefix
+@example(command=PROBE, text=POD.replace("{name: p}", "{name: p, annotations: [a]}"))  # annotations unchecked
+@example(command=PROBE, text=POD.replace("{name: c}", "{name: c}, {name: c}"))  # container named twice
+@example(command=PROBE, text=POD.replace("{name: c}", "{image: i}"))  # container without a name
+@example(command=PROBE, text="apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
               "spec: {clusterIP: 174063621, ports: [{port: 80}]}\n")  # an int for 10.96.0.5
-@example(text="# nothing\n")  # no object at all
-@given(text=MANIFEST_TEXTS)
-def test_invalid_manifests_exit_2_with_one_line_and_create_nothing(text: str | bytes,
-                                                                  tmp_path: Path) -> None:
+@example(command=PROBE, text="# nothing\n")  # no object at all
+@given(text=MANIFEST_TEXTS, command=st.sampled_from(COMMANDS))
+def test_invalid_manifests_exit_2_with_one_line_and_create_nothing(
+        text: str | bytes, command: list[str], tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     if isinstance(text, bytes):
         path.write_bytes(text)
     else:
         path.write_text(text)
-    assert_refused(["probe", "--cni", "flannel-vxlan", "--manifests", str(path)])
+    assert_refused([*command, "--manifests", str(path)], tmp_path / "out.csv")
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=[c[0] for c in COMMANDS])
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
-def test_the_manifests_mutated_above_are_valid(name: str, tmp_path: Path) -> None:
+def test_the_manifests_mutated_above_are_valid(name: str, command: list[str],
+                                               tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump_all(MANIFESTS[name]))
     with pytest.raises(Accepted):
-        cli.main(["probe", "--cni", "flannel-vxlan", "--manifests", str(path)])
+        cli.main([*command, "--manifests", str(path)])
