@@ -9,7 +9,9 @@ a build would start) and fails the test, so no example ever builds a cluster.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,12 @@ from hypothesis import strategies as st
 from test_properties import assert_refused
 
 from k8stopo import cli, experiment
+from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
-from k8stopo.spec import SWEEPABLE
+from k8stopo.dns import experiment as dns_experiment
+from k8stopo.spec import SWEEPABLE, ClusterSpec
 
-from conftest import REPO
+from conftest import REPO, run_dirs
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -236,6 +240,60 @@ def test_valid_mutations_of_the_shipped_experiments_are_accepted(doc: dict[str, 
         elif key != "description":
             assert loaded[key] == _expected(key, value)
     cli._bench_spec({**cli.BENCH_DEFAULTS, "sweep": None, **loaded})  # the spec's checks too
+
+
+# -- the DNS experiment (python -m k8stopo.dns.experiment FILE) ------------------------
+
+DNS_FILE = yaml.safe_load((REPO / "experiments/control-plane/dns.yaml").read_text())
+#: per key: values of the right type that the experiment refuses
+DNS_REJECTED: dict[str, list[Any]] = {
+    "cni": ["bogus", "all", ""], "nodes": [0, -1, 10**6], "services": [-1, 60001],
+    "hit_names": [0, 1001], "duration": [0, 21], "repeat": [0], "lookup_count": [0],
+    "outstanding": [[], [0], [1001]], "names": [[""], ["a b"], ["-h"], ["a" * 300]],
+}
+
+
+@st.composite
+def bad_dns_experiments(draw: st.DrawFn) -> str:
+    doc = copy.deepcopy(DNS_FILE)
+    key = draw(st.sampled_from(sorted(doc)))
+    how = draw(st.sampled_from(["unknown key", "wrong type", "rejected", "document"]))
+    if how == "unknown key":
+        doc[draw(st.one_of(st.text(max_size=8), st.integers()).filter(
+            lambda k: k not in DNS_FILE))] = draw(SCALARS)
+    elif how == "wrong type":
+        value = doc[key]
+        item = _not(type(value[0])) if isinstance(value, list) else st.nothing()
+        doc[key] = draw(st.one_of(_not(type(value)), st.lists(item, min_size=1, max_size=2)))
+    elif how == "rejected":
+        doc[key] = draw(st.sampled_from(DNS_REJECTED[key]))
+    else:
+        return draw(st.one_of(st.lists(SCALARS, min_size=1, max_size=3).map(_dump),
+                              st.sampled_from(["a: [", "nodes: 2\nnodes: 3\n"])))
+    return _dump(doc)
+
+
+@SETTINGS
+@example(text="duration: '5'\n")  # TypeError comparing str and int
+@example(text="a: [")  # the YAML error's own lines: several lines
+@example(text="- 1\n")  # TypeError: a list is not a mapping
+@given(text=bad_dns_experiments())
+def test_invalid_dns_experiments_exit_2_with_one_line_and_create_nothing(
+        text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def checked(spec: ClusterSpec, agents: list[type]) -> None:
+        Cluster(spec, agents=agents)  # the cluster's own checks, then no build
+        raise Accepted("accepted: the DNS experiment would build a cluster now")
+    monkeypatch.setattr(dns_experiment, "Cluster", checked)
+    path = tmp_path / "dns.yaml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    before = run_dirs()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = dns_experiment.main([str(path), "--out", str(out)])
+    assert code == 2 and len(err.getvalue().strip().splitlines()) == 1, (text, err.getvalue())
+    assert err.getvalue().startswith("k8stopo: "), err.getvalue()
+    assert run_dirs() == before and not out.exists()
 
 
 # -- manifests -----------------------------------------------------------------------
