@@ -14,7 +14,7 @@ import copy
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import yaml
@@ -361,6 +361,17 @@ BAD_VALUES: dict[str, list[Any]] = {
     "clusterIP": ["10.0.0.1", "10.96.0.1", "10.96.0.10", "10.96.0.0", "10.111.255.255", "x",
                   "10.96.0.5/32", 174063621, "None "],
 }
+POLICY_FAULTS: list[Callable[[dict[str, Any]], None]] = [
+    lambda s: s["ingress"][0]["from"].append({}),  # a peer that names nothing
+    lambda s: s["ingress"][0]["from"][1].update(podSelector={}),  # ipBlock and a selector
+    lambda s: s["ingress"][0]["ports"][1].update(endPort=90),  # a range from a named port
+    lambda s: s["ingress"][0]["ports"][0].update(endPort=79),  # a range ending below its start
+    lambda s: s["podSelector"]["matchExpressions"][1].update(values=["a"]),  # Exists, values
+    lambda s: s["podSelector"]["matchExpressions"][0].update(values=[]),  # In, no values
+    lambda s: s["policyTypes"].append("Sideways"),
+    lambda s: s["ingress"][0]["from"][1]["ipBlock"].update({"except": ["10.0.0.0/8"]}),
+    lambda s: s["egress"][0]["ports"][0].update(port="dns--x"),  # not a port name
+]
 #: shapes (list indices as *, any prefix as **) a document cannot do without, per kind
 _CONTAINERS = ("containers", "containers.*.name",
                "containers.*.ports.*.containerPort")
@@ -436,9 +447,12 @@ def bad_manifests(draw: st.DrawFn) -> str:
     doc = docs[i]
     kind = doc["kind"]
     how = draw(st.sampled_from(["unknown field", "wrong type", "bad value", "bad label",
-                                "required", "duplicate", "document"]))
+                                "required", "duplicate", "document", "policy"]))
     paths = _paths(doc)
-    if how == "unknown field":
+    if how == "policy":  # a rule the API server's ValidateNetworkPolicy refuses
+        docs = copy.deepcopy(MANIFESTS["netpol"])
+        draw(st.sampled_from(POLICY_FAULTS))(docs[docs.index(POLICY)]["spec"])
+    elif how == "unknown field":
         path = draw(st.sampled_from([p for p in paths if isinstance(_get(doc, p), dict)
                                      and not _free_form(p, kind)]))
         _get(doc, path)[draw(UNKNOWN_FIELDS)] = draw(SCALARS)
