@@ -482,7 +482,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _port_arg(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
         raise SpecError(f"--ports: {value!r} is not a port number")
     return int(value)
 
@@ -515,7 +515,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def _count_arg(value: str, flag: str) -> int:
-    if not value.strip().isdigit():
+    if not (value.isascii() and value.strip().isdigit()):
         raise SpecError(f"{flag}: {value!r} is not a whole number")
     return int(value)
 

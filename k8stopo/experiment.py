@@ -29,8 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
+from . import yamlfile
 from .cni import names as cni_names
 from .spec import FAULTS, PROTOCOLS, SCENARIOS, SWEEPABLE, SpecError, pick
 
@@ -103,14 +102,8 @@ def load(path: Path) -> dict[str, Any]:
     """The experiment's settings in the command line's form, plus ``experiment`` (its name:
     the file's stem) and ``sweep`` (None or (parameter, values)); checked, nothing built."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"cannot read experiment {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise SpecError(f"{path}: not valid YAML{at}") from None
+    docs = yamlfile.documents(path, "experiment")
+    data = docs[0] if len(docs) == 1 else None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: an experiment is a YAML mapping of settings")
     unknown = [k for k in data if k not in KEYS and k != "sweep"]

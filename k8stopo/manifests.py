@@ -19,8 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import yaml
-
+from . import apinames, yamlfile
 from .spec import SpecError
 from .workload import ContainerPort, PodSpec, ServicePort, ServiceSpec, Workload
 
@@ -30,16 +29,12 @@ NODE_PORT_RANGE = range(30000, 32768)
 DEFAULT_AFFINITY_TIMEOUT = 10800  # the API's default for sessionAffinityConfig
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
-
 # The allow-list: kind -> apiVersion, and per path the fields we implement.
-# ``None`` marks a leaf whose value is checked by the reader itself.
+# ``None`` marks a leaf whose value is checked by the reader itself; ``[x]`` a list of x.
 _META = {"name": None, "namespace": None, "labels": None, "annotations": None}
-_CONTAINER = {"name": None, "image": None, "command": None, "args": None,
-              "ports": {"containerPort": None, "protocol": None, "name": None}}
-_POD_SPEC = {"nodeName": None, "containers": _CONTAINER}
+_CONTAINER = {"name": None, "image": None, "command": [None], "args": [None],
+              "ports": [{"containerPort": None, "protocol": None, "name": None}]}
+_POD_SPEC = {"nodeName": None, "containers": [_CONTAINER]}
 FIELDS: dict[str, tuple[str, dict[str, Any]]] = {
     "Namespace": ("v1", {"metadata": _META}),
     "Pod": ("v1", {"metadata": _META, "spec": _POD_SPEC}),
@@ -49,34 +44,50 @@ FIELDS: dict[str, tuple[str, dict[str, Any]]] = {
     "Service": ("v1", {"metadata": _META, "spec": {
         "type": None, "clusterIP": None, "selector": None, "sessionAffinity": None,
         "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": None}},
-        "ports": {"name": None, "port": None, "targetPort": None, "protocol": None,
-                  "nodePort": None}}}),
+        "ports": [{"name": None, "port": None, "targetPort": None, "protocol": None,
+                   "nodePort": None}]}}),
     # Kept whole for k8stopo.policy, which walks its fields itself.
     "NetworkPolicy": ("networking.k8s.io/v1", {"metadata": _META, "spec": None}),
 }
 
 
-def _walk(value: Any, allowed: dict[str, Any] | None, where: str) -> None:
-    """Refuse the first field not in ``allowed`` (lists are walked item by item)."""
-    if allowed is None:
+def _field(key: Any) -> str:
+    """A key as a message shows it: quoted unless a plain field name (one line always)."""
+    return key if isinstance(key, str) and re.fullmatch(r"[A-Za-z]\w*", key) else repr(key)
+
+
+def _walk(value: Any, allowed: dict[str, Any] | list[Any] | None, where: str) -> None:
+    """Refuse the first field not in ``allowed``, and a list or a mapping in the other's
+    place (null is an absent field, as in the API)."""
+    if allowed is None or value is None:
         return
-    if isinstance(value, list):
+    if isinstance(allowed, list):
+        if not isinstance(value, list):
+            raise SpecError(f"{where} must be a list, not {type(value).__name__}")
         for i, item in enumerate(value):
-            _walk(item, allowed, f"{where}[{i}]")
+            if item is None and allowed[0] is not None:
+                raise SpecError(f"{where}[{i}] is null")
+            _walk(item, allowed[0], f"{where}[{i}]")
         return
     if not isinstance(value, dict):
         raise SpecError(f"{where} must be a mapping, not {type(value).__name__}")
     for key, sub in value.items():
         if key not in allowed:
-            raise SpecError(f"field {where}.{key} is not implemented in this version")
+            raise SpecError(f"field {where}.{_field(key)} is not implemented in this version")
         _walk(sub, allowed[key], f"{where}.{key}")
 
 
-def _name(value: Any, what: str, pattern: re.Pattern[str] = _DNS1123_LABEL,
-          longest: int = 63) -> str:
-    if not isinstance(value, str) or not pattern.fullmatch(value) or len(value) > longest:
+def _name(value: Any, what: str) -> str:
+    if not apinames.dns_label(value):
         raise SpecError(f"{what} {value!r} is not a valid name "
-                        f"(lowercase letters, digits and '-', at most {longest})")
+                        "(lowercase letters, digits and '-', at most 63)")
+    return value
+
+
+def _port_name(value: Any, what: str) -> str:
+    if not apinames.port_name(value):
+        raise SpecError(f"{what} {value!r} is not a valid port name (at most 15 lowercase "
+                        "letters, digits and single '-', with a letter)")
     return value
 
 
@@ -85,17 +96,22 @@ def _labels(value: Any, what: str) -> dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise SpecError(f"{what} must be a mapping of strings")
-    out = {}
     for key, val in value.items():
-        prefix, _, name = str(key).rpartition("/")
-        if (not isinstance(key, str) or not name or len(name) > 63
-                or not _LABEL_NAME.fullmatch(name) or len(prefix) > 253):
+        if not apinames.label_key(key):
             raise SpecError(f"{what}: {key!r} is not a valid label key")
-        if not isinstance(val, str) or len(val) > 63 or not _LABEL_NAME.fullmatch(val):
+        if not apinames.label_value(val):
             raise SpecError(f"{what}: value {val!r} of {key} is not a valid label value "
                             "(quote numbers and booleans in YAML)")
-        out[key] = val
-    return out
+    return dict(value)
+
+
+def _annotations(value: Any) -> None:
+    """Kept for nobody, but still the API's shape: qualified keys, string values."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not all(
+            apinames.label_key(k) and isinstance(v, str) for k, v in value.items()):
+        raise SpecError(f"metadata.annotations {value!r} must map qualified names to strings")
 
 
 def _port(value: Any, what: str, ports: Iterable[int] = range(1, 65536)) -> int:
@@ -109,6 +125,21 @@ def _protocol(value: Any, what: str) -> str:
     if value not in ("TCP", "UDP"):
         raise SpecError(f"{what} {value!r} is not implemented (TCP or UDP)")
     return value
+
+
+def _containers(containers: list[Any]) -> None:
+    """Each container named once; an image, command and args, though never run, of the
+    API's types."""
+    names = [_name(c.get("name"), "container name") for c in containers]
+    if len(set(names)) != len(names):
+        raise SpecError(f"container name {max(names, key=names.count)!r} is used twice")
+    for c in containers:
+        image = c.get("image")
+        if image is not None and (not isinstance(image, str) or not image.strip()):
+            raise SpecError(f"container {c['name']}: image {image!r} is not an image name")
+        for field in ("command", "args"):
+            if not all(isinstance(a, str) for a in c.get(field) or []):
+                raise SpecError(f"container {c['name']}: {field} must be a list of strings")
 
 
 # -- reading -----------------------------------------------------------------------
@@ -128,12 +159,7 @@ def _files(path: Path) -> list[Path]:
 def documents(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, document) for every non-empty document under ``path``."""
     for file in _files(path):
-        try:
-            docs = list(yaml.safe_load_all(file.read_text()))
-        except yaml.YAMLError as exc:
-            line = " ".join(str(exc).split())
-            raise SpecError(f"{file}: not valid YAML: {line}") from None
-        for i, doc in enumerate(docs):
+        for i, doc in enumerate(yamlfile.documents(file, "manifest")):
             if doc is None:
                 continue
             if not isinstance(doc, dict):
@@ -144,7 +170,7 @@ def documents(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _check_shape(where: str, doc: dict[str, Any]) -> tuple[str, str, str]:
     """kind, name and namespace of one document whose fields are all allowed."""
     kind = doc.get("kind")
-    if kind not in FIELDS:
+    if not isinstance(kind, str) or kind not in FIELDS:
         raise SpecError(f"{where}: kind {kind!r} is not implemented "
                         f"(implemented: {', '.join(FIELDS)})")
     api, fields = FIELDS[kind]
@@ -153,13 +179,19 @@ def _check_shape(where: str, doc: dict[str, Any]) -> tuple[str, str, str]:
                         f"not {doc.get('apiVersion')!r}")
     extra = set(doc) - {"apiVersion", "kind", *fields}
     if extra:
-        raise SpecError(f"{where}: field {sorted(extra)[0]} is not implemented in this version")
+        first = sorted(extra, key=repr)[0]
+        raise SpecError(f"{where}: field {_field(first)} is not implemented in this version")
     try:
         _walk({k: v for k, v in doc.items() if k in fields}, fields, kind)
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None
     meta = doc.get("metadata") or {}
     name = _name(meta.get("name"), f"{where}: {kind} name")
+    try:  # every kind's, though only Namespaces' and Pods' labels are selected
+        _labels(meta.get("labels"), "labels")
+        _annotations(meta.get("annotations"))
+    except SpecError as exc:
+        raise SpecError(f"{where}: {kind} {name}: {exc}") from None
     if kind == "Namespace":
         if "namespace" in meta:
             raise SpecError(f"{where}: a Namespace has no namespace")
@@ -206,12 +238,13 @@ class _Reader:
         if not isinstance(containers, list) or not containers:
             raise SpecError("spec.containers must list at least one container")
         ports: list[ContainerPort] = []
+        _containers(containers)
         for c in containers:
             for p in c.get("ports") or []:
                 port = ContainerPort(
                     _port(p.get("containerPort"), "containerPort"),
                     _protocol(p.get("protocol"), "protocol"),
-                    _name(p["name"], "port name", _PORT_NAME, 15) if "name" in p else None)
+                    _port_name(p["name"], "port name") if p.get("name") is not None else None)
                 if any((q.container_port, q.protocol) == (port.container_port, port.protocol)
                        or (port.name and q.name == port.name) for q in ports):
                     raise SpecError(f"container port {port.name or port.container_port} "
@@ -230,6 +263,7 @@ class _Reader:
         selector = _labels((spec.get("selector") or {}).get("matchLabels"), "selector")
         template = spec.get("template") or {}
         tmeta = template.get("metadata") or {}
+        _annotations(tmeta.get("annotations"))
         labels = _labels(tmeta.get("labels"), "template labels")
         if not selector or any(labels.get(k) != v for k, v in selector.items()):
             raise SpecError("spec.selector.matchLabels must be non-empty and match the "
@@ -297,6 +331,8 @@ class _Allocator:
         return out
 
     def _claim_ip(self, value: Any) -> None:
+        if not isinstance(value, str):  # ipaddress would take an int as an address
+            raise SpecError(f"spec.clusterIP {value!r} is not an IPv4 address")
         try:
             ip = ipaddress.IPv4Address(value)
         except ValueError:
@@ -369,10 +405,10 @@ class _Allocator:
         if name is None and count > 1:
             raise SpecError("every port needs a name when a Service has several")
         if name is not None:
-            _name(name, "port name", _PORT_NAME, 15)
+            _port_name(name, "port name")
         target = p.get("targetPort", port)
         if isinstance(target, str):
-            _name(target, "targetPort", _PORT_NAME, 15)
+            _port_name(target, "targetPort")
         else:
             _port(target, "targetPort")
         node_port = p.get("nodePort")
@@ -390,4 +426,7 @@ def load(path: Path | str) -> Workload:
     reader = _Reader()
     for where, doc in documents(Path(path)):
         reader.add(where, doc)
+    if not reader.seen:
+        raise SpecError(f"{path}: no Kubernetes object in it (Namespace, Pod, Deployment, "
+                        "Service or NetworkPolicy)")
     return reader.workload()

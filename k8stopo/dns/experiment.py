@@ -28,6 +28,7 @@ import gzip
 import ipaddress
 import json
 import platform
+import re
 import secrets
 import statistics
 import sys
@@ -35,11 +36,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .. import __version__, results
+from .. import __version__, results, yamlfile
 from ..cluster import Cluster
 from ..measure import _nearest_rank
 from ..spec import ClusterSpec, SpecError
@@ -76,16 +76,16 @@ class Params:
     @classmethod
     def load(cls, path: Path) -> Params:
         """The experiment file; an unknown key or a bad value is a SpecError."""
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SpecError(f"{path}: {exc}") from None
+        docs = yamlfile.documents(path, "experiment")
+        raw = (docs[0] if len(docs) == 1 else None) or {}  # empty: every default
+        if not isinstance(raw, dict):
+            raise SpecError(f"{path}: an experiment is a YAML mapping of settings")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted((k for k in raw if k not in known), key=repr)
         if unknown:
-            raise SpecError(f"{path}: unknown key(s) {', '.join(unknown)} "
+            raise SpecError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))} "
                             f"(known: {', '.join(sorted(known))})")
-        params = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        params = cls(**{k: _typed(path, k, v, getattr(cls, k)) for k, v in raw.items()})
         params.check()
         return params
 
@@ -99,6 +99,22 @@ class Params:
             raise SpecError("services must be at most 60000, repeat and lookup_count 1 or more")
         if not self.outstanding or not all(1 <= q <= 1000 for q in self.outstanding):
             raise SpecError("outstanding must list 1 to 1000 in-flight queries")
+        for name in self.names:  # each is an argument of the lookup helper in the pod
+            if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9.])?", name):
+                raise SpecError(f"names: {name!r} is not a DNS name")
+
+
+def _typed(path: Path, key: str, value: Any, default: Any) -> Any:
+    """``value`` if it has the type of the key's default (a list for a tuple), else a
+    SpecError: a "5" or a 5.0 would otherwise fail deep in a run, or never."""
+    if isinstance(default, tuple):
+        item = type(default[0])
+        if not isinstance(value, list) or not all(type(v) is item for v in value):
+            raise SpecError(f"{path}: {key} must be a list of {item.__name__}, not {value!r}")
+        return tuple(value)
+    if type(value) is not type(default):  # `is`: a YAML true is no int here
+        raise SpecError(f"{path}: {key} must be {type(default).__name__}, not {value!r}")
+    return value
 
 
 def workload(p: Params) -> Workload:

@@ -12,15 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .. import apinames
 from ..spec import SpecError
 
 API_VERSION = "networking.k8s.io/v1"
 PROTOCOLS = ("TCP", "UDP")  # SCTP is valid in the API but not implemented here: refused
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-#: a named port is an IANA_SVC_NAME (validation.IsValidPortName)
-_PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -143,12 +140,21 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
+def _label(value: Any, where: str, key: bool = False) -> str:
+    """A label key or value the API server would take (else it could never match)."""
+    if not (apinames.label_key if key else apinames.label_value)(value):
+        raise SpecError(f"NetworkPolicy {where}: {value!r} is not a valid label "
+                        f"{'key' if key else 'value'}")
+    return value
+
+
 def _label_map(obj: Any, where: str) -> tuple[tuple[str, str], ...]:
     if obj is None:
         return ()
     if not isinstance(obj, dict):
         raise SpecError(f"NetworkPolicy {where}: expected a mapping of labels")
-    return tuple(sorted((_string(k, where), _string(v, f"{where}.{k}")) for k, v in obj.items()))
+    return tuple(sorted((_label(k, where, key=True), _label(v, f"{where}.{k}"))
+                        for k, v in obj.items()))
 
 
 def parse_selector(obj: Any, where: str) -> LabelSelector:
@@ -157,11 +163,11 @@ def parse_selector(obj: Any, where: str) -> LabelSelector:
     for i, e in enumerate(_list(d.get("matchExpressions"), f"{where}.matchExpressions")):
         at = f"{where}.matchExpressions[{i}]"
         e = _fields(e, at, ("key", "operator", "values"))
-        key, op = _string(e.get("key"), f"{at}.key"), e.get("operator")
+        key, op = _label(e.get("key"), f"{at}.key", key=True), e.get("operator")
         if op not in OPERATORS:
             raise SpecError(f"NetworkPolicy {at}.operator: {op!r} is not one of "
                             f"{', '.join(OPERATORS)}")
-        values = tuple(_string(v, f"{at}.values") for v in _list(e.get("values"), f"{at}.values"))
+        values = tuple(_label(v, f"{at}.values") for v in _list(e.get("values"), f"{at}.values"))
         if op in ("In", "NotIn") and not values:
             raise SpecError(f"NetworkPolicy {at}: operator {op} needs values")
         if op in ("Exists", "DoesNotExist") and values:
@@ -218,9 +224,9 @@ def _port(obj: Any, where: str) -> PolicyPort:
                         f"({', '.join(PROTOCOLS)})")
     port: int | str | None = d.get("port")
     if isinstance(port, str):
-        if port.isdigit():  # an IntOrString given as a quoted number stays a number
+        if re.fullmatch(r"[0-9]+", port):  # an IntOrString given as a quoted number
             port = int(port)
-        elif not _PORT_NAME.match(port):
+        elif not apinames.port_name(port):
             raise SpecError(f"NetworkPolicy {where}.port: {port!r} is neither a number nor a "
                             f"valid port name")
     if isinstance(port, int) or port is None:
@@ -259,9 +265,9 @@ def parse(doc: Mapping[str, Any]) -> NetworkPolicy:
                     "generation", "creationTimestamp"))
     name = _string(meta.get("name"), "metadata.name")
     namespace = _string(meta.get("namespace", "default"), "metadata.namespace")
-    if not _DNS_SUBDOMAIN.match(name):
+    if not apinames.dns_subdomain(name):
         raise SpecError(f"NetworkPolicy metadata.name {name!r} is not a DNS subdomain")
-    if not _DNS_LABEL.match(namespace):
+    if not apinames.dns_label(namespace):
         raise SpecError(f"NetworkPolicy {name}: namespace {namespace!r} is not a DNS label")
     where = f"{namespace}/{name} spec"
     spec = _fields(d.get("spec"), where, ("podSelector", "policyTypes", "ingress", "egress"))
