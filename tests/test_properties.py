@@ -70,7 +70,8 @@ BAD_COMMANDS = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @example(argv=["scale", "--nodes", "²", "--out", "x.csv"])  # isdigit() but not int(): ValueError
 @example(argv=["probe", "--cni", "host", "--manifests", "m.yaml", "--ports", "²"])
 @given(argv=BAD_COMMANDS)

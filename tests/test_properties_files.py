@@ -58,7 +58,7 @@ def _dump(doc: Any) -> str:
 # -- experiment files ----------------------------------------------------------------
 
 INTS = ("nodes", "pods_per_node", "duration", "repeat", "streams", "mtu", "msg_size")
-NAMES = ("cni", "scenarios", "protocols")
+NAMES = ("cni", "scenarios", "protocols", "faults")
 TEXT = ("description", "underlay")
 assert set(experiment.KEYS) == {*INTS, *NAMES, *TEXT, "offloads", "udp_bandwidth"}, \
     "a new experiment key needs its invalid values here"
@@ -108,6 +108,7 @@ REJECTED: dict[str, st.SearchStrategy[Any]] = {
     "scenarios": st.sampled_from(["", " , ", "pod-to-pod", "host-to-host,x", "pod-to-dns"]),
     "protocols": st.sampled_from(["", "TCP", "tcp,sctp", "dns", "http"]),
     "offloads": st.sampled_from(["ON", "Off", "yes", "1", ""]),
+    "faults": st.sampled_from(["", ",", "link-down", "underlay-link-down,bogus", "node_stopped"]),
 }
 VALUE = st.sampled_from(sorted(experiment.KEYS)).flatmap(
     lambda k: st.tuples(st.just(k), st.one_of(WRONG_TYPE[k], REJECTED.get(k, WRONG_TYPE[k]))))
