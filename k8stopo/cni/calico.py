@@ -253,8 +253,7 @@ class CalicoBird(Calico):
         # every node's config checked (at once) before any BIRD starts
         self.cluster.per_node(self._write_config, self.cluster.nodes)
         self.started_at = time.monotonic()
-        for node in self.cluster.nodes:
-            self.start_bird(node)
+        self.cluster.per_node(self.start_bird, self.cluster.nodes)  # each spawn joins a cgroup
         if self.cluster.router is not None:
             self._start_tor(self.cluster.router)
 
