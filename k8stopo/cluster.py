@@ -42,6 +42,8 @@ from .workload import ContainerPort, PodSpec, ServiceSpec, pod_handle
 logging.setLoggerClass(logging.Logger)
 log = logging.getLogger("k8stopo.cluster")
 
+#: seconds the agents get to converge, per 500 nodes (at least once): a thousand BIRDs,
+#: each scanning its kernel table every 2 s as Calico configures it, share this box's cores
 READY_TIMEOUT = 90.0
 #: nodes from which the underlay's neighbour entries are seeded (see _seed_neighbours)
 SEED_NEIGHBOURS_FROM = 16
@@ -333,8 +335,9 @@ class Cluster:
             self.net.nameToNode[name] = host
         return host
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+    def wait_ready(self) -> None:
         """Return once every agent has converged (after the build, and after a fault)."""
+        timeout = READY_TIMEOUT * max(1.0, self.spec.nodes / 500)
         for agent in self.agents:
             agent.wait_ready(timeout)
 
