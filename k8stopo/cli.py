@@ -190,7 +190,8 @@ def parser() -> argparse.ArgumentParser:
                        help="comma list of mesh, rr1, rr2 (Calico's BIRD variants)")
     scale.add_argument("--repeat", type=int, default=1, help="repeats (default 1)")
     scale.add_argument("--out", type=Path, required=True, help="CSV to append the rows to")
-    scale.add_argument("--plots", type=Path, help="also draw scale.png into DIR")
+    scale.add_argument("--plots", type=Path,
+                       help="also draw scale.png of every row of --out (earlier runs' too) into DIR")
 
     clean = sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
     clean.add_argument("--force", action="store_true",
@@ -506,7 +507,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     print(f"run {run_id}: rows in {args.out}")
     if args.plots:
         df = results.load([args.out])
-        for path in plots.scale_charts(df[df.run_id == run_id], args.plots):
+        for path in plots.scale_charts(df, args.plots):
             print(f"  {path}")
     if failures:
         print(f"k8stopo: {failures} cluster(s) failed; see the log above", file=sys.stderr)

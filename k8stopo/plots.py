@@ -539,7 +539,8 @@ SCALE_PANELS = (
 
 def scale_charts(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """``k8stopo scale``'s chart: each metric against the number of nodes, a line per BGP
-    mode (median over repeats, every repeat as a dot); panels without rows are left out."""
+    mode and pods per node (median over repeats, every repeat as a dot), so clusters of
+    other shapes never share a line; panels without rows are left out."""
     rows = df[df.protocol == "control"].copy()
     rows["bgp_mode"] = rows.get("bgp_mode", pd.Series("", index=rows.index)).fillna("")
     panels = [p for p in SCALE_PANELS if rows.metric.isin(p[1]).any()]
@@ -549,10 +550,11 @@ def scale_charts(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, metrics, unit, div) in zip(axes[0], panels):
-        for (metric, mode), group in rows[rows.metric.isin(metrics)].groupby(
-                ["metric", "bgp_mode"]):
+        for (metric, mode, pods), group in rows[rows.metric.isin(metrics)].groupby(
+                ["metric", "bgp_mode", "pods_per_node"]):
             med = group.groupby("nodes").value.median() / div
-            label = f"{metric.removesuffix('_ms')}{f' ({mode})' if mode else ''}"
+            shape = ", ".join([*([mode] if mode else []), f"{pods} pods/node"])
+            label = f"{metric.removesuffix('_ms')} ({shape})"
             line, = ax.plot(med.index, med.values, marker="o", label=label)
             ax.scatter(group.nodes, group.value / div, color=line.get_color(), s=8, alpha=0.5)
         ax.set(title=title, xlabel="nodes", ylabel=unit)
