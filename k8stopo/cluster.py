@@ -264,7 +264,7 @@ class Cluster:
                             state=self.state, index=i, intf=mn.defaultIntf().name, mn=mn,
                             pod_cidr=self.ranges[i] if self.ranges else None)
                 self.nodes.append(node)
-                self._prepare_node(node, self.gateway(node))
+            self.per_node(self._prepare_node, self.nodes)
             if self.spec.underlay == "routed":
                 r1 = self.net[ROUTER]
                 self.router = Endpoint(name=ROUTER, ip=self.gateway(self.nodes[0]), pid=r1.pid,
@@ -373,15 +373,15 @@ class Cluster:
         for agent in self.agents:
             agent.pod_changed(pod)
 
-    def _prepare_node(self, node: Node, gateway: ipaddress.IPv4Address) -> None:
-        """What every Kubernetes node has, whatever its CNI."""
+    def _prepare_node(self, node: Node) -> None:
+        """What every Kubernetes node has, whatever its CNI (nodes are prepared at once)."""
         if self.spec.mtu != 1500:
             node.run(["ip", "link", "set", node.intf, "mtu", self.spec.mtu])
             port, switch = self.switch_port(node)
             proc.run(["ip", "link", "set", port, "mtu", self.spec.mtu], switch)
         node.sysctl("net.ipv4.ip_forward", 1)
         # Real nodes have a default route; Calico's proxy-ARP gateway relies on it.
-        node.run(["ip", "route", "replace", "default", "via", gateway, "dev", node.intf])
+        node.run(["ip", "route", "replace", "default", "via", self.gateway(node), "dev", node.intf])
 
     def offloads_off(self) -> None:
         """Segmentation and checksum offloads off on every veth of the emulated wire (node

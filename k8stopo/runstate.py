@@ -99,7 +99,7 @@ class RunState:
     """The record of one run; see the module docstring. ``RunState.open`` reads one back."""
 
     _joins: concurrent.futures.ThreadPoolExecutor | None  # moves into the cgroup, queued
-    _joins_lock: threading.Lock
+    _lock: threading.Lock  # the queue above, and the list of pids
 
     def __init__(self, kind: str) -> None:
         STATE_ROOT.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ class RunState:
         while True:
             self.prefix = _fresh_prefix()
             self.cgroup: Path | None = root / "k8stopo" / self.prefix if root else None
-            self._queue_joins()
+            self._init_shared()
             self.data: dict[str, Any] = {
                 "prefix": self.prefix, "kind": kind, "created": time.time(),
                 "owner": {"pid": me, "start": start_time(me)},
@@ -137,7 +137,7 @@ class RunState:
         self.dir = STATE_ROOT / prefix
         self.data = _replay((self.dir / JOURNAL).read_text())
         self.cgroup = Path(self.data["cgroup"]) if self.data.get("cgroup") else None
-        self._queue_joins()
+        self._init_shared()
         return self
 
     # -- the journal ------------------------------------------------------------------
@@ -178,21 +178,23 @@ class RunState:
         pods' shells moved one by one on the attaching threads cost seconds, queued they
         go back to back. Until it has moved, the process is stopped by its recorded pid."""
         entry = {"pid": pid, "start": start_time(pid), "what": what}
-        self.data["pids"].append(entry)
+        with self._lock:
+            self.data["pids"].append(entry)
         self._append({"op": "pid", **entry})
         if self.cgroup is not None and not self.holds(pid):
-            with self._joins_lock:
+            with self._lock:
                 if self._joins is None:
                     self._joins = concurrent.futures.ThreadPoolExecutor(1, "cgroup-join")
                 self._joins.submit(self.join_cgroup, pid)
 
-    def _queue_joins(self) -> None:
+    def _init_shared(self) -> None:
+        """What threads of the run share: the queue of cgroup moves and its lock."""
         self._joins = None
-        self._joins_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     def settle(self) -> None:
         """Wait until every recorded process has been moved into the run's cgroup."""
-        with self._joins_lock:
+        with self._lock:
             joins, self._joins = self._joins, None
         if joins is not None:
             joins.shutdown(wait=True)
@@ -207,7 +209,8 @@ class RunState:
         return f"0::/k8stopo/{self.prefix}" in lines
 
     def untrack_pid(self, pid: int) -> None:
-        self.data["pids"] = [p for p in self.data["pids"] if p["pid"] != pid]
+        with self._lock:  # processes are stopped from several threads at once
+            self.data["pids"] = [p for p in self.data["pids"] if p["pid"] != pid]
         self._append({"op": "unpid", "pid": pid})
 
     def track_link(self, name: str) -> None:
