@@ -552,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, logger in list(logging.root.manager.loggerDict.items()):
         if name.split(".")[0] == "k8stopo" and isinstance(logger, logging.Logger):
             logger.handlers.clear()
+            logger.setLevel(logging.NOTSET)  # a MininetLogger's own level (25) hid -v's INFO
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe,

@@ -90,3 +90,14 @@ def test_sigterm_tears_the_cluster_down() -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     assert_gone(prefix, manifest["pids"])
+
+
+@pytest.mark.parametrize(("flags", "shown"), [([], False), (["-v"], True)])
+def test_verbose_lets_our_info_lines_through(flags: list[str], shown: bool, tmp_path) -> None:
+    """-v shows k8stopo's INFO lines (a Mininet logger's own level once hid them all)."""
+    script = ("import logging, sys\nfrom k8stopo import cli, bench, cluster\n"
+              f"cli.main({[*flags, 'plot', str(tmp_path / 'none.csv'), '--out', str(tmp_path)]!r})\n"
+              "print(logging.getLogger('k8stopo.cluster').isEnabledFor(logging.INFO))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == str(shown), out.stderr
