@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .results import FAILED  # a count, never a value
 from .spec import SCENARIOS, SPEC_VARIANTS
 
 BASELINE = "host-to-host"
@@ -40,8 +41,6 @@ SCENARIO_ORDER: tuple[str, ...] = SCENARIOS + ("pod-to-nodeport", "pod-to-hostpo
 IDENTITY = frozenset({
     "run_id", "started_at", "cni", "scenario", "protocol", "metric", "value", "unit", "repeat",
     "client", "server", "client_ip", "server_ip", "raw_file", "experiment", "setup", "error"})
-#: the metric of a measurement that failed (k8stopo.bench.FAILED): a count, never a value
-FAILED = "failed"
 #: where and with what it was measured: shown in subtitles, never splits a setup
 ENVIRONMENT = frozenset({
     "kernel", "k8stopo_version", "cpu_model", "iptables_mode", "commit", "command", "hostname",

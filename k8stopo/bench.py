@@ -62,6 +62,7 @@ from .dns import perf as _dnsperf  # noqa: F401 (registers the dns protocol)
 from .errors import RunError
 from .kubeproxy.scenarios import SERVICE_SCENARIOS, service_ends
 from .node import Endpoint, Pod
+from .results import FAILED
 from .spec import CLUSTER_PARAMS, BenchSpec, SpecError
 from .topo import segment_index
 from .workload import Workload
@@ -372,8 +373,6 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
 EXTRA_COLUMNS = ("udp_bandwidth", "msg_size", "offloads", "underlay", "underlay_mtu",
                  "bgp_mode", "ipip_mode", "cpu_model", "iptables_mode", "commit", "command",
                  "experiment", "fault", "error")
-#: the metric of a measurement that failed (value 1, unit count, the reason in ``error``)
-FAILED = "failed"
 
 
 def _own(cni: str, point: BenchSpec, option: str) -> object:

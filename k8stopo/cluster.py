@@ -19,6 +19,7 @@ import json
 import logging
 import resource
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -81,10 +82,13 @@ class _Mininet(Mininet):
 
     def addHost(self, name: str, cls: Any = None, **params: Any) -> Host:  # noqa: N802
         host = getattr(self, "_started", {}).pop(name, None)
-        if host is None:
-            return super().addHost(name, cls, **params)
+        return super().addHost(name, cls, **params) if host is None else self.adopt(host)
+
+    def adopt(self, host: Host) -> Host:
+        """Register a host whose shell was started beforehand, as ``addHost`` registers
+        the ones it makes (Mininet's lists are not thread-safe: callers serialise this)."""
         self.hosts.append(host)
-        self.nameToNode[name] = host
+        self.nameToNode[host.name] = host
         return host
 
 
@@ -134,7 +138,7 @@ class Cluster:
                                            or spec.underlay_cidr, "pod CIDR"))  # macvlan: on it
         self.underlay = ipv4_network(spec.underlay_cidr, "underlay CIDR")
         self.state: RunState | None = None
-        self.net: Mininet | None = None
+        self.net: _Mininet | None = None
         self.variant: Variant | None = None
         self.agents: list[Agent] = []  # the variant first, then the others, once built
         self.nodes: list[Node] = []
@@ -331,9 +335,13 @@ class Cluster:
         assert self.net is not None
         host = self.net.host(name, ip=None)
         with self._mininet_lock:
-            self.net.hosts.append(host)
-            self.net.nameToNode[name] = host
-        return host
+            return self.net.adopt(host)
+
+    def stop_on_nodes(self, processes: dict[str, subprocess.Popen[str]]) -> None:
+        """Stop each node's process (by node name) and forget it, every node at once."""
+        nodes = {n.name: n for n in self.nodes}
+        self.per_node(lambda item: nodes[item[0]].stop(item[1]), list(processes.items()))
+        processes.clear()
 
     def wait_ready(self) -> None:
         """Return once every agent has converged (after the build, and after a fault)."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from . import measure, proc
 from .cluster import Cluster
 from .errors import RunError
 from .node import Endpoint, Node, Pod
-from .runstate import netns_inode
+from .runstate import in_namespaces_of
 
 log = logging.getLogger("k8stopo.faults")
 
@@ -114,11 +113,8 @@ class NodeStopped(UnderlayLinkDown):
 
     def _processes(self) -> set[int]:
         """Every process in the node's network namespace or one of its pods'."""
-        holders = [self.node.pid, *(p.pid for p in self.node.pods if not p.host_network)]
-        inodes = {i for i in map(netns_inode, holders) if i is not None}
-        found = {int(e.name) for e in Path("/proc").iterdir()
-                 if e.name.isdigit() and netns_inode(int(e.name)) in inodes}
-        return found - {os.getpid()}
+        return in_namespaces_of([self.node.pid,
+                                 *(p.pid for p in self.node.pods if not p.host_network)])
 
     @staticmethod
     def _move(pids: Iterable[int], cgroup: Path) -> None:

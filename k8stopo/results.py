@@ -50,6 +50,8 @@ NUMERIC: frozenset[str] = frozenset(
     {"value", "repeat", "nodes", "pods_per_node", "streams", "duration_s", "mtu"})
 #: read as text whatever they look like (a run id or kernel "6.1" is not a number)
 TEXT: frozenset[str] = frozenset(COLUMNS) - NUMERIC
+#: the metric of a measurement that failed: value 1, unit count, the reason in ``error``
+FAILED = "failed"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -224,9 +226,7 @@ class CsvSink:
         if f.read(1) == b"\n":
             return
         f.seek(0)
-        keep = f.read().rfind(b"\n") + 1
-        log.warning("%s: dropping an incomplete last line (%d bytes) left by an "
-                    "interrupted write", self.path, size - keep)
+        keep = _complete(f.read(), self.path, "dropping")
         f.truncate(keep)
         os.fsync(f.fileno())
 
@@ -262,11 +262,17 @@ def complete_text(path: Path | str) -> str:
     newline, so a last line without one was cut by a crash mid-write (a cut number would
     read as a wrong value) and is left out, with a warning; the file is not changed."""
     data = Path(path).read_bytes()
+    return data[:_complete(data, path, "ignoring")].decode("utf-8")
+
+
+def _complete(data: bytes, path: Path | str, what: str) -> int:
+    """The length of ``data`` up to its last complete line, warning (``what``: what is
+    done with the rest) when a crash mid-write left a torn one."""
     keep = len(data) if data.endswith(b"\n") or not data else data.rfind(b"\n") + 1
     if keep < len(data):
-        log.warning("%s: ignoring an incomplete last line (%d bytes) left by an interrupted "
-                    "write", path, len(data) - keep)
-    return data[:keep].decode("utf-8")
+        log.warning("%s: %s an incomplete last line (%d bytes) left by an interrupted write",
+                    path, what, len(data) - keep)
+    return keep
 
 
 def load(paths: Sequence[Path | str]) -> pandas.DataFrame:

@@ -68,6 +68,17 @@ def netns_inode(pid: int) -> int | None:
         return None
 
 
+def in_namespaces_of(holders: Iterable[int]) -> set[int]:
+    """Every process (but this one) living in the network namespace of one of ``holders``,
+    never in the host's own: what a run, or one node of it, holds by namespace identity."""
+    inodes = {i for i in map(netns_inode, holders) if i is not None}
+    inodes.discard(netns_inode(1))
+    if not inodes:
+        return set()
+    return {int(e.name) for e in Path("/proc").iterdir()
+            if e.name.isdigit() and netns_inode(int(e.name)) in inodes} - {os.getpid()}
+
+
 def root_links() -> list[str]:
     """Names of the links in the root network namespace."""
     out = proc.output(["ip", "-o", "link", "show"])
@@ -246,13 +257,7 @@ class RunState:
         if self.cgroup is not None and (self.cgroup / "cgroup.procs").exists():
             pids |= {int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()}
         recorded = [e["pid"] for e in self.data["pids"] if alive(e["pid"], e["start"])]
-        inodes = {i for i in (netns_inode(p) for p in recorded) if i is not None}
-        inodes.discard(netns_inode(1))  # never the host's own namespace
-        if inodes:
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit() and netns_inode(int(entry.name)) in inodes:
-                    pids.add(int(entry.name))
-        pids |= set(recorded)
+        pids |= in_namespaces_of(recorded) | set(recorded)
         pids.discard(os.getpid())
         return pids
 

@@ -206,6 +206,4 @@ class ForwardingVariant(Variant):
         native.check_running(self.cluster.state, self.forwarders, self.program)
 
     def stop(self) -> None:
-        for name, p in self.forwarders.items():
-            self.cluster.node(name).stop(p)
-        self.forwarders.clear()
+        self.cluster.stop_on_nodes(self.forwarders)

@@ -358,9 +358,7 @@ class CalicoBird(Calico):
 
     def stop(self) -> None:
         """Every BIRD at once (each closes its sessions with a Cease before it goes)."""
-        nodes = {n.name: n for n in self.cluster.nodes}
-        self.cluster.per_node(lambda item: nodes[item[0]].stop(item[1]), list(self.birds.items()))
-        self.birds.clear()
+        self.cluster.stop_on_nodes(self.birds)
         if self.tor_bird is not None and self.cluster.router is not None:
             self.cluster.router.stop(self.tor_bird)
             self.tor_bird = None
