@@ -32,7 +32,7 @@ from . import proc
 from .agent import Agent
 from .cni import variant as variant_class
 from .cni.base import Variant
-from .node import Endpoint, Node, Pod
+from .node import Endpoint, Node, Pod, delete_links
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
 from .topo import ROUTER, K8sTopo, gateway, node_name, segment_index, subnets, switch_names
@@ -338,9 +338,11 @@ class Cluster:
             return self.net.adopt(host)
 
     def stop_on_nodes(self, processes: dict[str, subprocess.Popen[str]]) -> None:
-        """Stop each node's process (by node name) and forget it, every node at once."""
-        nodes = {n.name: n for n in self.nodes}
-        self.per_node(lambda item: nodes[item[0]].stop(item[1]), list(processes.items()))
+        """Kill each node's process (by node name) and forget it, every node at once: the
+        cluster is going, so no daemon's graceful stop has anyone to tell."""
+        proc.kill_all(list(processes.values()))
+        for p in processes.values():
+            self.state.untrack_pid(p.pid)
         processes.clear()
 
     def wait_ready(self) -> None:
@@ -468,15 +470,13 @@ class Cluster:
         self.per_node(detach, [node.pods for node in self.nodes])
 
     def _stop_mininet(self) -> None:
-        """Mininet's stop, in its order (links, then hosts), with the links deleted in one
-        batch inside each switch's namespace instead of two shell round trips each."""
+        """Mininet's stop, in its order (links, then hosts), with each switch's ports deleted
+        at once (:func:`delete_links`) instead of two shell round trips each."""
         assert self.net is not None
         for name in switch_names(self.spec.underlay):
             switch = self.net.get(name) if name in self.net else None
             if switch is not None and switch.shell is not None:
-                ports = [i.name for i in switch.intfList() if i.name != "lo"]
-                proc.run(["ip", "-force", "-batch", "-"], switch.pid, check=False,
-                         input="".join(f"link del {p}\n" for p in ports))
+                delete_links(switch.pid, [i.name for i in switch.intfList() if i.name != "lo"])
         for host in self.net.hosts:
             host.terminate()
 
@@ -511,7 +511,9 @@ class Cluster:
     def _stop_step(what: str, step: Any) -> None:
         if step is None:
             return
+        started = time.monotonic()
         try:
             step()
         except Exception as exc:  # keep tearing down; the manifest catches the rest
             log.warning("teardown: %s failed: %s", what, exc)
+        log.debug("teardown: %s took %.2fs", what, time.monotonic() - started)

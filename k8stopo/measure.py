@@ -72,9 +72,9 @@ class MeasurementError(RunError):
     """A measuring tool failed or its output is unusable; the message says why."""
 
 
-def reason(exc: MeasurementError) -> str:
-    """Why a measurement failed, on one line, in the tool's own words where it gave any:
-    the innermost MeasurementError of the chain (iperf3's JSON ``error``, ping's
+def reason(exc: BaseException) -> str:
+    """Why a measurement (or a build) failed, on one line, in the tool's own words where it
+    gave any: the innermost MeasurementError of the chain (iperf3's JSON ``error``, ping's
     statistics, sockperf's ERROR line), cut to ERROR_CHARS."""
     inner = exc
     while isinstance(inner.__cause__, MeasurementError):

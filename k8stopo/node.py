@@ -21,6 +21,22 @@ from .proc import Argv
 from .runstate import RunState
 from .workload import ContainerPort
 
+#: the link group teardown moves a namespace's doomed links into; only a run's own
+#: namespaces are emptied this way, so no one else's link can be in it
+DOOMED_GROUP = 4242
+
+
+def delete_links(netns: proc.Netns, names: Sequence[str]) -> None:
+    """Delete ``names`` in ``netns`` in one kernel batch: moved into one link group, they go
+    with one ``ip link del group``, which unregisters them together behind one RCU grace
+    period; a ``link del`` each waits for a grace period each (17 ms a link here, 17 s for
+    a thousand switch ports). Links already gone (a veth's peer) are skipped."""
+    if not names:
+        return
+    proc.run(["ip", "-force", "-batch", "-"], netns, check=False,
+             input="".join(f"link set dev {n} group {DOOMED_GROUP}\n" for n in names))
+    proc.run(["ip", "link", "del", "group", DOOMED_GROUP], netns, check=False)
+
 
 @dataclass(eq=False)
 class Endpoint:
@@ -66,6 +82,10 @@ class Endpoint:
         result = self.run([tool, *([] if check else ["-force"]), "-batch", "-"], check=check,
                           input="".join(" ".join(str(a) for a in c) + "\n" for c in commands))
         return result.stderr.strip() if result.returncode else ""
+
+    def delete_links(self, names: Sequence[str]) -> None:
+        """Delete these links of this namespace at once (:func:`delete_links`)."""
+        delete_links(self.pid, names)
 
     def link(self, dev: str) -> dict[str, Any]:
         """``ip -j link show dev`` in this namespace (sysfs would show the root's)."""

@@ -135,6 +135,21 @@ def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
             stream.close()
 
 
+def kill_all(procs: Sequence[subprocess.Popen]) -> None:
+    """SIGKILL every spawned process at once, then reap them: for daemons that go with their
+    whole cluster, whose graceful goodbyes would be work for no one (at 1,000 nodes, each
+    BIRD's Cease has the reflectors send a withdrawal to every other node: 49 s of
+    teardown on two cores)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
+        for stream in (p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
+
+
 def which(tool: str) -> str | None:
     """Path of a tool on PATH (or in /usr/sbin, which root's PATH may lack)."""
     return shutil.which(tool) or shutil.which(tool, path="/usr/local/sbin:/usr/sbin:/sbin")

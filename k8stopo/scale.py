@@ -32,7 +32,7 @@ from . import __version__, results
 from .cluster import Cluster
 from .cni.calico import CalicoBird
 from .errors import RunError
-from .measure import Sample
+from .measure import Sample, reason
 from .spec import ClusterSpec, SpecError
 
 log = logging.getLogger("k8stopo.scale")
@@ -157,12 +157,15 @@ def run(spec: ScaleSpec, out: Path) -> tuple[str, int]:
             print(f"scale: {spec.cni} {size} nodes × {spec.pods_per_node} pods, {mode}, "
                   f"repeat {repeat}", flush=True)
             started_at = results.utc_now()
+            error = ""
             try:
                 found = measure_one(cluster_spec)
             except (TimeoutError, RunError) as exc:
                 failures += 1
                 log.error("%d nodes %s: %s", size, mode, exc)
-                continue
+                # the failure is a result too (a mesh that does not converge): a row says so
+                error = reason(exc)
+                found = [("bring-up", results.FAILED, Sample("", 1.0, "count"))]
             for scenario, metric, sample in found:
                 ctx = results.Context(
                     run_id=run_id, cni=spec.cni, scenario=scenario, protocol="control",
@@ -170,7 +173,8 @@ def run(spec: ScaleSpec, out: Path) -> tuple[str, int]:
                     duration_s=0, mtu=cluster_spec.mtu, kernel=platform.release(),
                     k8stopo_version=__version__, client="", server="", client_ip="",
                     server_ip="", raw_file="",
-                    extra={"bgp_mode": mode if _bird(spec.cni) else "", "experiment": "scale"})
+                    extra={"bgp_mode": mode if _bird(spec.cni) else "", "experiment": "scale",
+                           "error": error})
                 sink.write(results.rows(ctx, started_at,
                                         [dataclasses.replace(sample, metric=metric)]))
     return run_id, failures

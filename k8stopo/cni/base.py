@@ -187,8 +187,7 @@ class Variant(Agent):
         """Undo every pod of ``node`` at once (a large cluster's teardown): delete every veth
         in the node's namespace but its NIC, which takes each pod's pair whole."""
         links = json.loads(node.output(["ip", "-j", "link", "show", "type", "veth"]) or "[]")
-        node.batch("ip", [["link", "del", link["ifname"]] for link in links
-                          if link["ifname"] != node.intf], check=False)
+        node.delete_links([link["ifname"] for link in links if link["ifname"] != node.intf])
 
 
 class ForwardingVariant(Variant):

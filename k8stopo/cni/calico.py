@@ -357,7 +357,9 @@ class CalicoBird(Calico):
                 if p is not node and str(p.pod_cidr) not in have]
 
     def stop(self) -> None:
-        """Every BIRD at once (each closes its sessions with a Cease before it goes)."""
+        """Every BIRD at once, killed: their Ceases would only have the reflectors relay
+        withdrawals among nodes that are going too (:meth:`stop_bird` is the graceful
+        stop of one node)."""
         self.cluster.stop_on_nodes(self.birds)
         if self.tor_bird is not None and self.cluster.router is not None:
             self.cluster.router.stop(self.tor_bird)

@@ -44,7 +44,7 @@ import threading
 from typing import Any
 
 from .. import ipam, pods
-from ..node import Node, Pod
+from ..node import Node, Pod, delete_links
 from ..spec import ClusterSpec, SpecError, ipv4_network
 from .base import Variant
 
@@ -251,4 +251,4 @@ class DockerOverlay(SharedRange):
         super().detach_all(node)
         links = json.loads(node.output(["ip", "-n", self.netns(node), "-j", "link", "show",
                                         "type", "veth"]) or "[]")
-        self._ov(node, *[["link", "del", link["ifname"]] for link in links], check=False)
+        delete_links(self.netns(node), [link["ifname"] for link in links])

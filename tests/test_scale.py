@@ -1,0 +1,83 @@
+"""`k8stopo scale`: its rows, its failures as rows, and the teardown that makes it fast."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from k8stopo import node, proc, results, scale
+from k8stopo.cluster import Cluster
+from k8stopo.spec import ClusterSpec
+
+from conftest import assert_gone
+
+
+def test_scale_rows_of_a_reflected_cluster(tmp_path: Path) -> None:
+    """Three nodes with one reflector: the reflector holds two sessions, each client one,
+    so four session ends; every phase, BGP event and the teardown is a row."""
+    out = tmp_path / "scale.csv"
+    run_id, failures = scale.run(scale.ScaleSpec("calico-bgp", (3,), 0, ("rr1",)), out)
+    assert failures == 0
+    rows = pd.read_csv(out)
+    assert set(rows.run_id) == {run_id}
+    values = rows.set_index("metric").value
+    assert values["bgp_sessions_total"] == 4
+    assert values["bgp_sessions_max_per_node"] == 2
+    for metric in ("underlay_ms", "agents_ms", "ready_ms", "build_ms", "converge_ms",
+                   "withdraw_ms", "rejoin_ms", "teardown_ms", "bird_rss_per_node"):
+        assert values[metric] > 0, metric
+    assert set(rows.bgp_mode) == {"rr1"} and set(rows.nodes) == {3}
+
+
+def test_a_cluster_that_fails_is_a_failed_row(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A size that does not converge is a result too: a ``failed`` row with the reason,
+    and the sizes after it are still measured."""
+    def measure_one(spec: ClusterSpec) -> list[tuple[str, str, scale.Sample]]:
+        if spec.nodes == 300:
+            raise TimeoutError("BGP did not converge in 90s: 12 of 300 nodes\nstill lack")
+        return [("bring-up", "build_ms", scale.Sample("", 5.0, "ms"))]
+
+    monkeypatch.setattr(scale, "measure_one", measure_one)
+    monkeypatch.setattr(scale, "_bird", lambda cni: True)
+    out = tmp_path / "scale.csv"
+    _, failures = scale.run(scale.ScaleSpec("calico-bgp", (300, 10), 0, ("mesh",)), out)
+    assert failures == 1
+    rows = pd.read_csv(out, keep_default_na=False).set_index("nodes")
+    assert rows.loc[300, "metric"] == results.FAILED
+    assert rows.loc[300, "error"] == "BGP did not converge in 90s: 12 of 300 nodes still lack"
+    assert rows.loc[10, "metric"] == "build_ms" and rows.loc[10, "error"] == ""
+
+
+def _links(netns: str) -> set[str]:
+    shown = json.loads(proc.output(["ip", "-j", "link", "show"], netns))
+    return {link["ifname"] for link in shown}
+
+
+def test_delete_links_takes_the_named_links_and_no_other(tmp_path: Path) -> None:
+    """The links named go in one group deletion, their veth peers with them; a link not
+    named stays, and so does one whose name is already gone."""
+    ns = f"k8tdl{tmp_path.name[-6:]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for i in range(3):
+            proc.run(["ip", "link", "add", f"d{i}", "type", "veth", "peer", "name", f"p{i}"], ns)
+        node.delete_links(ns, ["d0", "p1", "absent"])
+        assert _links(ns) == {"lo", "d2", "p2"}
+        group = json.loads(proc.output(["ip", "-j", "-d", "link", "show", "d2"], ns))[0]["group"]
+        assert group == "default"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_teardown_kills_birds_and_leaves_nothing() -> None:
+    """A whole cluster's BIRDs are killed at once at teardown (no goodbyes), and nothing of
+    the run is left."""
+    with Cluster(ClusterSpec(cni="calico-bgp", nodes=3, pods_per_node=1)) as cluster:
+        birds = list(cluster.variant.birds.values())  # type: ignore[union-attr]
+        prefix, pids = cluster.state.prefix, list(cluster.state.data["pids"])
+    assert all(b.returncode == -9 for b in birds), [b.returncode for b in birds]
+    assert_gone(prefix, pids)
