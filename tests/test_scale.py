@@ -78,6 +78,7 @@ def test_teardown_kills_birds_and_leaves_nothing() -> None:
     the run is left."""
     with Cluster(ClusterSpec(cni="calico-bgp", nodes=3, pods_per_node=1)) as cluster:
         birds = list(cluster.variant.birds.values())  # type: ignore[union-attr]
+        assert cluster.state is not None
         prefix, pids = cluster.state.prefix, list(cluster.state.data["pids"])
     assert all(b.returncode == -9 for b in birds), [b.returncode for b in birds]
     assert_gone(prefix, pids)
