@@ -29,8 +29,8 @@ DOOMED_GROUP = 4242
 def delete_links(netns: proc.Netns, names: Sequence[str]) -> None:
     """Delete ``names`` in ``netns`` in one kernel batch: moved into one link group, they go
     with one ``ip link del group``, which unregisters them together behind one RCU grace
-    period; a ``link del`` each waits for a grace period each (17 ms a link here, 17 s for
-    a thousand switch ports). Links already gone (a veth's peer) are skipped."""
+    period, where a ``link del`` each waits for a grace period each (seconds for a
+    thousand switch ports). Links already gone (a veth's peer) are skipped."""
     if not names:
         return
     proc.run(["ip", "-force", "-batch", "-"], netns, check=False,

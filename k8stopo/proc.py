@@ -138,8 +138,7 @@ def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 def kill_all(procs: Sequence[subprocess.Popen]) -> None:
     """SIGKILL every spawned process at once, then reap them: for daemons that go with their
     whole cluster, whose graceful goodbyes would be work for no one (at 1,000 nodes, each
-    BIRD's Cease has the reflectors send a withdrawal to every other node: 49 s of
-    teardown on two cores)."""
+    BIRD's Cease has the reflectors send a withdrawal to every other node)."""
     for p in procs:
         if p.poll() is None:
             p.kill()
