@@ -537,15 +537,57 @@ SCALE_PANELS = (
 )
 
 
+#: the scale table's columns: (metric, heading, divisor, format)
+SCALE_COLUMNS = (
+    ("build_ms", "build s", 1000.0, ".1f"), ("converge_ms", "converge s", 1000.0, ".1f"),
+    ("withdraw_ms", "withdraw s", 1000.0, ".2f"), ("rejoin_ms", "rejoin s", 1000.0, ".1f"),
+    ("bgp_sessions_total", "sessions (ends)", 1.0, ",.0f"),
+    ("bird_rss_per_node", "BIRD MiB/node", 1024.0, ".1f"),
+    ("teardown_ms", "teardown s", 1000.0, ".2f"),
+)
+
+
 def scale_charts(df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """``k8stopo scale``'s chart: each metric against the number of nodes, a line per BGP
-    mode and pods per node (median over repeats, every repeat as a dot), so clusters of
-    other shapes never share a line; panels without rows are left out."""
+    """``k8stopo scale``'s chart (:func:`scale_figure`) saved into ``out_dir``; none
+    without scale rows."""
+    fig = scale_figure(df)
+    if fig is None:
+        return []
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return _save(fig, Path(out_dir), "scale")
+
+
+def scale_markdown(df: pd.DataFrame) -> str:
+    """``k8stopo scale``'s rows as a table: a line per cluster shape, the median over
+    repeats of each metric, and the clusters that failed with their reasons."""
+    rows = df[df.protocol == "control"].copy()
+    rows["bgp_mode"] = rows.get("bgp_mode", pd.Series("", index=rows.index)).fillna("")
+    columns = [c for c in SCALE_COLUMNS if rows.metric.eq(c[0]).any()]
+    table = rows[rows.metric.isin([c[0] for c in columns])].pivot_table(
+        index=["nodes", "pods_per_node", "bgp_mode"], columns="metric", values="value",
+        aggfunc="median")
+    lines = ["| nodes | pods/node | BGP mode | " + " | ".join(c[1] for c in columns) + " |",
+             "|" + " --- |" * (3 + len(columns))]
+    for key, values in table.iterrows():
+        cells = [format(values[m] / div, spec) if pd.notna(values[m]) else "–"
+                 for m, _, div, spec in columns]
+        lines.append("| " + " | ".join([*(str(k) for k in key), *cells]) + " |")
+    for _, row in rows[rows.metric == analysis.FAILED].iterrows():
+        lines.append(f"\nfailed: {row.nodes} nodes × {row.pods_per_node} pods, "
+                     f"{row.bgp_mode or '-'}: {row.get('error', '') or 'no reason recorded'}")
+    return "\n".join(lines)
+
+
+def scale_figure(df: pd.DataFrame) -> Figure | None:
+    """Each metric of ``k8stopo scale`` against the number of nodes, a line per BGP mode
+    and pods per node (median over repeats, every repeat as a dot), so clusters of other
+    shapes never share a line; a cluster that failed is a red cross on the bring-up panel's
+    axis; panels without rows are left out (None if all are)."""
     rows = df[df.protocol == "control"].copy()
     rows["bgp_mode"] = rows.get("bgp_mode", pd.Series("", index=rows.index)).fillna("")
     panels = [p for p in SCALE_PANELS if rows.metric.isin(p[1]).any()]
     if not panels:
-        return []
+        return None
     fig = Figure(figsize=(4.2 * len(panels), 3.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)
@@ -557,11 +599,16 @@ def scale_charts(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             label = f"{metric.removesuffix('_ms')} ({shape})"
             line, = ax.plot(med.index, med.values, marker="o", label=label)
             ax.scatter(group.nodes, group.value / div, color=line.get_color(), s=8, alpha=0.5)
+        if "build_ms" in metrics:  # a cluster that failed is a result too: marked on the axis
+            for (mode, pods), group in rows[rows.metric == analysis.FAILED].groupby(
+                    ["bgp_mode", "pods_per_node"]):
+                shape = ", ".join([*([mode] if mode else []), f"{pods} pods/node"])
+                ax.scatter(group.nodes, [0.0] * len(group), marker="x", color="red", s=40,
+                           zorder=3, label=f"failed ({shape})")
         ax.set(title=title, xlabel="nodes", ylabel=unit)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     per_node = ", ".join(str(n) for n in sorted(rows.pods_per_node.unique()))
     fig.suptitle(f"scale: {', '.join(sorted(rows.cni.unique()))}, pods per node {per_node}",
                  fontsize=9.5)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return _save(fig, Path(out_dir), "scale")
+    return fig

@@ -75,3 +75,22 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
     with results.CsvSink(path) as sink:
         sink.write(rows)
     return path
+
+
+def scale_rows(sizes: dict[tuple[int, str], float | None]) -> list[dict[str, object]]:
+    """``k8stopo scale`` rows: per (nodes, bgp mode), a build time in seconds and a converge
+    time half of it, or (None) a cluster that failed."""
+    out: list[dict[str, object]] = []
+    for (nodes, mode), build_s in sizes.items():
+        ctx = results.Context(
+            run_id=RUN, cni="calico-bgp", scenario="bring-up", protocol="control", repeat=0,
+            nodes=nodes, pods_per_node=0, streams=1, duration_s=0, mtu=1500,
+            kernel="6.1.0-synthetic", k8stopo_version="0.0.test", client="", server="",
+            client_ip="", server_ip="", raw_file="",
+            extra={"bgp_mode": mode, "experiment": "scale",
+                   "error": "" if build_s is not None else "BGP did not converge in 90s"})
+        found = ([Sample(results.FAILED, 1.0, "count")] if build_s is None else
+                 [Sample("build_ms", build_s * 1000, "ms"),
+                  Sample("converge_ms", build_s * 500, "ms")])
+        out += results.rows(ctx, "2026-11-25T00:00:00Z", found)
+    return out

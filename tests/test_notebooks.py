@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from synthetic import fixture_rows, write_csv
+from synthetic import fixture_rows, scale_rows, write_csv
 
 pytestmark = pytest.mark.rootless
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "experiments" / "notebooks").glob("*.ipynb"))
 FAMILIES = {"default.ipynb", "streams.ipynb", "mtu.ipynb", "offloads.ipynb", "rr_latency.ipynb"}
+# and scale.ipynb, whose rows (k8stopo scale) are not bench's
 
 
 def run_notebooks(results: Path, out: Path) -> subprocess.CompletedProcess[str]:
@@ -52,6 +53,8 @@ def results_tree(root: Path) -> None:
               fixture_rows(("tcp",), extra={"experiment": "offloads", "offloads": "on"})
               + fixture_rows(("tcp",), scale=0.6, extra={"experiment": "offloads",
                                                          "offloads": "off"}))
+    write_csv(root / "scale" / "bgp.csv", scale_rows(
+        {(10, "mesh"): 2.0, (100, "mesh"): None, (10, "rr1"): 2.5, (100, "rr1"): 4.0}))
     write_csv(root / "rr-msgsize" / "a.csv",
               fixture_rows(("tcp_rr",), extra={"experiment": "rr-msgsize", "msg_size": 64})
               + fixture_rows(("tcp_rr",), scale=0.5,
@@ -77,13 +80,17 @@ def test_notebooks_redraw_every_family_from_the_csvs(tmp_path: Path) -> None:
         assert images >= 2, f"{name} drew {images} chart(s)"
         assert "rows from run(s)" in text and "yet" not in text
         assert "| CNI | scenario |" in text, f"{name} shows no summary table"
+    images, text = outputs(tmp_path / "out" / "scale.ipynb")
+    assert images == 1 and "bgp: 7 rows from run(s)" in text
+    assert "| 10 | 0 | rr1 | 2.5 | 1.2 |" in text  # build and converge medians, in s
+    assert "failed: 100 nodes × 0 pods, mesh: BGP did not converge in 90s" in text
 
 
 def test_notebooks_without_results_say_so_and_run(tmp_path: Path) -> None:
     (tmp_path / "results").mkdir()
     done = run_notebooks(tmp_path / "results", tmp_path / "out")
     assert done.returncode == 0, done.stderr
-    for name in FAMILIES:
+    for name in [*FAMILIES, "scale.ipynb"]:
         images, text = outputs(tmp_path / "out" / name)
         assert images == 0 and "results under" in text and "yet" in text
 

@@ -28,6 +28,7 @@ from synthetic import (
     Sample,
     context,
     fixture_rows,
+    scale_rows,
     write_csv,
 )
 
@@ -459,3 +460,25 @@ def test_summary_puts_ping_beside_each_streams_setup_and_keeps_old_rows_apart(
     half = by_setup[off].set_index(["cni", "scenario"]).loc[("calico-bgp", "host-to-host"),
                                                             "tcp_gbps"]
     assert half == pytest.approx(20.0 / 2)
+
+
+def test_scale_figure_draws_a_line_per_mode_and_marks_failed_clusters(tmp_path: Path) -> None:
+    """Each BGP mode is its own line through its sizes' values; a cluster that failed is a
+    cross on the bring-up panel's axis, never a value on a line."""
+    df = results.load([write_csv(tmp_path / "s.csv", scale_rows(
+        {(10, "mesh"): 2.0, (100, "mesh"): 8.0, (300, "mesh"): None,
+         (10, "rr1"): 2.5, (100, "rr1"): 4.0, (300, "rr1"): 16.0}))])
+    fig = plots.scale_figure(df)
+    assert fig is not None
+    bring_up, converge = fig.axes[:2]
+    lines = {line.get_label(): list(zip(np.asarray(line.get_xdata()),
+                                        np.asarray(line.get_ydata())))
+             for line in bring_up.get_lines()}
+    assert lines["build (mesh, 0 pods/node)"] == [(10, 2.0), (100, 8.0)]
+    assert lines["build (rr1, 0 pods/node)"] == [(10, 2.5), (100, 4.0), (300, 16.0)]
+    crosses = [c for c in bring_up.collections if c.get_label() == "failed (mesh, 0 pods/node)"]
+    assert len(crosses) == 1 and np.asarray(crosses[0].get_offsets()).tolist() == [[300.0, 0.0]]
+    assert {line.get_label() for line in converge.get_lines()} == {
+        "converge (mesh, 0 pods/node)", "converge (rr1, 0 pods/node)"}
+    assert plots.scale_figure(results.load([write_csv(tmp_path / "b.csv", fixture_rows())])) \
+        is None
