@@ -429,6 +429,10 @@ def _resume(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> be
         same = (recorded.command == "bench" and _bench_settings(recorded) == settings
                 and (recorded.manifests, recorded.proxy_mode) == (args.manifests,
                                                                   args.proxy_mode))
+    except SpecError as exc:  # e.g. its experiment file, relative to another directory
+        raise SpecError(f"--resume: the last run in {out} ({resume.run_id}) was "
+                        f"{resume.command!r}, which cannot be read again from here ({exc}); "
+                        "resume from the directory it was started in") from exc
     except (SystemExit, ValueError):  # not a bench command line of this version
         same = False
     if not same:

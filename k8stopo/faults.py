@@ -27,13 +27,13 @@ import logging
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 from . import measure, proc
 from .cluster import Cluster
 from .errors import RunError
 from .node import Endpoint, Node, Pod
-from .runstate import in_namespaces_of
+from .runstate import in_namespaces_of, move_to_cgroup
 
 log = logging.getLogger("k8stopo.faults")
 
@@ -116,14 +116,6 @@ class NodeStopped(UnderlayLinkDown):
         return in_namespaces_of([self.node.pid,
                                  *(p.pid for p in self.node.pods if not p.host_network)])
 
-    @staticmethod
-    def _move(pids: Iterable[int], cgroup: Path) -> None:
-        for pid in pids:
-            try:
-                (cgroup / "cgroup.procs").write_text(str(pid))
-            except (ProcessLookupError, FileNotFoundError):  # exited meanwhile
-                pass
-
     def _wait_frozen(self) -> None:
         deadline = time.monotonic() + FREEZE_TIMEOUT_S
         while "frozen 1" not in (self.frozen / "cgroup.events").read_text():
@@ -133,7 +125,7 @@ class NodeStopped(UnderlayLinkDown):
 
     def inject(self) -> None:
         self.frozen.mkdir()
-        self._move(self._processes(), self.frozen)
+        move_to_cgroup(self._processes(), self.frozen)
         (self.frozen / "cgroup.freeze").write_text("1")
         self._wait_frozen()
         super().inject()
@@ -141,16 +133,16 @@ class NodeStopped(UnderlayLinkDown):
     def server_up(self, server: Endpoint, srv: subprocess.Popen[str]) -> Callable[[], None]:
         """The server started after the node froze: it freezes with the node, and thaws
         before the measurement stops it (a frozen process cannot act on SIGTERM)."""
-        self._move({srv.pid}, self.frozen)
+        move_to_cgroup({srv.pid}, self.frozen)
         self._wait_frozen()
-        return lambda: self._move({srv.pid}, self.run_cgroup)
+        return lambda: move_to_cgroup({srv.pid}, self.run_cgroup)
 
     def lift(self) -> None:
         try:
             if self.frozen.exists():
                 (self.frozen / "cgroup.freeze").write_text("0")
                 members = {int(p) for p in (self.frozen / "cgroup.procs").read_text().split()}
-                self._move(members, self.run_cgroup)
+                move_to_cgroup(members, self.run_cgroup)
                 self.frozen.rmdir()
         finally:
             super().lift()

@@ -85,6 +85,19 @@ def root_links() -> list[str]:
     return [line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line]
 
 
+def move_to_cgroup(pids: Iterable[int], cgroup: Path) -> None:
+    """Move processes into ``cgroup`` (v2); one that exited meanwhile is skipped."""
+    for pid in pids:
+        try:
+            (cgroup / "cgroup.procs").write_text(str(pid))
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+
+
+#: the folder under the cgroup v2 mount that holds one cgroup per run, named by its prefix
+CGROUP_DIR = "k8stopo"
+
+
 def cgroup2_root() -> Path | None:
     """Where cgroup v2 is mounted (/sys/fs/cgroup or, on hybrid hosts, .../unified)."""
     try:
@@ -118,7 +131,7 @@ class RunState:
         me = os.getpid()
         while True:
             self.prefix = _fresh_prefix()
-            self.cgroup: Path | None = root / "k8stopo" / self.prefix if root else None
+            self.cgroup: Path | None = root / CGROUP_DIR / self.prefix if root else None
             self._init_shared()
             self.data: dict[str, Any] = {
                 "prefix": self.prefix, "kind": kind, "created": time.time(),
@@ -217,7 +230,7 @@ class RunState:
             lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
         except OSError:
             return False
-        return f"0::/k8stopo/{self.prefix}" in lines
+        return f"0::/{CGROUP_DIR}/{self.prefix}" in lines
 
     def untrack_pid(self, pid: int) -> None:
         with self._lock:  # processes are stopped from several threads at once
@@ -238,12 +251,8 @@ class RunState:
         return self.cgroup / "cgroup.procs" if self.cgroup else None
 
     def join_cgroup(self, pid: int) -> None:
-        if self.cgroup_procs is None:
-            return
-        try:
-            self.cgroup_procs.write_text(str(pid))
-        except ProcessLookupError:  # already gone: nothing to contain
-            pass
+        if self.cgroup is not None:
+            move_to_cgroup([pid], self.cgroup)
 
     def owner_alive(self) -> bool:
         owner = self.data["owner"]

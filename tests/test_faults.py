@@ -134,16 +134,20 @@ def test_resume_measures_what_an_interrupted_run_lacks_under_its_run_id(tmp_path
 
 @pytest.mark.parametrize("case, message", [
     ("no file", "holds no run to resume"), ("header only", "holds no run to resume"),
-    ("other command", "which measures something else")])
+    ("other command", "which measures something else"),
+    ("experiment elsewhere", "cannot be read again from here")])
 def test_resume_refuses_before_anything_is_built(
         case: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b.csv"
     if case == "header only":
         out.write_text(",".join(bench.results.COLUMNS) + "\n")
-    elif case == "other command":
+    elif case != "no file":
         recorded = [*ARGS, "--out", str(out)]
-        recorded[recorded.index("--duration") + 1] = "3"  # all else as this command
+        if case == "other command":
+            recorded[recorded.index("--duration") + 1] = "3"  # all else as this command
+        else:  # a relative path that only the directory it was started in has
+            recorded += ["--experiment", "elsewhere/default.yaml"]
         row = dict.fromkeys(bench.results.COLUMNS, "x") | {
             "repeat": "0", "run_id": "20261125T000000Z-0000",
             "command": shlex.join(["k8stopo", *recorded])}
