@@ -43,8 +43,10 @@ from .workload import ContainerPort, PodSpec, ServiceSpec, pod_handle
 logging.setLoggerClass(logging.Logger)
 log = logging.getLogger("k8stopo.cluster")
 
-#: seconds the agents get to converge, per 500 nodes (at least once): a thousand BIRDs,
-#: each scanning its kernel table every 2 s as Calico configures it, share this box's cores
+#: seconds the agents get to converge, times (nodes / 500)² above 500 nodes: on one
+#: kernel every node's route changes are paid for by all (its route notifications reach
+#: every namespace), so BGP convergence grows with the square of the node count there
+#: (145–194 s at 1,000 nodes on two cores, README "Scale")
 READY_TIMEOUT = 90.0
 #: nodes from which the underlay's neighbour entries are seeded (see _seed_neighbours)
 SEED_NEIGHBOURS_FROM = 16
@@ -347,7 +349,7 @@ class Cluster:
 
     def wait_ready(self) -> None:
         """Return once every agent has converged (after the build, and after a fault)."""
-        timeout = READY_TIMEOUT * max(1.0, self.spec.nodes / 500)
+        timeout = READY_TIMEOUT * max(1.0, (self.spec.nodes / 500) ** 2)
         for agent in self.agents:
             agent.wait_ready(timeout)
 

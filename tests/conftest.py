@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,13 @@ def _remove_kept_logs():
             shutil.rmtree(path, ignore_errors=True)
         if not before and not any(logs.iterdir()):
             logs.rmdir()
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child the test interrupts: SIGINT back to its default. A shell's
+    background job inherits SIGINT ignored (POSIX), and Python keeps an inherited SIG_IGN,
+    so under `make test &` the child would never see the Ctrl-C the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def k8stopo(*args: str, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from k8stopo.cni.flannel import FlannelVXLAN
 from k8stopo.cni.host import HostNetwork
 from k8stopo.spec import BenchSpec, ClusterSpec, SpecError
 
-from conftest import REPO, k8stopo, run_dirs
+from conftest import REPO, interruptible, k8stopo, run_dirs
 
 METRICS = {"tcp": {"throughput_bps", "retransmits", "cpu_sender_pct", "cpu_receiver_pct",
                    "cpu_s_per_gbit", "cpu_busy_pct"},
@@ -263,7 +263,8 @@ def test_interrupted_bench_keeps_its_rows_and_leaves_nothing(tmp_path: Path) -> 
         [sys.executable, "-m", "k8stopo", "bench", "--cni", "flannel-host-gw,calico-bgp",
          "--scenarios", "pod-to-pod-cross-node", "--protocols", "icmp", "--duration", "1",
          "--repeat", "20", "--out", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or len(read(out)) < 12):
         time.sleep(0.2)

@@ -20,7 +20,7 @@ import pytest
 
 from k8stopo import proc, runstate
 
-from conftest import REPO, k8stopo, run_dirs
+from conftest import REPO, interruptible, k8stopo, run_dirs
 
 
 def assert_run_gone(prefix: str, pids: list[dict]) -> None:
@@ -36,7 +36,7 @@ def assert_run_gone(prefix: str, pids: list[dict]) -> None:
 def start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "k8stopo", *args], cwd=REPO, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=interruptible)
 
 
 class Planted:
