@@ -12,6 +12,8 @@ one cluster is built and measured, then torn down:
   routes to its block any more) and started again (``rejoin_ms``: until every node routes
   to it again, which is what a new node's block costs to spread).
 
+Before each cluster is built, the kernel's freeing of the last one's namespaces (which
+goes on after teardown returns) is waited out, so that no cluster is measured against it.
 Every value is a clock or counter read during that run; the rows go to the same tidy CSV
 as ``bench`` (scenario ``bring-up`` or ``bgp``, protocol ``control``), one per value.
 Times are polled: a poll round asks every node once (about a second at a thousand
@@ -39,6 +41,7 @@ log = logging.getLogger("k8stopo.scale")
 
 MODES = {"mesh": ("mesh", 1), "rr1": ("rr", 1), "rr2": ("rr", 2)}
 EVENT_TIMEOUT_S = 60.0
+SETTLE_TIMEOUT_S = 120.0  # the kernel's freeing of the last cluster's namespaces
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,29 @@ def measure_one(spec: ClusterSpec) -> list[tuple[str, str, Sample]]:
     return found
 
 
+def netns_cleanup_busy(proc_root: Path = Path("/proc")) -> bool:
+    """Whether the kernel is still freeing network namespaces: a kernel worker runs an item
+    of the ``netns`` workqueue (its name then ends in ``+netns``, as ps shows)."""
+    for comm in proc_root.glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip().endswith("+netns"):
+                return True
+        except OSError:  # exited meanwhile
+            continue
+    return False
+
+
+def wait_netns_cleanup(timeout: float = SETTLE_TIMEOUT_S) -> float:
+    """Seconds waited until the kernel has freed the last cluster's namespaces (seen idle
+    three times in a row), so that the next cluster is not measured against that work."""
+    started = time.monotonic()
+    idle = 0
+    while idle < 3 and time.monotonic() - started < timeout:
+        idle = 0 if netns_cleanup_busy() else idle + 1
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
 def run(spec: ScaleSpec, out: Path) -> tuple[str, int]:
     """Every cluster of ``spec``, one after the other; rows appended as each is measured."""
     run_id = results.new_run_id()
@@ -154,6 +180,10 @@ def run(spec: ScaleSpec, out: Path) -> tuple[str, int]:
     failures = 0
     for repeat in range(spec.repeat):
         for size, mode, cluster_spec in spec.clusters():
+            waited = wait_netns_cleanup()
+            if waited > 1.0:
+                log.info("waited %.1fs for the kernel to free the last cluster's namespaces",
+                         waited)
             print(f"scale: {spec.cni} {size} nodes × {spec.pods_per_node} pods, {mode}, "
                   f"repeat {repeat}", flush=True)
             started_at = results.utc_now()

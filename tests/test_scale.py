@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -82,3 +84,32 @@ def test_teardown_kills_birds_and_leaves_nothing() -> None:
         prefix, pids = cluster.state.prefix, list(cluster.state.data["pids"])
     assert all(b.returncode == -9 for b in birds), [b.returncode for b in birds]
     assert_gone(prefix, pids)
+
+
+def test_netns_cleanup_is_seen_by_the_kernel_workers_names(tmp_path: Path) -> None:
+    """Busy while a kernel worker runs a ``netns`` item, idle otherwise (a fake /proc)."""
+    for pid, comm in ((10, "kworker/u8:2-events_unbound"), (11, "bird"), (12, "ksoftirqd/0")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(comm + "\n")
+    assert not scale.netns_cleanup_busy(tmp_path)
+    (tmp_path / "13").mkdir()
+    (tmp_path / "13" / "comm").write_text("kworker/u8:0+netns\n")
+    assert scale.netns_cleanup_busy(tmp_path)
+
+
+def test_the_kernel_is_seen_freeing_namespaces_and_then_idle() -> None:
+    """Two hundred namespaces deleted at once keep the kernel's netns worker busy for a
+    while; wait_netns_cleanup returns once it is idle."""
+    names = [f"k8tnc{os.getpid() % 10000}x{i}" for i in range(200)]
+    try:
+        proc.run(["ip", "-batch", "-"], input="".join(f"netns add {n}\n" for n in names))
+    finally:
+        proc.run(["ip", "-force", "-batch", "-"], check=False,
+                 input="".join(f"netns del {n}\n" for n in names))
+    seen = False
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        seen = scale.netns_cleanup_busy()
+    assert seen
+    scale.wait_netns_cleanup()
+    assert not scale.netns_cleanup_busy()
