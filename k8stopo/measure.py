@@ -384,7 +384,7 @@ def _client(client: Endpoint, argv: list[str], timeout: float
     """Run the client with /proc/stat read right before and after it."""
     before = read_cpu()
     try:
-        res = client.run(argv, check=False, timeout=timeout)
+        res = client.run_tool(argv, check=False, timeout=timeout)
     except proc.CommandError as exc:  # timed out
         raise MeasurementError(f"{argv[0]} client in {client.name}: {exc}") from exc
     return res, before, read_cpu()

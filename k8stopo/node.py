@@ -51,6 +51,12 @@ class Endpoint:
     def run(self, argv: Argv, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return proc.run(argv, self.pid, mount=self.own_mounts, **kwargs)
 
+    def run_tool(self, argv: Argv, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run a measuring tool (a client) to completion inside the run's cgroup. Should
+        k8stopo be killed meanwhile, the tool stays the run's: the shells that identify its
+        namespace exit with their pipes, and ``k8stopo clean`` still finds it by cgroup."""
+        return self.run(argv, cgroup_procs=self.state.cgroup_procs, **kwargs)
+
     def output(self, argv: Argv, **kwargs: Any) -> str:
         return proc.output(argv, self.pid, mount=self.own_mounts, **kwargs)
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .errors import RunError
 
@@ -58,6 +58,17 @@ def in_netns(argv: Argv, netns: Netns, mount: bool = False) -> list[str]:
     return ["nsenter", *enter, "--", which(words[0]) or words[0], *words[1:]]
 
 
+def _joiner(cgroup_procs: Path | None) -> Callable[[], None] | None:
+    """A child's ``preexec_fn`` that joins the cgroup of ``cgroup_procs`` before it execs."""
+    if cgroup_procs is None:
+        return None
+
+    def join() -> None:
+        with open(cgroup_procs, "w") as f:
+            f.write(str(os.getpid()))
+    return join
+
+
 def run(
     argv: Argv,
     netns: Netns = None,
@@ -67,14 +78,17 @@ def run(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     timeout: float | None = 120,
+    cgroup_procs: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command to completion and return it; raise CommandError on failure."""
+    """Run a command to completion and return it; raise CommandError on failure. With
+    ``cgroup_procs`` it runs in that cgroup (a fork instead of a vfork: a millisecond more)."""
     full = in_netns(argv, netns, mount)
     log.debug("run: %s", " ".join(full))
     merged_env = {**os.environ, **env} if env else None
     try:
         proc = subprocess.run(full, input=input, capture_output=True, text=True,
-                              env=merged_env, timeout=timeout, check=False)
+                              env=merged_env, timeout=timeout, check=False,
+                              preexec_fn=_joiner(cgroup_procs))
     except subprocess.TimeoutExpired as exc:
         raise CommandError(full, -1, "", f"timed out after {timeout}s") from exc
     if proc.returncode != 0:
@@ -109,16 +123,10 @@ def spawn(
     full = in_netns(argv, netns, mount)
     log.debug("spawn: %s", " ".join(full))
     merged_env = {**os.environ, **env} if env else None
-
-    def join() -> None:
-        assert cgroup_procs is not None
-        with open(cgroup_procs, "w") as f:
-            f.write(str(os.getpid()))
-
     # nsenter execs the command, so the pid we get is the command's own pid.
     return subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                             text=True, env=merged_env, start_new_session=True,
-                            preexec_fn=join if cgroup_procs is not None else None)
+                            preexec_fn=_joiner(cgroup_procs))
 
 
 def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:

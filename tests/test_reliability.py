@@ -155,6 +155,51 @@ def test_a_process_entering_a_run_namespace_from_outside_is_stopped_too() -> Non
     assert not runstate.alive(outsider.pid, started)
 
 
+def _clients_of(prefix: str) -> list[int]:
+    """The iperf3 clients living in run ``prefix``'s namespaces."""
+    recorded = [e["pid"] for e in runstate.RunState.open(prefix).data["pids"]]
+    found = []
+    for pid in runstate.in_namespaces_of(recorded):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        except OSError:
+            continue
+        if argv[0].endswith("iperf3") and "-c" in argv:
+            found.append(pid)
+    return found
+
+
+def test_a_killed_bench_leaves_no_measuring_client(tmp_path: Path) -> None:
+    """SIGKILL in the middle of a measurement: the Mininet shells exit with their pipes, so
+    nothing identifies the client's namespace any more, yet `k8stopo clean` stops it (it
+    ran inside the run's cgroup)."""
+    p = start("bench", "--cni", "flannel-host-gw", "--scenarios", "pod-to-pod-cross-node",
+              "--protocols", "tcp", "--duration", "30", "--repeat", "1", "--out",
+              str(tmp_path / "b.csv"))
+    try:
+        prefix = _new_prefix(p)
+        assert prefix is not None
+        deadline = time.monotonic() + 60
+        clients: list[int] = []
+        while not clients and time.monotonic() < deadline:
+            clients = _clients_of(prefix)
+            time.sleep(0.1)
+        assert clients, "no iperf3 client ran in the run's namespaces"
+        started = {pid: runstate.start_time(pid) for pid in clients}
+        pids = runstate.RunState.open(prefix).data["pids"]
+        p.kill()
+        p.wait(10)
+        time.sleep(0.5)  # the shells see EOF on their pipes and exit
+        assert any(runstate.alive(pid, s) for pid, s in started.items()), "client already gone"
+        result = k8stopo("clean")
+        assert result.returncode == 0, result.stderr
+        assert not [pid for pid, s in started.items() if runstate.alive(pid, s)]
+        assert_run_gone(prefix, pids)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
 def test_two_runs_at_once_work_side_by_side() -> None:
     a = start("up", "--cni", "calico-bgp", "--nodes", "2", "--pods-per-node", "1")
     b = start("up", "--cni", "calico-bgp", "--nodes", "2", "--pods-per-node", "1")

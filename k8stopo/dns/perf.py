@@ -97,7 +97,7 @@ def dnsperf(client: Endpoint, server: str, queries: Sequence[str], duration: flo
     argv += ["-n", "1"] if once else ["-l", duration]
     bound = len(queries) * ONCE_S_PER_QUERY if once else duration
     try:
-        res = client.run(argv, check=False, timeout=bound + TIMEOUT_S + GRACE_S)
+        res = client.run_tool(argv, check=False, timeout=bound + TIMEOUT_S + GRACE_S)
     except proc.CommandError as exc:  # timed out
         raise MeasurementError(f"dnsperf in {client.name}: {exc}") from exc
     try:

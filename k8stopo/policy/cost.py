@@ -78,8 +78,8 @@ def syn_rtts(client: Pod, server: Pod, pcap: Path) -> list[measure.Sample]:
     try:
         time.sleep(0.5)  # iperf3 binds at once; a SYN before that would be refused (RST, no SA)
         with Capture(client, client.ifname, pcap, ["tcp", "port", str(SYN_PORT)]):
-            client.run(["hping3", "-q", "-S", "-p", str(SYN_PORT), "-c", str(SYNS), "-i", "u3000",
-                        str(server.ip)], check=False, timeout=60)
+            client.run_tool(["hping3", "-q", "-S", "-p", str(SYN_PORT), "-c", str(SYNS),
+                             "-i", "u3000", str(server.ip)], check=False, timeout=60)
     finally:
         server.stop(listener)
     sent: dict[str, int] = {}
