@@ -339,9 +339,9 @@ class Cluster:
         with self._mininet_lock:
             return self.net.adopt(host)
 
-    def stop_on_nodes(self, processes: dict[str, subprocess.Popen[str]]) -> None:
-        """Kill each node's process (by node name) and forget it, every node at once: the
-        cluster is going, so no daemon's graceful stop has anyone to tell."""
+    def kill_daemons(self, processes: dict[str, subprocess.Popen[str]]) -> None:
+        """Kill the nodes' daemons (by node name) at once and forget them: the cluster is
+        going, so no daemon's graceful stop has anyone to tell."""
         proc.kill_all(list(processes.values()))
         for p in processes.values():
             self.state.untrack_pid(p.pid)

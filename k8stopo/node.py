@@ -89,10 +89,6 @@ class Endpoint:
                           input="".join(" ".join(str(a) for a in c) + "\n" for c in commands))
         return result.stderr.strip() if result.returncode else ""
 
-    def delete_links(self, names: Sequence[str]) -> None:
-        """Delete these links of this namespace at once (:func:`delete_links`)."""
-        delete_links(self.pid, names)
-
     def link(self, dev: str) -> dict[str, Any]:
         """``ip -j link show dev`` in this namespace (sysfs would show the root's)."""
         return json.loads(self.output(["ip", "-j", "link", "show", "dev", dev]))[0]

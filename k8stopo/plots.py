@@ -557,11 +557,22 @@ def scale_charts(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     return _save(fig, Path(out_dir), "scale")
 
 
+def _scale_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """``k8stopo scale``'s rows, ``bgp_mode`` "" where the variant has none."""
+    rows = df[df.protocol == "control"].copy()
+    rows["bgp_mode"] = rows.get("bgp_mode", pd.Series("", index=rows.index)).fillna("")
+    return rows
+
+
+def _shape(mode: str, pods: object) -> str:
+    """A cluster shape as a legend says it: "rr2, 0 pods/node"."""
+    return ", ".join([*([mode] if mode else []), f"{pods} pods/node"])
+
+
 def scale_markdown(df: pd.DataFrame) -> str:
     """``k8stopo scale``'s rows as a table: a line per cluster shape, the median over
     repeats of each metric, and the clusters that failed with their reasons."""
-    rows = df[df.protocol == "control"].copy()
-    rows["bgp_mode"] = rows.get("bgp_mode", pd.Series("", index=rows.index)).fillna("")
+    rows = _scale_rows(df)
     columns = [c for c in SCALE_COLUMNS if rows.metric.eq(c[0]).any()]
     table = rows[rows.metric.isin([c[0] for c in columns])].pivot_table(
         index=["nodes", "pods_per_node", "bgp_mode"], columns="metric", values="value",
@@ -583,8 +594,7 @@ def scale_figure(df: pd.DataFrame) -> Figure | None:
     and pods per node (median over repeats, every repeat as a dot), so clusters of other
     shapes never share a line; a cluster that failed is a red cross on the bring-up panel's
     axis; panels without rows are left out (None if all are)."""
-    rows = df[df.protocol == "control"].copy()
-    rows["bgp_mode"] = rows.get("bgp_mode", pd.Series("", index=rows.index)).fillna("")
+    rows = _scale_rows(df)
     panels = [p for p in SCALE_PANELS if rows.metric.isin(p[1]).any()]
     if not panels:
         return None
@@ -595,16 +605,14 @@ def scale_figure(df: pd.DataFrame) -> Figure | None:
         for (metric, mode, pods), group in rows[rows.metric.isin(metrics)].groupby(
                 ["metric", "bgp_mode", "pods_per_node"]):
             med = group.groupby("nodes").value.median() / div
-            shape = ", ".join([*([mode] if mode else []), f"{pods} pods/node"])
-            label = f"{metric.removesuffix('_ms')} ({shape})"
+            label = f"{metric.removesuffix('_ms')} ({_shape(mode, pods)})"
             line, = ax.plot(med.index, med.values, marker="o", label=label)
             ax.scatter(group.nodes, group.value / div, color=line.get_color(), s=8, alpha=0.5)
         if "build_ms" in metrics:  # a cluster that failed is a result too: marked on the axis
             for (mode, pods), group in rows[rows.metric == analysis.FAILED].groupby(
                     ["bgp_mode", "pods_per_node"]):
-                shape = ", ".join([*([mode] if mode else []), f"{pods} pods/node"])
                 ax.scatter(group.nodes, [0.0] * len(group), marker="x", color="red", s=40,
-                           zorder=3, label=f"failed ({shape})")
+                           zorder=3, label=f"failed ({_shape(mode, pods)})")
         ax.set(title=title, xlabel="nodes", ylabel=unit)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

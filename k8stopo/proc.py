@@ -138,9 +138,7 @@ def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()  # SIGKILL cannot be refused
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
+    _close(proc)
 
 
 def kill_all(procs: Sequence[subprocess.Popen]) -> None:
@@ -152,9 +150,14 @@ def kill_all(procs: Sequence[subprocess.Popen]) -> None:
             p.kill()
     for p in procs:
         p.wait()
-        for stream in (p.stdout, p.stderr):
-            if stream is not None:
-                stream.close()
+        _close(p)
+
+
+def _close(p: subprocess.Popen) -> None:
+    """Close the pipes of a reaped process."""
+    for stream in (p.stdout, p.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def which(tool: str) -> str | None:

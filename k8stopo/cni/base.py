@@ -31,6 +31,7 @@ import jinja2
 
 from .. import ipam, native, pods
 from ..agent import Agent
+from ..node import delete_links
 from ..spec import MIN_MTU, ClusterSpec, SpecError, ipv4_network
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ class Variant(Agent):
         """Undo every pod of ``node`` at once (a large cluster's teardown): delete every veth
         in the node's namespace but its NIC, which takes each pod's pair whole."""
         links = json.loads(node.output(["ip", "-j", "link", "show", "type", "veth"]) or "[]")
-        node.delete_links([link["ifname"] for link in links if link["ifname"] != node.intf])
+        delete_links(node.pid, [link["ifname"] for link in links if link["ifname"] != node.intf])
 
 
 class ForwardingVariant(Variant):
@@ -205,4 +206,4 @@ class ForwardingVariant(Variant):
         native.check_running(self.cluster.state, self.forwarders, self.program)
 
     def stop(self) -> None:
-        self.cluster.stop_on_nodes(self.forwarders)
+        self.cluster.kill_daemons(self.forwarders)

@@ -360,7 +360,7 @@ class CalicoBird(Calico):
         """Every BIRD at once, killed: their Ceases would only have the reflectors relay
         withdrawals among nodes that are going too (:meth:`stop_bird` is the graceful
         stop of one node)."""
-        self.cluster.stop_on_nodes(self.birds)
+        self.cluster.kill_daemons(self.birds)
         if self.tor_bird is not None and self.cluster.router is not None:
             self.cluster.router.stop(self.tor_bird)
             self.tor_bird = None
