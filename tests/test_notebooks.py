@@ -43,6 +43,8 @@ def results_tree(root: Path) -> None:
     """One CSV per experiment family, laid out as bench writes them."""
     write_csv(root / "default" / "a.csv", fixture_rows(("tcp", "icmp", "udp"),
                                                        extra={"experiment": "default"}))
+    write_csv(root / "full" / "a.csv", fixture_rows(("tcp",), scale=1.1,
+                                                    extra={"experiment": "full"}))
     write_csv(root / "streams" / "a.csv",
               fixture_rows(("tcp",), streams=1, extra={"experiment": "streams"})
               + fixture_rows(("tcp",), streams=4, scale=1.4, extra={"experiment": "streams"}))
@@ -80,6 +82,8 @@ def test_notebooks_redraw_every_family_from_the_csvs(tmp_path: Path) -> None:
         assert images >= 2, f"{name} drew {images} chart(s)"
         assert "rows from run(s)" in text and "yet" not in text
         assert "| CNI | scenario |" in text, f"{name} shows no summary table"
+    # default.ipynb also draws `make bench-full`'s run (experiment "full"), apart from the default's
+    assert outputs(tmp_path / "out" / "default.ipynb")[1].count("| CNI | scenario |") == 2
     images, text = outputs(tmp_path / "out" / "scale.ipynb")
     assert images == 1 and "bgp: 7 rows from run(s)" in text
     assert "| 10 | 0 | rr1 | 2.5 | 1.2 |" in text  # build and converge medians, in s
