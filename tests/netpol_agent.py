@@ -15,7 +15,9 @@ import socket
 import sys
 import threading
 
-TIMEOUT = 2.0
+# As the e2e suite's probes: `agnhost connect --timeout=1s`, `nc -w 1 -u` (a blocked probe is
+# tried once more by the caller, so a slow answer under load does not read as a policy).
+TIMEOUT = 1.0
 
 
 def serve(name: str, specs: list[str]) -> None:
