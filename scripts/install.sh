@@ -47,4 +47,12 @@ for src in k8stopo/native/*.c; do
     gcc -O2 -Wall -Wextra -o "$bin" "$src"
   fi
 done
-ln -sfn "$(pwd)/.venv/bin/k8stopo" /usr/local/bin/k8stopo
+# The k8stopo command: linked to this checkout unless it already runs another one that still
+# exists (a test run in a scratch clone must not take it over, then leave it dangling).
+link=/usr/local/bin/k8stopo
+target="$(pwd)/.venv/bin/k8stopo"
+if [ ! -e "$link" ] || [ "$(readlink "$link")" = "$target" ] || [ "${K8STOPO_LINK:-}" = 1 ]; then
+  ln -sfn "$target" "$link"
+else
+  echo "install: $link runs $(readlink -f "$link"); left as it is (K8STOPO_LINK=1 make install links this checkout)"
+fi
