@@ -539,7 +539,9 @@ SCALE_PANELS = (
 
 #: the scale table's columns: (metric, heading, divisor, format)
 SCALE_COLUMNS = (
-    ("build_ms", "build s", 1000.0, ".1f"), ("converge_ms", "converge s", 1000.0, ".1f"),
+    ("build_ms", "build s", 1000.0, ".1f"),
+    ("blocks_90pct_ms", "90% of blocks s", 1000.0, ".1f"),
+    ("converge_ms", "converge s", 1000.0, ".1f"),
     ("withdraw_ms", "withdraw s", 1000.0, ".2f"), ("rejoin_ms", "rejoin s", 1000.0, ".1f"),
     ("bgp_sessions_total", "sessions (ends)", 1.0, ",.0f"),
     ("bird_rss_per_node", "BIRD MiB/node", 1024.0, ".1f"),

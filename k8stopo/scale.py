@@ -7,7 +7,10 @@ one cluster is built and measured, then torn down:
 * for Calico's BIRD variants: BGP sessions (per node at most, and in total, counted from
   ``birdc show protocols``), the time from the first BIRD's start until every node's
   kernel holds every peer's block (``converge_ms``; the pods are attached meanwhile, so
-  this is an upper bound when pods are many), BIRD's memory (VmRSS, average per node);
+  this is an upper bound when pods are many), and until one node (the last, never a
+  reflector) held half and 90% of its peers' blocks (``blocks_50pct_ms``,
+  ``blocks_90pct_ms``: a long way from 90% to all is a tail of late blocks), BIRD's memory
+  (VmRSS, average per node);
 * then a node's BIRD is stopped as calico-node stops it (``withdraw_ms``: until no node
   routes to its block any more) and started again (``rejoin_ms``: until every node routes
   to it again, which is what a new node's block costs to spread).
@@ -110,6 +113,15 @@ def _bird_rss_kib(variant: CalicoBird) -> float:
     return sum(sizes) / len(sizes)
 
 
+def _spread_ms(variant: CalicoBird, share: float) -> Sample:
+    """From the first BIRD's start until the witness node held ``share`` of its peers'
+    blocks (:attr:`CalicoBird.witness_blocks`)."""
+    assert variant.started_at is not None
+    peers = len(variant.cluster.nodes) - 1
+    at = next(t for t, held in variant.witness_blocks if held >= share * peers)
+    return _ms(at - variant.started_at)
+
+
 def bgp_samples(cluster: Cluster) -> list[tuple[str, Sample]]:
     """Sessions, memory, convergence, withdrawal and rejoin of one built Calico cluster."""
     variant = cluster.variant
@@ -119,6 +131,8 @@ def bgp_samples(cluster: Cluster) -> list[tuple[str, Sample]]:
     out = [("bgp_sessions_total", Sample("", float(sum(sessions)), "count")),
            ("bgp_sessions_max_per_node", Sample("", float(max(sessions)), "count")),
            ("bird_rss_per_node", Sample("", _bird_rss_kib(variant), "KiB")),
+           ("blocks_50pct_ms", _spread_ms(variant, 0.5)),
+           ("blocks_90pct_ms", _spread_ms(variant, 0.9)),
            ("converge_ms", _ms(variant.converged_at - variant.started_at))]
     # The last node: never a reflector, so what is measured is a client's block.
     node = cluster.nodes[-1]

@@ -31,6 +31,8 @@ def test_scale_rows_of_a_reflected_cluster(tmp_path: Path) -> None:
     for metric in ("underlay_ms", "agents_ms", "ready_ms", "build_ms", "converge_ms",
                    "withdraw_ms", "rejoin_ms", "teardown_ms", "bird_rss_per_node"):
         assert values[metric] > 0, metric
+    # the witness (n3) gets its two peers' blocks one at a time or both at once
+    assert 0 < values["blocks_50pct_ms"] <= values["blocks_90pct_ms"] <= values["converge_ms"]
     assert set(rows.bgp_mode) == {"rr1"} and set(rows.nodes) == {3}
 
 

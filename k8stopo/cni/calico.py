@@ -196,6 +196,9 @@ class CalicoBird(Calico):
         self.tor_bird: Any = None  # the routed underlay's router, when there is one
         self.started_at: float | None = None  # monotonic time the first BIRD was started
         self.converged_at: float | None = None  # ... and every node held every block
+        # (monotonic time, peer blocks held by the witness) per readiness round: how the
+        # blocks spread, not only when the last one arrived (k8stopo scale's blocks_*_ms)
+        self.witness_blocks: list[tuple[float, int]] = []
 
     # -- BIRD -----------------------------------------------------------------------
     def kernel_programming(self, node: Node) -> dict[str, Any]:
@@ -310,16 +313,22 @@ class CalicoBird(Calico):
 
         A node found complete is not asked again: asking a thousand nodes every round
         is a thousand ``ip`` processes competing with the BIRDs they wait for, so each
-        round resumes at the first node still incomplete (eight asked at once)."""
+        round resumes at the first node still incomplete (eight asked at once). The last
+        node (never a reflector) is asked every round until complete: a witness of how the
+        blocks spread, since every node learns them through the same peers."""
         deadline = time.monotonic() + timeout
         speakers = self.speakers()
         router = self.cluster.router
         birds = {**self.birds, **({router.name: self.tor_bird} if router else {})}
         pending = list(speakers.values())
+        witness, peers = self.cluster.nodes[-1], len(self.cluster.nodes) - 1
         while True:
+            if not self.witness_blocks or self.witness_blocks[-1][1] < peers:
+                held = peers - len(self.missing_blocks(witness))
+                self.witness_blocks.append((time.monotonic(), held))
             pending = self._incomplete(pending)
             if not pending:
-                self.converged_at = time.monotonic()
+                self._converged(peers)
                 return
             for name, proc_ in birds.items():
                 if proc_.poll() is not None:
@@ -329,7 +338,7 @@ class CalicoBird(Calico):
             time.sleep(0.1)
         missing = self.missing_everywhere()
         if not missing:  # complete in the very last instant
-            self.converged_at = time.monotonic()
+            self._converged(peers)
             return
         worst = max(missing, key=lambda n: len(missing[n]))
         try:
@@ -341,6 +350,13 @@ class CalicoBird(Calico):
             f"nodes{' and router' if router else ''} still lack peer blocks ({worst} lacks "
             f"{len(missing[worst])}, e.g. {', '.join(missing[worst][:3])}); "
             f"`birdc show protocols` on {worst}:\n{protocols}")
+
+    def _converged(self, peers: int) -> None:
+        """Every node holds every block now (the witness too, if it filled up since it was
+        last asked)."""
+        self.converged_at = time.monotonic()
+        if self.witness_blocks[-1][1] < peers:
+            self.witness_blocks.append((self.converged_at, peers))
 
     def _incomplete(self, pending: list[Endpoint]) -> list[Endpoint]:
         """``pending`` from the first group of eight with a node lacking a peer block."""
