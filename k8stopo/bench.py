@@ -41,7 +41,6 @@ import csv
 import dataclasses
 import io
 import logging
-import platform
 import re
 import sys
 from collections import Counter
@@ -52,13 +51,14 @@ from typing import Sequence, TextIO
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import __version__, faults, measure, proc, results
+from . import __version__, faults, measure, results
 from .agent import Agent
 from .cluster import Cluster
 from .cni import variant as variant_class
 from .cni.base import Variant
 from .dns import ClusterDNS
 from .dns import perf as _dnsperf  # noqa: F401 (registers the dns protocol)
+from .environment import Environment
 from .errors import RunError
 from .kubeproxy.scenarios import SERVICE_SCENARIOS, service_ends
 from .node import Endpoint, Pod
@@ -69,7 +69,6 @@ from .workload import Workload
 
 log = logging.getLogger("k8stopo.bench")
 
-CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 # --- where each scenario's ends are -------------------------------------------------
@@ -282,49 +281,6 @@ def clusters(spec: BenchSpec, workload: Workload | None = None,
             for cni in spec.cnis for point in spec.points()}
 
 
-# --- the machine the rows were measured on -------------------------------------------
-
-def cpu_model(cpuinfo: str) -> str:
-    """The first ``model name`` of /proc/cpuinfo (x86), else ``unknown``."""
-    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    return match.group(1).strip() if match else "unknown"
-
-
-def iptables_mode(version: str) -> str:
-    """``nf_tables`` or ``legacy`` from ``iptables -V`` (``iptables v1.8.9 (nf_tables)``)."""
-    match = re.search(r"\((nf_tables|legacy)\)", version)
-    return match.group(1) if match else "unknown"
-
-
-def _git_describe() -> str:
-    try:
-        return proc.output(["git", "-C", str(CHECKOUT), "describe", "--always", "--dirty",
-                            "--tags"], timeout=10).strip() or "unknown"
-    except (proc.CommandError, OSError):  # no git, or not a checkout (installed package)
-        return "unknown"
-
-
-@dataclass(frozen=True)
-class Environment:
-    """What every row says about where and how it was measured."""
-
-    command: str
-    kernel: str
-    cpu_model: str
-    iptables_mode: str
-    commit: str
-
-    @classmethod
-    def here(cls, command: str) -> Environment:
-        try:
-            version = proc.output(["iptables", "-V"], timeout=10)
-        except (proc.CommandError, OSError):
-            version = ""
-        return cls(command=command, kernel=platform.release(),
-                   cpu_model=cpu_model(Path("/proc/cpuinfo").read_text()),
-                   iptables_mode=iptables_mode(version), commit=_git_describe())
-
-
 # --- running it -----------------------------------------------------------------------
 
 def path_mtu(cluster: Cluster, client: Endpoint, server: Endpoint) -> int:
@@ -364,8 +320,7 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
                "msg_size": p.msg_size if step.protocol == "tcp_rr" else "",
                "offloads": p.offloads, "underlay": p.underlay, "underlay_mtu": p.mtu,
                "bgp_mode": _bgp_mode(step.cni, p), "ipip_mode": _own(step.cni, p, "ipip_mode"),
-               "cpu_model": env.cpu_model, "iptables_mode": env.iptables_mode,
-               "commit": env.commit, "command": env.command, "experiment": spec.experiment,
+               **env.columns(), "experiment": spec.experiment,
                "fault": step.fault, "error": error})
 
 

@@ -363,7 +363,7 @@ def _bench_spec(s: dict[str, Any]) -> BenchSpec:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench, plots, results
+    from . import bench, environment, plots, results
     _require_root()
     settings = _bench_settings(args)
     spec = _bench_spec(settings)
@@ -397,7 +397,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     _clean_dead_runs()
     command = resume.command if resume else args.command_line
-    run_id, failures = bench.run(spec, out, pending, bench.Environment.here(command),
+    run_id, failures = bench.run(spec, out, pending, environment.Environment.here(command),
                                  resume=resume)
     print(f"run {run_id}: rows in {out}")
     if plots_dir:
@@ -493,7 +493,7 @@ def _port_arg(value: str) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from . import plots, results, scale
+    from . import environment, plots, results, scale
     _require_root()
     names = cni_names(args.cni)
     if len(names) != 1 or args.cni.strip() == "all":
@@ -507,7 +507,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     _check_output_dir(args.plots, "--plots")
     _runnable({names[0]: variant_class(names[0]).requires}, False)
     _clean_dead_runs()
-    run_id, failures = scale.run(spec, args.out)
+    run_id, failures = scale.run(spec, args.out, environment.Environment.here(args.command_line))
     print(f"run {run_id}: rows in {args.out}")
     if args.plots:
         df = results.load([args.out])

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pathlib import Path
 from . import __version__, results
 from .cluster import Cluster
 from .cni.calico import CalicoBird
+from .environment import Environment
 from .errors import RunError
 from .measure import Sample, reason
 from .spec import ClusterSpec, SpecError
@@ -187,8 +187,9 @@ def wait_netns_cleanup(timeout: float = SETTLE_TIMEOUT_S) -> float:
     return time.monotonic() - started
 
 
-def run(spec: ScaleSpec, out: Path) -> tuple[str, int]:
-    """Every cluster of ``spec``, one after the other; rows appended as each is measured."""
+def run(spec: ScaleSpec, out: Path, env: Environment) -> tuple[str, int]:
+    """Every cluster of ``spec``, one after the other; rows appended as each is measured,
+    each saying where and with what it was measured (``env``), as bench's rows do."""
     run_id = results.new_run_id()
     sink = results.CsvSink(out)
     failures = 0
@@ -214,11 +215,11 @@ def run(spec: ScaleSpec, out: Path) -> tuple[str, int]:
                 ctx = results.Context(
                     run_id=run_id, cni=spec.cni, scenario=scenario, protocol="control",
                     repeat=repeat, nodes=size, pods_per_node=spec.pods_per_node, streams=1,
-                    duration_s=0, mtu=cluster_spec.mtu, kernel=platform.release(),
+                    duration_s=0, mtu=cluster_spec.mtu, kernel=env.kernel,
                     k8stopo_version=__version__, client="", server="", client_ip="",
                     server_ip="", raw_file="",
-                    extra={"bgp_mode": mode if _bird(spec.cni) else "", "experiment": "scale",
-                           "error": error})
+                    extra={"bgp_mode": mode if _bird(spec.cni) else "", **env.columns(),
+                           "experiment": "scale", "error": error})
                 sink.write(results.rows(ctx, started_at,
                                         [dataclasses.replace(sample, metric=metric)]))
     return run_id, failures

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from k8stopo import bench, cli, experiment, measure, proc, results, runstate
+from k8stopo import bench, cli, environment, experiment, measure, proc, results, runstate
 from k8stopo.bench import not_measured, plan
 from k8stopo.cluster import Cluster
 from k8stopo.cni.base import Variant
@@ -126,12 +126,12 @@ def test_service_scenarios_are_left_out_where_kube_proxy_cannot_forward() -> Non
 
 
 def test_environment_columns_parse_what_the_machine_says() -> None:
-    assert bench.iptables_mode("iptables v1.8.9 (nf_tables)\n") == "nf_tables"
-    assert bench.iptables_mode("iptables v1.8.7 (legacy)\n") == "legacy"
-    assert bench.iptables_mode("") == "unknown"
-    assert bench.cpu_model("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n") == \
+    assert environment.iptables_mode("iptables v1.8.9 (nf_tables)\n") == "nf_tables"
+    assert environment.iptables_mode("iptables v1.8.7 (legacy)\n") == "legacy"
+    assert environment.iptables_mode("") == "unknown"
+    assert environment.cpu_model("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n") == \
         "Intel(R) Xeon(R) Processor"
-    assert bench.cpu_model("processor : 0\n") == "unknown"
+    assert environment.cpu_model("processor : 0\n") == "unknown"
 
 
 # --- experiments as files -------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_a_cluster_that_fails_to_build_is_reported_and_the_others_measured(
                      protocols=("icmp",), duration=1, repeat=1)
     pending = {("flannel-vxlan", 1500, "on"): Broken(ClusterSpec("flannel-vxlan")),
                ("host", 1500, "on"): Cluster(ClusterSpec("host"))}
-    env = bench.Environment("k8stopo bench (test)", "k", "cpu", "nf_tables", "c")
+    env = environment.Environment("k8stopo bench (test)", "k", "cpu", "nf_tables", "c")
     before = run_dirs()
     run_id, failures = bench.run(spec, tmp_path / "b.csv", pending, env, io.StringIO())
     assert failures == 1

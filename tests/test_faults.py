@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from test_bench import left_behind
 
-from k8stopo import bench, cli, faults, measure, proc
+from k8stopo import bench, cli, environment, faults, measure, proc
 from k8stopo.cluster import Cluster
 from k8stopo.spec import BenchSpec, ClusterSpec
 
 from conftest import k8stopo, run_dirs
 
-ENV = bench.Environment("k8stopo bench (test)", "k", "cpu", "nf_tables", "c")
+ENV = environment.Environment("k8stopo bench (test)", "k", "cpu", "nf_tables", "c")
 
 
 def read(path: Path) -> list[dict[str, str]]:

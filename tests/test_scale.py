@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from k8stopo import node, proc, results, scale
+from k8stopo import environment, node, proc, results, scale
 from k8stopo.cluster import Cluster
 from k8stopo.spec import ClusterSpec
 
@@ -21,7 +21,8 @@ def test_scale_rows_of_a_reflected_cluster(tmp_path: Path) -> None:
     """Three nodes with one reflector: the reflector holds two sessions, each client one,
     so four session ends; every phase, BGP event and the teardown is a row."""
     out = tmp_path / "scale.csv"
-    run_id, failures = scale.run(scale.ScaleSpec("calico-bgp", (3,), 0, ("rr1",)), out)
+    env = environment.Environment.here("k8stopo scale (test)")
+    run_id, failures = scale.run(scale.ScaleSpec("calico-bgp", (3,), 0, ("rr1",)), out, env)
     assert failures == 0
     rows = pd.read_csv(out)
     assert set(rows.run_id) == {run_id}
@@ -34,6 +35,9 @@ def test_scale_rows_of_a_reflected_cluster(tmp_path: Path) -> None:
     # the witness (n3) gets its two peers' blocks one at a time or both at once
     assert 0 < values["blocks_50pct_ms"] <= values["blocks_90pct_ms"] <= values["converge_ms"]
     assert set(rows.bgp_mode) == {"rr1"} and set(rows.nodes) == {3}
+    # where it was measured, as on bench's rows
+    assert set(rows.command) == {"k8stopo scale (test)"} and set(rows.commit) == {env.commit}
+    assert set(rows.cpu_model) == {env.cpu_model} and set(rows.iptables_mode) == {env.iptables_mode}
 
 
 def test_a_cluster_that_fails_is_a_failed_row(tmp_path: Path,
@@ -48,7 +52,8 @@ def test_a_cluster_that_fails_is_a_failed_row(tmp_path: Path,
     monkeypatch.setattr(scale, "measure_one", measure_one)
     monkeypatch.setattr(scale, "_bird", lambda cni: True)
     out = tmp_path / "scale.csv"
-    _, failures = scale.run(scale.ScaleSpec("calico-bgp", (300, 10), 0, ("mesh",)), out)
+    env = environment.Environment("k8stopo scale (test)", "k", "cpu", "nf_tables", "c")
+    _, failures = scale.run(scale.ScaleSpec("calico-bgp", (300, 10), 0, ("mesh",)), out, env)
     assert failures == 1
     rows = pd.read_csv(out, keep_default_na=False).set_index("nodes")
     assert rows.loc[300, "metric"] == results.FAILED
