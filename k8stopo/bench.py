@@ -70,7 +70,6 @@ from .workload import Workload
 log = logging.getLogger("k8stopo.bench")
 
 
-
 # --- where each scenario's ends are -------------------------------------------------
 
 @dataclass(frozen=True)
