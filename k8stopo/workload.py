@@ -18,6 +18,25 @@ class ContainerPort:
     container_port: int
     protocol: str = "TCP"  # TCP | UDP (| SCTP is refused)
     name: str | None = None
+    host_port: int | None = None  # hostPort: the node's IP at this port (the portmap plugin)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A container's ``readinessProbe``: what the EndpointSlice controller's Ready follows.
+
+    ``kind`` is the handler: ``tcpSocket`` connects, ``httpGet`` wants an HTTP answer,
+    ``grpc`` is satisfied when the port is served (the pod servers speak no gRPC), ``exec``
+    counts as passing (no container image runs here)."""
+
+    kind: str  # tcpSocket | httpGet | grpc | exec
+    port: int | str | None = None  # a number or a container port's name (None for exec)
+    path: str = "/"  # httpGet only
+    initial_delay_s: int = 0
+    period_s: int = 10
+    timeout_s: int = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,12 @@ class PodSpec:
     labels: dict[str, str] = field(default_factory=dict)
     node_name: str | None = None  # None: spread over the nodes in order
     ports: tuple[ContainerPort, ...] = ()
+    readiness: Probe | None = None  # None: Ready as soon as it runs
+    host_network: bool = False  # in its node's own network namespace
+    dns_policy: str = "ClusterFirst"  # ClusterFirst | ClusterFirstWithHostNet | Default | None
+    hostname: str | None = None  # spec.hostname (StatefulSet: the pod's name)
+    subdomain: str | None = None  # spec.subdomain (StatefulSet: its headless serviceName)
+    owner: str | None = None  # "StatefulSet/web", "DaemonSet/agent", … (None: a bare Pod)
 
 
 @dataclass(frozen=True)
@@ -44,11 +69,14 @@ class ServicePort:
 class ServiceSpec:
     name: str
     namespace: str = "default"
-    type: str = "ClusterIP"  # ClusterIP | NodePort
+    type: str = "ClusterIP"  # ClusterIP | NodePort | LoadBalancer (a NodePort + external IP)
     cluster_ip: ipaddress.IPv4Address | None = None  # None: headless ("None" in YAML)
     selector: dict[str, str] = field(default_factory=dict)
     ports: tuple[ServicePort, ...] = ()
     session_affinity_timeout: int | None = None  # seconds, when sessionAffinity: ClientIP
+    load_balancer_ip: ipaddress.IPv4Address | None = None  # from --lb-pool (MetalLB L2)
+    external_traffic_policy: str = "Cluster"  # Cluster | Local
+    publish_not_ready: bool = False  # publishNotReadyAddresses
 
 
 @dataclass(frozen=True)
@@ -60,6 +88,9 @@ class Workload:
     pods: tuple[PodSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     network_policies: tuple[dict[str, Any], ...] = ()
+    #: what was accepted and ignored as having no effect on the network: one entry per
+    #: kind or field path ("ServiceAccount", "Deployment spec.template.spec.containers[].env")
+    ignored: tuple[str, ...] = ()
 
 
 def pod_handle(name: str, namespace: str) -> str:
