@@ -19,7 +19,6 @@ import json
 import logging
 import resource
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -338,14 +337,6 @@ class Cluster:
         host = self.net.host(name, ip=None)
         with self._mininet_lock:
             return self.net.adopt(host)
-
-    def kill_daemons(self, processes: dict[str, subprocess.Popen[str]]) -> None:
-        """Kill the nodes' daemons (by node name) at once and forget them: the cluster is
-        going, so no daemon's graceful stop has anyone to tell."""
-        proc.kill_all(list(processes.values()))
-        for p in processes.values():
-            self.state.untrack_pid(p.pid)
-        processes.clear()
 
     def wait_ready(self) -> None:
         """Return once every agent has converged (after the build, and after a fault)."""
