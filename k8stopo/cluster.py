@@ -481,14 +481,18 @@ class Cluster:
                      for sig in (signal.SIGINT, signal.SIGTERM)} if main else {})
         started = time.monotonic()
         try:
+            with self._phase("teardown_agents"):  # the agents' daemons, strays first
+                if self.state is not None:
+                    self._stop_step("stop strays", self.state.stop_strays)
+                for agent in reversed(self.agents):
+                    self._stop_step(f"stop {agent.name}", agent.stop)
+            with self._phase("teardown_pods"):
+                self._stop_step("detach pods", self._delete_pods)
+            with self._phase("teardown_mininet"):
+                self._stop_step("stop Mininet", self._stop_mininet if self.net else None)
             if self.state is not None:
-                self._stop_step("stop strays", self.state.stop_strays)
-            for agent in reversed(self.agents):
-                self._stop_step(f"stop {agent.name}", agent.stop)
-            self._stop_step("detach pods", self._delete_pods)
-            self._stop_step("stop Mininet", self._stop_mininet if self.net else None)
-            if self.state is not None:
-                removed, left = self.state.remove_all()
+                with self._phase("teardown_record"):
+                    removed, left = self.state.remove_all()
                 if removed:
                     log.debug("removed after Mininet: %s", ", ".join(removed))
                 if left:
