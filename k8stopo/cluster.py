@@ -31,6 +31,7 @@ from . import proc
 from .agent import Agent
 from .cni import variant as variant_class
 from .cni.base import Variant
+from .errors import DaemonError
 from .node import Endpoint, Node, Pod, delete_links
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
@@ -214,7 +215,7 @@ class Cluster:
             try:  # whatever happens here (a second signal), teardown runs
                 if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     kept = self.state.keep_logs()
-                    if kept is not None:
+                    if kept is not None and not isinstance(exc, DaemonError):  # it names its log
                         log.warning("build failed: its daemons' logs and configs are kept in %s",
                                     kept)
                     if self.keep_on_failure:

@@ -125,7 +125,10 @@ class Daemon:
         wait_ready([self], self.READY_TIMEOUT if timeout is None else timeout)
 
     def check_running(self) -> None:
-        """DaemonError if it has exited (its endpoint would silently lose what it serves)."""
+        """DaemonError if it has exited (its endpoint would silently lose what it serves),
+        unless it was stopped on purpose."""
+        if self.stopped:
+            return
         if self.proc is None:
             raise self.failure("never started")
         if self.proc.poll() is not None:
@@ -135,10 +138,10 @@ class Daemon:
         """Gracefully: SIGTERM, wait STOP_TIMEOUT, then SIGKILL; forgotten by the run."""
         if self.proc is not None and not self.stopped:
             self.stopped = True
-            self.where.stop(self.proc)  # proc.stop's graceful-then-kill, untracked
-
-    def kill(self) -> None:
-        kill_all([self])
+            try:
+                proc.stop(self.proc, self.STOP_TIMEOUT)
+            finally:
+                self.where.state.untrack_pid(self.proc.pid)
 
     def send(self, sig: signal.Signals) -> None:
         """Send ``sig`` (SIGHUP: reload, clear a cache) if it runs."""
@@ -210,7 +213,7 @@ def keep(state: runstate.RunState, log: Path, *others: Path) -> Path:
 
 def wait_ready(daemons: Sequence[Daemon], timeout: float) -> None:
     """Until every daemon is ready; DaemonError for the first that exits or is late."""
-    pending = list(daemons)
+    pending = [d for d in daemons if not d.stopped]
     deadline = time.monotonic() + timeout
     while pending:
         for daemon in pending:

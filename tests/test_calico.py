@@ -229,6 +229,8 @@ def test_route_reflectors_carry_every_block(reflectors: int, sessions: list[int]
             conf = c.variant.bird_config(node)
             is_reflector = node.index < reflectors
             assert conf.count("rr client;") == (len(c.nodes) - reflectors if is_reflector else 0)
+            # Calico's kernel protocol, plus a netlink buffer no burst of routes overflows
+            assert "scan time 2;" in conf and "netlink rx buffer 16777216;" in conf
         assert ping(c.pod("pod-n3-0"), c.pod("pod-n4-0"))
         assert c.variant.birds["n1"].log == c.state.dir / "daemons" / "bird_n1.log"
         assert "Started" in c.variant.birds["n1"].read_log()

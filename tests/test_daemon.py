@@ -156,3 +156,26 @@ def test_up_with_a_broken_bird_template_ends_in_one_line_naming_bird_and_its_log
     assert log.name.startswith("bird_n") and log.name.endswith(".log")
     assert "syntax error" in log.read_text()
     assert "Traceback" not in result.stderr
+    assert "build failed" not in result.stderr  # the failure names the log: no second line
+
+
+def test_groups_start_in_turn_and_none_starts_if_a_later_config_is_refused(
+        here: Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every config of every group is checked before the first group starts; each group is
+    ready before the next starts (BIRD: the reflectors before their clients)."""
+    broken_templates(tmp_path, "dnsmasq.conf", "no-such-option=1\n", monkeypatch)
+    group = Daemons()
+    first = Script(here, code="print('ready', flush=True); import time; time.sleep(30)")
+    with pytest.raises(DaemonError, match=r"^dnsmasq on here: config check failed"):
+        group.start([first], [Dnsmasq(here, **Dnsmasq.defaults())], timeout=5)
+    assert first.proc is None and here.state.data["pids"] == []
+    mark = tmp_path / "first-ready"
+    early = Script(here, code=f"import pathlib, time; time.sleep(0.5); "
+                              f"pathlib.Path({str(mark)!r}).touch(); print('ready', flush=True); "
+                              f"time.sleep(30)")
+    late = Script(here, code=f"import pathlib, sys, time; "
+                             f"sys.exit(0) if not pathlib.Path({str(mark)!r}).exists() else "
+                             f"print('ready', flush=True); time.sleep(30)")
+    group.start([early], [late], timeout=10)  # late exits (a DaemonError) if early was not ready
+    assert early.running and late.running
+    group.stop()
