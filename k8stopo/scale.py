@@ -39,7 +39,7 @@ from . import __version__, results
 from .cluster import Cluster
 from .cni.calico import CalicoBird
 from .environment import Environment
-from .errors import RunError
+from .errors import NotReady, RunError
 from .measure import Sample, reason
 from .spec import ClusterSpec, SpecError
 
@@ -93,7 +93,7 @@ def _ms(seconds: float) -> Sample:
 
 
 def _wait(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> tuple[float, float]:
-    """Seconds until ``condition()`` holds, and the longest poll round; TimeoutError after."""
+    """Seconds until ``condition()`` holds, and the longest poll round; NotReady after."""
     started = time.monotonic()
     longest = 0.0
     while True:
@@ -103,7 +103,7 @@ def _wait(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> tu
         if done:
             return time.monotonic() - started, longest
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"not within {timeout:.0f}s")
+            raise NotReady(f"not within {timeout:.0f}s")
         time.sleep(0.05)
 
 

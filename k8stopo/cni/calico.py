@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 from .. import proc
 from ..daemon import Daemon, Daemons, per_daemon, socket_answers
+from ..errors import NotReady
 from ..node import Endpoint, Node, Pod
 from ..templates import render
 from . import felix
@@ -386,7 +387,7 @@ class CalicoBird(Calico):
             protocols = self.birdc(speakers[worst], "show", "protocols").strip()
         except proc.CommandError as exc:
             protocols = f"(birdc failed: {exc})"
-        raise TimeoutError(
+        raise NotReady(
             f"BGP did not converge in {timeout:.0f}s: {len(missing)} of {len(speakers)} "
             f"nodes{' and router' if router else ''} still lack peer blocks ({worst} lacks "
             f"{len(missing[worst])}, e.g. {', '.join(missing[worst][:3])}); "
