@@ -557,9 +557,9 @@ SCALE_COLUMNS = (
     ("bird_rss_per_node", "BIRD MiB/node", 1024.0, ".1f"),
     ("netlink_drop_birds", "BIRDs with netlink drops", 1.0, ".0f"),
     ("teardown_ms", "teardown s", 1000.0, ".2f"),
-    ("teardown_agents_ms", "of which daemons s", 1000.0, ".2f"),
-    ("teardown_pods_ms", "pods s", 1000.0, ".2f"),
-    ("teardown_mininet_ms", "Mininet s", 1000.0, ".2f"),
+    ("teardown_agents_ms", "teardown daemons s", 1000.0, ".2f"),
+    ("teardown_pods_ms", "teardown pods s", 1000.0, ".2f"),
+    ("teardown_mininet_ms", "teardown Mininet s", 1000.0, ".2f"),
 )
 
 

@@ -101,10 +101,13 @@ def test_ready_line_usage_and_accounts(here: Endpoint) -> None:
     """A READY_LINE daemon is ready once it printed it; its CPU and memory are read from
     /proc while it runs; it is tracked by the run until stopped."""
     group = Daemons()
-    daemon = Script(here, code="print('ready', flush=True); import time; time.sleep(30)")
-    group.start([daemon], timeout=10)
+    burn = ("import time\nwhile time.process_time() < 0.3: pass\n"
+            "print('ready', flush=True); time.sleep(30)")
+    daemon = Script(here, code=burn)
+    group.start([daemon], timeout=30)
     assert daemon.running and daemon.pid in {p["pid"] for p in here.state.data["pids"]}
-    assert daemon.cpu_seconds() >= 0 and daemon.rss_kib() > 0
+    assert daemon.cpu_seconds() >= 0.25  # the 0.3 s it burnt, in clock ticks
+    assert daemon.rss_kib() > 1000  # a Python interpreter
     group.stop()
     assert not daemon.running and here.state.data["pids"] == []
 

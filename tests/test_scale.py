@@ -32,11 +32,12 @@ def test_scale_rows_of_a_reflected_cluster(tmp_path: Path) -> None:
     assert values["bgp_sessions_max_per_node"] == 2
     for metric in ("underlay_ms", "agents_ms", "ready_ms", "build_ms", "converge_ms",
                    "withdraw_ms", "rejoin_ms", "teardown_ms", "bird_rss_per_node",
-                   "bird_cpu_s_max_node", "teardown_agents_ms", "teardown_pods_ms",
+                   "teardown_agents_ms", "teardown_pods_ms",
                    "teardown_mininet_ms", "teardown_record_ms"):
         assert values[metric] > 0, metric
-    # BIRD's own accounts from /proc: the busiest node's at least the average
-    assert 0 < values["bird_cpu_s_per_node"] <= values["bird_cpu_s_max_node"]
+    # BIRD's own accounts from /proc (CPU in clock ticks: three nodes' BIRDs may not have
+    # used one yet); the busiest node's at least the average
+    assert 0 <= values["bird_cpu_s_per_node"] <= values["bird_cpu_s_max_node"]
     assert 0 < values["bird_rss_per_node"] <= values["bird_rss_max_node"]
     assert values["netlink_drop_birds"] == 0  # three nodes never overflow the 16 MiB buffer
     phases = [values[f"teardown_{p}_ms"] for p in ("agents", "pods", "mininet", "record")]
@@ -126,7 +127,9 @@ def test_the_scale_table_has_phases_bird_accounts_and_netlink_drops() -> None:
     assert cells["underlay s"] == "1.5" and cells["ready s"] == "1.0"
     assert cells["BIRD CPU s/node"] == "0.25" and cells["BIRD MiB/node"] == "2.0"
     assert cells["BIRDs with netlink drops"] == "3"
-    assert cells["of which daemons s"] == "0.10" and cells["Mininet s"] == "0.40"
+    assert len(cells) == len(header.strip("|").split("|"))  # no heading twice
+    assert cells["pods s"] == "0.5" and cells["teardown pods s"] == "0.20"
+    assert cells["teardown daemons s"] == "0.10" and cells["teardown Mininet s"] == "0.40"
     fig = plots.scale_figure(df)
     assert fig is not None
     titles = {ax.get_title() for ax in fig.axes}

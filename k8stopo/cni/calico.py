@@ -199,6 +199,8 @@ class Bird(Daemon):
     NAME = "bird"
     TEMPLATE = "bird.conf"
     KILL_AT_TEARDOWN = True
+    #: a BIRD busy with a thousand peers' routes may take seconds to accept its socket
+    READY_TIMEOUT = 60.0
     #: what BIRD logs when its netlink socket overflowed: it then rescans the kernel table
     NETLINK_DROP = "Kernel dropped some netlink messages"
 
