@@ -91,6 +91,11 @@ class Daemon:
             return True
         return self._read_stdout().startswith(self.READY_LINE.encode())
 
+    def rendered(self) -> str:
+        """Its config as TEMPLATE fills it (not written)."""
+        assert self.TEMPLATE is not None, f"{self} has no config template"
+        return render(self.TEMPLATE, **self.config())
+
     # -- lifecycle ------------------------------------------------------------------
     def write_config(self) -> None:
         """Render the config and have the daemon's parser check it; DaemonError (its
@@ -98,7 +103,7 @@ class Daemon:
         self.checked = True
         if self.TEMPLATE is None:
             return
-        self.conf.write_text(render(self.TEMPLATE, **self.config()))
+        self.conf.write_text(self.rendered())
         argv = self.check_argv()
         if argv is None:
             return

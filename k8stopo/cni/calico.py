@@ -295,7 +295,7 @@ class CalicoBird(Calico):
 
     def bird_config(self, node: Node) -> str:
         """The config a node's BIRD is given (rendered, not written)."""
-        return render("bird.conf", **self.bird(node).config())
+        return self.bird(node).rendered()
 
     def connect(self) -> None:
         """Every BIRD's config checked by BIRD before any starts; then the route reflectors

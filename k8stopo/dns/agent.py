@@ -67,7 +67,14 @@ def dnsmasq_conf(cache_size: int = CACHE_SIZE) -> str:
     return render("dnsmasq.conf", **Dnsmasq.defaults(cache_size))
 
 
-class KubeDNS(Daemon):
+class PackageDaemon(Daemon):
+    """A daemon that is a module of this package, run by this Python in the pod."""
+
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": str(PACKAGE_ROOT)}
+
+
+class KubeDNS(PackageDaemon):
     """kubedns (:mod:`k8stopo.dns.server`): answers from records.json, reloads on SIGHUP;
     ready once its /readiness says 200."""
 
@@ -75,9 +82,6 @@ class KubeDNS(Daemon):
 
     def argv(self) -> list[object]:
         return [sys.executable, "-m", "k8stopo.dns.server", self.values["records"]]
-
-    def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": str(PACKAGE_ROOT)}
 
     def ready(self) -> bool:
         return http_status(self.where, server.READINESS_PORT, "/readiness")[0] == 200
@@ -105,7 +109,7 @@ class Dnsmasq(Daemon):
         return "started, version" in self.read_log()
 
 
-class Sidecar(Daemon):
+class Sidecar(PackageDaemon):
     """The health sidecar (:mod:`k8stopo.dns.sidecar`, :10054): ready once it sees both
     kubedns and dnsmasq answer."""
 
@@ -113,9 +117,6 @@ class Sidecar(Daemon):
 
     def argv(self) -> list[object]:
         return [sys.executable, "-m", "k8stopo.dns.sidecar", SERVICE_NAME]
-
-    def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": str(PACKAGE_ROOT)}
 
     def ready(self) -> bool:
         return all(http_status(self.where, sidecar.SIDECAR_PORT, f"/healthcheck/{name}")[0]
