@@ -19,7 +19,6 @@ import json
 import logging
 import resource
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from . import proc
 from .agent import Agent
 from .cni import variant as variant_class
 from .cni.base import Variant
+from .errors import DaemonError
 from .node import Endpoint, Node, Pod, delete_links
 from .runstate import RunState
 from .spec import ClusterSpec, SpecError, ipv4_network
@@ -215,7 +215,7 @@ class Cluster:
             try:  # whatever happens here (a second signal), teardown runs
                 if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     kept = self.state.keep_logs()
-                    if kept is not None:
+                    if kept is not None and not isinstance(exc, DaemonError):  # it names its log
                         log.warning("build failed: its daemons' logs and configs are kept in %s",
                                     kept)
                     if self.keep_on_failure:
@@ -338,14 +338,6 @@ class Cluster:
         host = self.net.host(name, ip=None)
         with self._mininet_lock:
             return self.net.adopt(host)
-
-    def kill_daemons(self, processes: dict[str, subprocess.Popen[str]]) -> None:
-        """Kill the nodes' daemons (by node name) at once and forget them: the cluster is
-        going, so no daemon's graceful stop has anyone to tell."""
-        proc.kill_all(list(processes.values()))
-        for p in processes.values():
-            self.state.untrack_pid(p.pid)
-        processes.clear()
 
     def wait_ready(self) -> None:
         """Return once every agent has converged (after the build, and after a fault)."""
@@ -490,14 +482,18 @@ class Cluster:
                      for sig in (signal.SIGINT, signal.SIGTERM)} if main else {})
         started = time.monotonic()
         try:
+            with self._phase("teardown_agents"):  # the agents' daemons, strays first
+                if self.state is not None:
+                    self._stop_step("stop strays", self.state.stop_strays)
+                for agent in reversed(self.agents):
+                    self._stop_step(f"stop {agent.name}", agent.stop)
+            with self._phase("teardown_pods"):
+                self._stop_step("detach pods", self._delete_pods)
+            with self._phase("teardown_mininet"):
+                self._stop_step("stop Mininet", self._stop_mininet if self.net else None)
             if self.state is not None:
-                self._stop_step("stop strays", self.state.stop_strays)
-            for agent in reversed(self.agents):
-                self._stop_step(f"stop {agent.name}", agent.stop)
-            self._stop_step("detach pods", self._delete_pods)
-            self._stop_step("stop Mininet", self._stop_mininet if self.net else None)
-            if self.state is not None:
-                removed, left = self.state.remove_all()
+                with self._phase("teardown_record"):
+                    removed, left = self.state.remove_all()
                 if removed:
                     log.debug("removed after Mininet: %s", ", ".join(removed))
                 if left:

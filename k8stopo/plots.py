@@ -530,22 +530,36 @@ def plot_all(df: pd.DataFrame, out_dir: Path,
 #: the scale benchmark's panels: (title, metrics drawn as lines, unit label, divisor)
 SCALE_PANELS = (
     ("bring-up and teardown", ("build_ms", "teardown_ms"), "s", 1000.0),
+    ("build per phase", ("underlay_ms", "agents_ms", "pods_ms", "ready_ms"), "s", 1000.0),
+    ("teardown per phase", ("teardown_agents_ms", "teardown_pods_ms", "teardown_mininet_ms",
+                            "teardown_record_ms"), "s", 1000.0),
     ("BGP convergence, withdrawal, rejoin", ("converge_ms", "withdraw_ms", "rejoin_ms"), "s",
      1000.0),
     ("BGP sessions", ("bgp_sessions_total", "bgp_sessions_max_per_node"), "count", 1.0),
-    ("BIRD memory per node", ("bird_rss_per_node",), "MiB", 1024.0),
+    ("BIRD CPU per node", ("bird_cpu_s_per_node", "bird_cpu_s_max_node"), "CPU s", 1.0),
+    ("BIRD memory per node", ("bird_rss_per_node", "bird_rss_max_node"), "MiB", 1024.0),
+    ("BIRDs with netlink drops", ("netlink_drop_birds",), "count", 1.0),
 )
+#: panels per row of the scale chart
+SCALE_PANELS_PER_ROW = 4
 
 
 #: the scale table's columns: (metric, heading, divisor, format)
 SCALE_COLUMNS = (
     ("build_ms", "build s", 1000.0, ".1f"),
+    ("underlay_ms", "underlay s", 1000.0, ".1f"), ("agents_ms", "agents s", 1000.0, ".1f"),
+    ("pods_ms", "pods s", 1000.0, ".1f"), ("ready_ms", "ready s", 1000.0, ".1f"),
     ("blocks_90pct_ms", "90% of blocks s", 1000.0, ".1f"),
     ("converge_ms", "converge s", 1000.0, ".1f"),
     ("withdraw_ms", "withdraw s", 1000.0, ".2f"), ("rejoin_ms", "rejoin s", 1000.0, ".1f"),
     ("bgp_sessions_total", "sessions (ends)", 1.0, ",.0f"),
+    ("bird_cpu_s_per_node", "BIRD CPU s/node", 1.0, ".2f"),
     ("bird_rss_per_node", "BIRD MiB/node", 1024.0, ".1f"),
+    ("netlink_drop_birds", "BIRDs with netlink drops", 1.0, ".0f"),
     ("teardown_ms", "teardown s", 1000.0, ".2f"),
+    ("teardown_agents_ms", "teardown daemons s", 1000.0, ".2f"),
+    ("teardown_pods_ms", "teardown pods s", 1000.0, ".2f"),
+    ("teardown_mininet_ms", "teardown Mininet s", 1000.0, ".2f"),
 )
 
 
@@ -600,10 +614,14 @@ def scale_figure(df: pd.DataFrame) -> Figure | None:
     panels = [p for p in SCALE_PANELS if rows.metric.isin(p[1]).any()]
     if not panels:
         return None
-    fig = Figure(figsize=(4.2 * len(panels), 3.8), layout="constrained")
+    cols = min(len(panels), SCALE_PANELS_PER_ROW)
+    nrows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.8 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, (title, metrics, unit, div) in zip(axes[0], panels):
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.remove()
+    for ax, (title, metrics, unit, div) in zip(axes, panels):
         for (metric, mode, pods), group in rows[rows.metric.isin(metrics)].groupby(
                 ["metric", "bgp_mode", "pods_per_node"]):
             med = group.groupby("nodes").value.median() / div

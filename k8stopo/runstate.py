@@ -72,7 +72,9 @@ def in_namespaces_of(holders: Iterable[int]) -> set[int]:
     """Every process (but this one) living in the network namespace of one of ``holders``,
     never in the host's own: what a run, or one node of it, holds by namespace identity."""
     inodes = {i for i in map(netns_inode, holders) if i is not None}
-    inodes.discard(netns_inode(1))
+    # The host's namespace is pid 1's, and this process's (k8stopo runs in it): pid 1's may
+    # be unreadable (a container's init), and None must not stand for "no host namespace".
+    inodes -= {netns_inode(1), netns_inode(os.getpid())}
     if not inodes:
         return set()
     return {int(e.name) for e in Path("/proc").iterdir()

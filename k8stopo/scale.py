@@ -3,14 +3,17 @@
 For each size and BGP mode (Calico's node-to-node mesh, one or two route reflectors)
 one cluster is built and measured, then torn down:
 
-* bring-up, per phase (underlay, agents, pods, ready) and in all, and teardown;
+* bring-up, per phase (underlay, agents, pods, ready) and in all, and teardown, in all and
+  per phase (agents' daemons, pods, Mininet, what the run's record still lists);
 * for Calico's BIRD variants: BGP sessions (per node at most, and in total, counted from
   ``birdc show protocols``), the time from the first BIRD's start until every node's
   kernel holds every peer's block (``converge_ms``; the pods are attached meanwhile, so
   this is an upper bound when pods are many), and until one node (the last, never a
   reflector) held half and 90% of its peers' blocks (``blocks_50pct_ms``,
-  ``blocks_90pct_ms``: a long way from 90% to all is a tail of late blocks), BIRD's memory
-  (VmRSS, average per node);
+  ``blocks_90pct_ms``: a long way from 90% to all is a tail of late blocks); BIRD's CPU
+  seconds and memory (VmRSS) per node, average and largest, once converged; and how many
+  BIRDs logged "Kernel dropped some netlink messages" (``netlink_drop_birds``: each such
+  BIRD fell back to rescanning its kernel table), counted at the end of the run;
 * then a node's BIRD is stopped as calico-node stops it (``withdraw_ms``: until no node
   routes to its block any more) and started again (``rejoin_ms``: until every node routes
   to it again, which is what a new node's block costs to spread).
@@ -36,7 +39,7 @@ from . import __version__, results
 from .cluster import Cluster
 from .cni.calico import CalicoBird
 from .environment import Environment
-from .errors import RunError
+from .errors import NotReady, RunError
 from .measure import Sample, reason
 from .spec import ClusterSpec, SpecError
 
@@ -90,7 +93,7 @@ def _ms(seconds: float) -> Sample:
 
 
 def _wait(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> tuple[float, float]:
-    """Seconds until ``condition()`` holds, and the longest poll round; TimeoutError after."""
+    """Seconds until ``condition()`` holds, and the longest poll round; NotReady after."""
     started = time.monotonic()
     longest = 0.0
     while True:
@@ -100,17 +103,24 @@ def _wait(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> tu
         if done:
             return time.monotonic() - started, longest
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"not within {timeout:.0f}s")
+            raise NotReady(f"not within {timeout:.0f}s")
         time.sleep(0.05)
 
 
-def _bird_rss_kib(variant: CalicoBird) -> float:
-    """Average VmRSS of the cluster's BIRD processes, from /proc."""
-    sizes = []
-    for proc_ in variant.birds.values():
-        status = Path(f"/proc/{proc_.pid}/status").read_text()
-        sizes += [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
-    return sum(sizes) / len(sizes)
+def bird_accounts(cluster: Cluster) -> list[tuple[str, Sample]]:
+    """The nodes' BIRDs' CPU (user + system seconds since each started) and memory (VmRSS),
+    average and largest per node, from /proc; and how many of the run's BIRDs (the routed
+    underlay's router's too) logged that the kernel dropped netlink messages meant for them."""
+    variant = cluster.variant
+    assert isinstance(variant, CalicoBird)
+    birds = [variant.birds[n.name] for n in cluster.nodes]
+    cpu = [b.cpu_seconds() for b in birds]
+    rss = [float(b.rss_kib()) for b in birds]
+    return [("bird_cpu_s_per_node", Sample("", sum(cpu) / len(cpu), "s")),
+            ("bird_cpu_s_max_node", Sample("", max(cpu), "s")),
+            ("bird_rss_per_node", Sample("", sum(rss) / len(rss), "KiB")),
+            ("bird_rss_max_node", Sample("", max(rss), "KiB")),
+            ("netlink_drop_birds", Sample("", float(len(variant.netlink_drops())), "count"))]
 
 
 def _spread_ms(variant: CalicoBird, share: float) -> Sample:
@@ -128,9 +138,10 @@ def bgp_samples(cluster: Cluster) -> list[tuple[str, Sample]]:
     assert isinstance(variant, CalicoBird)
     assert variant.started_at is not None and variant.converged_at is not None
     sessions = [variant.established(n) for n in cluster.nodes]
-    out = [("bgp_sessions_total", Sample("", float(sum(sessions)), "count")),
+    # what the BIRDs cost to converge, before the withdrawal and rejoin add to it
+    out = [*bird_accounts(cluster),
+           ("bgp_sessions_total", Sample("", float(sum(sessions)), "count")),
            ("bgp_sessions_max_per_node", Sample("", float(max(sessions)), "count")),
-           ("bird_rss_per_node", Sample("", _bird_rss_kib(variant), "KiB")),
            ("blocks_50pct_ms", _spread_ms(variant, 0.5)),
            ("blocks_90pct_ms", _spread_ms(variant, 0.9)),
            ("converge_ms", _ms(variant.converged_at - variant.started_at))]
@@ -147,6 +158,10 @@ def bgp_samples(cluster: Cluster) -> list[tuple[str, Sample]]:
     rejoin, poll_r = _wait(lambda: not variant.missing_everywhere())
     out += [("withdraw_ms", _ms(withdraw)), ("rejoin_ms", _ms(rejoin)),
             ("poll_ms", _ms(max(poll_w, poll_r)))]
+    drops = variant.netlink_drops()
+    if drops:  # the flag of the run: these BIRDs rescanned their kernel tables
+        log.warning("netlink messages dropped for BIRD on %d of %d: %s", len(drops),
+                    len(variant.birds), ", ".join(drops[:10]))
     return out
 
 
@@ -160,7 +175,8 @@ def measure_one(spec: ClusterSpec) -> list[tuple[str, str, Sample]]:
         found.append(("bring-up", "build_ms", _ms(build)))
         if isinstance(cluster.variant, CalicoBird):
             found += [("bgp", metric, sample) for metric, sample in bgp_samples(cluster)]
-    found.append(("bring-up", "teardown_ms", _ms(cluster.timings["teardown"])))
+    found += [("bring-up", f"{phase}_ms", _ms(secs)) for phase, secs in cluster.timings.items()
+              if phase.startswith("teardown")]  # in all, and per phase (Cluster._teardown)
     return found
 
 

@@ -10,8 +10,9 @@ import pytest
 from k8stopo import measure
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
-from k8stopo.cni import felix
+from k8stopo.cni import calico, felix
 from k8stopo.cni.calico import CalicoIPIP, tunnel_address, workload_iface
+from k8stopo.daemon import Daemons
 from k8stopo.node import Node, Pod
 from k8stopo.spec import ClusterSpec, SpecError
 
@@ -229,8 +230,41 @@ def test_route_reflectors_carry_every_block(reflectors: int, sessions: list[int]
             conf = c.variant.bird_config(node)
             is_reflector = node.index < reflectors
             assert conf.count("rr client;") == (len(c.nodes) - reflectors if is_reflector else 0)
+            # Calico's kernel protocol, plus a netlink buffer no burst of routes overflows
+            assert "scan time 2;" in conf and "netlink rx buffer 16777216;" in conf
         assert ping(c.pod("pod-n3-0"), c.pod("pod-n4-0"))
-        assert (c.state.dir / "n1" / "bird" / "bird.log").stat().st_size > 0
+        assert c.variant.birds["n1"].log == c.state.dir / "daemons" / "bird_n1.log"
+        assert "Started" in c.variant.birds["n1"].read_log()
+        assert c.variant.netlink_drops() == []
+
+
+def test_birds_start_reflectors_first_then_in_batches_each_ready_before_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every config is checked before the first BIRD starts; the reflector starts alone,
+    then the clients a batch at a time, each BIRD's control socket greeting before the next
+    batch starts; and the blocks still reach every node."""
+    monkeypatch.setattr(calico, "START_BATCH", 2)
+    seen: list[tuple[list[str], list[str], list[str]]] = []
+    original = Daemons.start
+
+    def start(self: Daemons, *groups, timeout=None) -> None:
+        if groups and groups[0] and groups[0][0].NAME == "bird":
+            # at each group's start: which BIRDs answer on their control sockets already
+            for i, group in enumerate(groups):
+                original(self, group, timeout=timeout)
+                seen.append(([b.where.name for b in group],
+                             [b.where.name for g in groups[:i + 1] for b in g if b.ready()],
+                             [b.where.name for g in groups for b in g if not b.checked]))
+            return
+        original(self, *groups, timeout=timeout)
+
+    monkeypatch.setattr(Daemons, "start", start)
+    with Cluster(ClusterSpec(cni="calico-bgp", nodes=5, pods_per_node=1, bgp="rr")) as c:
+        assert [group for group, _, _ in seen] == [["n1"], ["n2", "n3"], ["n4", "n5"]]
+        for group, ready, unchecked in seen:
+            assert unchecked == []  # every config checked before any BIRD started
+            assert group[-1] in ready and set(ready) >= {"n1", *group}
+        assert ping(c.pod("pod-n4-0"), c.pod("pod-n5-0"))
 
 
 def test_bgp_options_are_checked_at_the_edge() -> None:

@@ -275,6 +275,6 @@ def test_health_endpoints_answer_and_fail_when_their_server_stops(cluster: Clust
     assert agent.queries_answered("A") > 0
     assert agent.health("/nothing", 10054)[0] == 404
     # a cache that stopped answering fails its health check (the last test on the cluster: dnsmasq is gone)
-    agent.pod.stop(agent.procs.pop("dnsmasq"))
+    agent.named["dnsmasq"].stop()
     assert agent.health("/healthcheck/dnsmasq", 10054)[0] == 503
     assert agent.health("/healthcheck/kubedns", 10054)[0] == 200

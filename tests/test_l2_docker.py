@@ -220,7 +220,7 @@ def test_routed_underlay_calico_bgp_crosses_because_the_router_peers_bgp(tmp_pat
     with Cluster(ClusterSpec(cni="calico-bgp", nodes=3, pods_per_node=1,
                              underlay="routed")) as c:
         n1, n3, r1 = c.node("n1"), c.node("n3"), c.router
-        assert r1 is not None and c.variant.tor_bird.poll() is None
+        assert r1 is not None and c.variant.birds[r1.name].poll() is None
         protocols = c.variant.birdc(n1, "show", "protocols")
         assert any(l.startswith("Node_172_20_127_254") and "Established" in l
                    for l in protocols.splitlines()), protocols

@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from k8stopo import environment, node, proc, results, scale
+from k8stopo import environment, node, plots, proc, results, scale
 from k8stopo.cluster import Cluster
+from k8stopo.cni.calico import CalicoBird
 from k8stopo.spec import ClusterSpec
 
 from conftest import assert_gone
@@ -30,8 +31,17 @@ def test_scale_rows_of_a_reflected_cluster(tmp_path: Path) -> None:
     assert values["bgp_sessions_total"] == 4
     assert values["bgp_sessions_max_per_node"] == 2
     for metric in ("underlay_ms", "agents_ms", "ready_ms", "build_ms", "converge_ms",
-                   "withdraw_ms", "rejoin_ms", "teardown_ms", "bird_rss_per_node"):
+                   "withdraw_ms", "rejoin_ms", "teardown_ms", "bird_rss_per_node",
+                   "teardown_agents_ms", "teardown_pods_ms",
+                   "teardown_mininet_ms", "teardown_record_ms"):
         assert values[metric] > 0, metric
+    # BIRD's own accounts from /proc (CPU in clock ticks: three nodes' BIRDs may not have
+    # used one yet); the busiest node's at least the average
+    assert 0 <= values["bird_cpu_s_per_node"] <= values["bird_cpu_s_max_node"]
+    assert 0 < values["bird_rss_per_node"] <= values["bird_rss_max_node"]
+    assert values["netlink_drop_birds"] == 0  # three nodes never overflow the 16 MiB buffer
+    phases = [values[f"teardown_{p}_ms"] for p in ("agents", "pods", "mininet", "record")]
+    assert sum(phases) <= values["teardown_ms"]  # the phases are parts of the whole
     # the witness (n3) gets its two peers' blocks one at a time or both at once
     assert 0 < values["blocks_50pct_ms"] <= values["blocks_90pct_ms"] <= values["converge_ms"]
     assert set(rows.bgp_mode) == {"rr1"} and set(rows.nodes) == {3}
@@ -84,13 +94,47 @@ def test_delete_links_takes_the_named_links_and_no_other(tmp_path: Path) -> None
 
 def test_teardown_kills_birds_and_leaves_nothing() -> None:
     """A whole cluster's BIRDs are killed at once at teardown (no goodbyes), and nothing of
-    the run is left."""
+    the run is left; a BIRD stopped alone (calico-node's shutdown) shuts down on SIGTERM."""
     with Cluster(ClusterSpec(cni="calico-bgp", nodes=3, pods_per_node=1)) as cluster:
-        birds = list(cluster.variant.birds.values())  # type: ignore[union-attr]
-        assert cluster.state is not None
+        variant = cluster.variant
+        assert isinstance(variant, CalicoBird) and cluster.state is not None
+        birds = list(variant.birds.values())
+        n3 = cluster.nodes[2]
+        variant.stop_bird(n3)
+        assert variant.birds[n3.name].returncode == 0  # SIGTERM: BIRD shut down on its own
+        variant.start_bird(n3)  # again, with the same config, ready once its socket greets
+        assert variant.birds[n3.name].running
         prefix, pids = cluster.state.prefix, list(cluster.state.data["pids"])
     assert all(b.returncode == -9 for b in birds), [b.returncode for b in birds]
     assert_gone(prefix, pids)
+
+
+@pytest.mark.rootless
+def test_the_scale_table_has_phases_bird_accounts_and_netlink_drops() -> None:
+    """The table says what the rows say: build and teardown phases, BIRD's CPU and memory
+    per node, and how many BIRDs saw the kernel drop netlink messages."""
+    values = {"build_ms": 4000.0, "underlay_ms": 1500.0, "agents_ms": 1000.0,
+              "pods_ms": 500.0, "ready_ms": 1000.0, "converge_ms": 900.0,
+              "bird_cpu_s_per_node": 0.25, "bird_rss_per_node": 2048.0,
+              "netlink_drop_birds": 3.0, "teardown_ms": 800.0, "teardown_agents_ms": 100.0,
+              "teardown_pods_ms": 200.0, "teardown_mininet_ms": 400.0}
+    df = pd.DataFrame([{"protocol": "control", "cni": "calico-bgp", "nodes": 4,
+                        "pods_per_node": 0, "bgp_mode": "rr1", "metric": metric,
+                        "value": value} for metric, value in values.items()])
+    header, _, row = plots.scale_markdown(df).splitlines()
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
+                     [c.strip() for c in row.strip("|").split("|")]))
+    assert cells["underlay s"] == "1.5" and cells["ready s"] == "1.0"
+    assert cells["BIRD CPU s/node"] == "0.25" and cells["BIRD MiB/node"] == "2.0"
+    assert cells["BIRDs with netlink drops"] == "3"
+    assert len(cells) == len(header.strip("|").split("|"))  # no heading twice
+    assert cells["pods s"] == "0.5" and cells["teardown pods s"] == "0.20"
+    assert cells["teardown daemons s"] == "0.10" and cells["teardown Mininet s"] == "0.40"
+    fig = plots.scale_figure(df)
+    assert fig is not None
+    titles = {ax.get_title() for ax in fig.axes}
+    assert {"build per phase", "teardown per phase", "BIRD CPU per node",
+            "BIRDs with netlink drops"} <= titles
 
 
 def test_netns_cleanup_is_seen_by_the_kernel_workers_names(tmp_path: Path) -> None:

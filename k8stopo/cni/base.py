@@ -23,31 +23,17 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import subprocess
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
-
-import jinja2
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
 from .. import ipam, native, pods
 from ..agent import Agent
+from ..daemon import Daemons
 from ..node import delete_links
 from ..spec import MIN_MTU, ClusterSpec, SpecError, ipv4_network
+from ..templates import render
 
 if TYPE_CHECKING:
     from ..node import Endpoint, Node, Pod
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                          keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
-                          autoescape=False)
-
-
-def render(template: str, **values: object) -> str:
-    """Fill one of k8stopo/templates (Jinja2: daemon configs and rule sets live there, not in
-    code); a value the template needs and was not given is an error, never an empty string."""
-    return _ENV.get_template(template).render(**values)
-
 
 class Variant(Agent):
     """Base class: a hostNetwork-free variant with no encapsulation."""
@@ -193,17 +179,27 @@ class Variant(Agent):
 
 class ForwardingVariant(Variant):
     """A variant whose datapath is one of k8stopo's C forwarders per node (flanneld's UDP
-    proxy, weave's sleeve router): :meth:`connect` starts them into ``forwarders``, and
-    this class checks them at ready time and stops them first at teardown."""
+    proxy, weave's sleeve router): :meth:`start_forwarders` starts them as daemons of this
+    agent, checked at ready time and killed at teardown."""
 
     program: ClassVar[str]  # the k8stopo.native program
 
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
-        self.forwarders: dict[str, subprocess.Popen[str]] = {}
+        self.forwarders: dict[str, native.Forwarder] = {}
+        self.daemons = Daemons()
+
+    def start_forwarders(self, args: Mapping["Node", Sequence[object]]) -> None:
+        """A forwarder per node with its arguments, started at once; returns once each has
+        its device and socket (DaemonError naming the first that did not)."""
+        cls = native.FORWARDERS[self.program]
+        started = {node.name: cls(node, a) for node, a in args.items()}
+        self.forwarders.update(started)
+        self.daemons.start(list(started.values()), timeout=native.READY_TIMEOUT)
 
     def wait_ready(self, timeout: float) -> None:
-        native.check_running(self.cluster.state, self.forwarders, self.program)
+        self.daemons.check_running()
 
     def stop(self) -> None:
-        self.cluster.kill_daemons(self.forwarders)
+        self.daemons.stop()
+        self.forwarders.clear()

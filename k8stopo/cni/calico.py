@@ -48,10 +48,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
 from .. import proc
-from ..errors import RunError
+from ..daemon import Daemon, Daemons, per_daemon, socket_answers
+from ..errors import NotReady
 from ..node import Endpoint, Node, Pod
+from ..templates import render
 from . import felix
-from .base import Variant, render
+from .base import Variant
 
 log = logging.getLogger("k8stopo.calico")
 
@@ -59,6 +61,12 @@ CALICO_POOL = "192.168.0.0/16"
 GATEWAY = ipaddress.IPv4Address("169.254.1.1")
 RR_CLUSTER_ID = "244.0.0.1"  # Calico docs' example routeReflectorClusterID
 BPF_SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "calico_ipip.c"
+#: bytes of BIRD's netlink receive buffer (its kernel protocol's ``netlink rx buffer``): at
+#: the default, a node importing a thousand peers' routes at once overflows it, and BIRD
+#: logs "Kernel dropped some netlink messages" and rescans its kernel table
+NETLINK_RX_BUFFER = 16 * 1024 * 1024
+#: BIRDs started (and waited for) per batch after the route reflectors
+START_BATCH = 64
 
 
 def workload_iface(pod: Pod) -> str:
@@ -183,6 +191,43 @@ class Peering:
     rr_client: bool = False  # on a reflector: the peer is its client
 
 
+class Bird(Daemon):
+    """calico-node's BIRD 2 in one node: config from templates/bird.conf, checked by
+    ``bird -p``, in the foreground with its own control socket; ready once that socket
+    greets; killed with its cluster (:meth:`CalicoBird.stop_bird` stops one gracefully)."""
+
+    NAME = "bird"
+    TEMPLATE = "bird.conf"
+    KILL_AT_TEARDOWN = True
+    #: a BIRD busy with a thousand peers' routes may take seconds to accept its socket
+    READY_TIMEOUT = 60.0
+    #: what BIRD logs when its netlink socket overflowed: it then rescans the kernel table
+    NETLINK_DROP = "Kernel dropped some netlink messages"
+
+    @property
+    def ctl(self) -> Path:
+        return self.conf.with_suffix(".ctl")
+
+    def check_argv(self) -> list[object]:
+        return ["bird", "-p", "-c", self.conf]
+
+    def argv(self) -> list[object]:
+        return ["bird", "-f", "-c", self.conf, "-s", self.ctl]
+
+    def ready(self) -> bool:
+        return socket_answers(self.ctl, b"0001 BIRD")
+
+    def netlink_dropped(self) -> bool:
+        """Whether the kernel dropped netlink messages meant for it (read from its log)."""
+        return self.NETLINK_DROP in self.read_log()
+
+
+class TorBird(Bird):
+    """The routed underlay's router's BIRD (templates/bird-tor.conf)."""
+
+    TEMPLATE = "bird-tor.conf"
+
+
 class CalicoBird(Calico):
     """Calico with calico-node's BIRD: the mesh or route reflectors carry the blocks."""
 
@@ -192,8 +237,8 @@ class CalicoBird(Calico):
 
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
-        self.birds: dict[str, Any] = {}
-        self.tor_bird: Any = None  # the routed underlay's router, when there is one
+        self.daemons = Daemons()
+        self.birds: dict[str, Bird] = {}  # the nodes' (the router's too, on a routed underlay)
         self.started_at: float | None = None  # monotonic time the first BIRD was started
         self.converged_at: float | None = None  # ... and every node held every block
         # (monotonic time, peer blocks held by the witness) per readiness round: how the
@@ -241,53 +286,55 @@ class CalicoBird(Calico):
         tor = str(self.cluster.gateway(node))
         return [Peering(f"Node_{tor.replace('.', '_')}", tor)]
 
-    def bird_config(self, node: Node) -> str:
-        logfile = self._paths(node)[2]
-        return render(
-            "bird.conf", node=node.name, router_id=node.ip, node_ip=node.ip, block=node.pod_cidr,
-            pool=self.cluster.pod_cidr, asn=self.ASN, peers=self.peerings(node),
-            cluster_id=RR_CLUSTER_ID, log=logfile, **self.kernel_programming(node))
+    def bird(self, node: Node) -> Bird:
+        """A node's BIRD with what confd would render for it."""
+        return Bird(node, node=node.name, router_id=node.ip, node_ip=node.ip,
+                    block=node.pod_cidr, pool=self.cluster.pod_cidr, asn=self.ASN,
+                    peers=self.peerings(node), cluster_id=RR_CLUSTER_ID,
+                    netlink_rx_buffer=NETLINK_RX_BUFFER, **self.kernel_programming(node))
 
-    def _paths(self, node: Endpoint) -> tuple[Path, Path, Path]:
-        base = self.cluster.state.directory(node.name, "bird")
-        return base / "bird.conf", base / "bird.ctl", base / "bird.log"
+    def bird_config(self, node: Node) -> str:
+        """The config a node's BIRD is given (rendered, not written)."""
+        return self.bird(node).rendered()
 
     def connect(self) -> None:
-        # every node's config checked (at once) before any BIRD starts
-        self.cluster.per_node(self._write_config, self.cluster.nodes)
+        """Every BIRD's config checked by BIRD before any starts; then the route reflectors
+        (every client dials them) and the clients, a batch of nodes at once, each batch
+        waited for until its control sockets answer; the routed underlay's router last."""
+        birds = {node.name: self.bird(node) for node in self.cluster.nodes}
+        router = self.cluster.router
+        if router is not None:
+            peers = [{"ip": str(n.ip), "via": str(self.cluster.gateway(n))}
+                     for n in self.cluster.nodes]
+            birds[router.name] = TorBird(router, router=router.name, router_id=router.ip,
+                                         asn=self.ASN, peers=peers)
+        self.birds = birds
+        reflectors = [birds[n.name] for n in self.reflectors()]
+        rest = [b for b in birds.values() if b not in reflectors]
+        per_daemon(lambda b: b.write_config(), list(birds.values()))
         self.started_at = time.monotonic()
-        self.cluster.per_node(self.start_bird, self.cluster.nodes)  # each spawn joins a cgroup
-        if self.cluster.router is not None:
-            self._start_tor(self.cluster.router)
-
-    def _write_config(self, node: Node) -> None:
-        conf = self._paths(node)[0]
-        conf.write_text(self.bird_config(node))
-        node.run(["bird", "-p", "-c", conf])  # BIRD's own config check
+        self.daemons.start(reflectors, *(rest[i:i + START_BATCH]
+                                         for i in range(0, len(rest), START_BATCH)),
+                           timeout=Bird.READY_TIMEOUT)
 
     def start_bird(self, node: Node) -> None:
-        conf, ctl, _ = self._paths(node)
-        self.birds[node.name] = node.spawn(["bird", "-f", "-c", conf, "-s", ctl],
-                                           what=f"bird@{node.name}")
+        """Start a node's BIRD again (after :meth:`stop_bird`), its config as before."""
+        bird = self.birds[node.name]
+        bird.start()
+        bird.wait_ready()
 
     def stop_bird(self, node: Node) -> None:
         """Stop a node's BIRD as calico-node's shutdown does (SIGTERM: it closes its sessions
         with a Cease, so peers withdraw its block at once)."""
-        node.stop(self.birds.pop(node.name))
+        self.birds[node.name].stop()
 
-    def _start_tor(self, router: Endpoint) -> None:
-        """The routed underlay's router peers BGP with every node (templates/bird-tor.conf),
-        as a fabric must for unencapsulated pod traffic to cross it."""
-        conf, ctl, _ = self._paths(router)
-        peers = [{"ip": str(n.ip), "via": str(self.cluster.gateway(n))} for n in self.cluster.nodes]
-        conf.write_text(render("bird-tor.conf", router=router.name, router_id=router.ip,
-                               asn=self.ASN, peers=peers))
-        router.run(["bird", "-p", "-c", conf])
-        self.tor_bird = router.spawn(["bird", "-f", "-c", conf, "-s", ctl],
-                                     what=f"bird@{router.name}")
+    def netlink_drops(self) -> list[str]:
+        """Where BIRD's log says the kernel dropped netlink messages meant for it (each
+        such BIRD fell back to rescanning its kernel table)."""
+        return [name for name, bird in self.birds.items() if bird.netlink_dropped()]
 
     def birdc(self, node: Endpoint, *command: str) -> str:
-        return node.output(["birdc", "-s", self._paths(node)[1], *command])
+        return node.output(["birdc", "-s", self.birds[node.name].ctl, *command])
 
     def established(self, node: Node) -> int:
         """BGP sessions of this node that are up."""
@@ -319,7 +366,6 @@ class CalicoBird(Calico):
         deadline = time.monotonic() + timeout
         speakers = self.speakers()
         router = self.cluster.router
-        birds = {**self.birds, **({router.name: self.tor_bird} if router else {})}
         pending = list(speakers.values())
         witness, peers = self.cluster.nodes[-1], len(self.cluster.nodes) - 1
         while True:
@@ -330,9 +376,7 @@ class CalicoBird(Calico):
             if not pending:
                 self._converged(peers)
                 return
-            for name, proc_ in birds.items():
-                if proc_.poll() is not None:
-                    raise RunError(f"bird on {name} exited: {proc_.stderr.read().strip()}")
+            self.daemons.check_running()
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
@@ -345,7 +389,7 @@ class CalicoBird(Calico):
             protocols = self.birdc(speakers[worst], "show", "protocols").strip()
         except proc.CommandError as exc:
             protocols = f"(birdc failed: {exc})"
-        raise TimeoutError(
+        raise NotReady(
             f"BGP did not converge in {timeout:.0f}s: {len(missing)} of {len(speakers)} "
             f"nodes{' and router' if router else ''} still lack peer blocks ({worst} lacks "
             f"{len(missing[worst])}, e.g. {', '.join(missing[worst][:3])}); "
@@ -376,10 +420,7 @@ class CalicoBird(Calico):
         """Every BIRD at once, killed: their Ceases would only have the reflectors relay
         withdrawals among nodes that are going too (:meth:`stop_bird` is the graceful
         stop of one node)."""
-        self.cluster.kill_daemons(self.birds)
-        if self.tor_bird is not None and self.cluster.router is not None:
-            self.cluster.router.stop(self.tor_bird)
-            self.tor_bird = None
+        self.daemons.stop()
 
 
 class CalicoBGP(CalicoBird):

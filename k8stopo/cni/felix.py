@@ -21,7 +21,7 @@ import base64
 import hashlib
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from .base import render
+from ..templates import render
 
 if TYPE_CHECKING:
     from ..node import Node, Pod

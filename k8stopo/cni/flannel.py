@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import native
 from ..node import Node
 from .base import ForwardingVariant, Variant
 
@@ -140,16 +139,18 @@ class FlannelUDP(ForwardingVariant, Flannel):
         """flanneld's udp backend per node: open the TUN and the socket (our proxy does
         both, then says ready), configure the TUN as configureIface does, and hand the
         proxy every peer's lease (subnet -> public IP:8285)."""
-        for node in self.cluster.nodes:
+        def tun_ip(node: Node) -> object:
             assert node.pod_cidr is not None
-            tun_ip = node.pod_cidr.network_address
-            routes = [arg for p in self.cluster.nodes if p is not node
-                      for arg in ("--route", f"{p.pod_cidr}={p.ip}:{self.PORT}")]
-            self.forwarders[node.name] = native.start(
-                node, self.program,
-                ["--tun", self.DEVICE, "--bind", f"{node.ip}:{self.PORT}", "--mtu", self.pod_mtu,
-                 "--tun-ip", tun_ip, *routes])
-            node.batch("ip", [["addr", "add", f"{tun_ip}/32", "dev", self.DEVICE],
+            return node.pod_cidr.network_address
+
+        self.start_forwarders({node: [
+            "--tun", self.DEVICE, "--bind", f"{node.ip}:{self.PORT}", "--mtu", self.pod_mtu,
+            "--tun-ip", tun_ip(node),
+            *(arg for p in self.cluster.nodes if p is not node
+              for arg in ("--route", f"{p.pod_cidr}={p.ip}:{self.PORT}"))]
+            for node in self.cluster.nodes})
+        for node in self.cluster.nodes:
+            node.batch("ip", [["addr", "add", f"{tun_ip(node)}/32", "dev", self.DEVICE],
                               ["link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"],
                               ["route", "add", self.cluster.pod_cidr, "dev", self.DEVICE,
                                "scope", "global"]])

@@ -60,7 +60,6 @@ import ipaddress
 import threading
 from typing import Any, ClassVar
 
-from .. import native
 from ..node import Node, Pod
 from ..spec import ClusterSpec, SpecError
 from .base import ForwardingVariant, Variant
@@ -299,12 +298,10 @@ class WeaveSleeve(ForwardingVariant, Weave):
         node.run(["ethtool", "-K", BRIDGE, "tx", "off"])
 
     def connect(self) -> None:
-        for node in self.cluster.nodes:
-            peers = [arg for p in self.cluster.nodes if p is not node
-                     for arg in ("--peer", f"{peer_name(p)}={p.ip}:{self.PORT}")]
-            self.forwarders[node.name] = native.start(
-                node, self.program,
-                ["--capture", self.CAPTURE, "--bind", f"{node.ip}:{self.PORT}",
-                 "--name", peer_name(node), "--mtu", self.pod_mtu,
-                 "--pmtu", self.cluster.spec.mtu, *peers])
+        self.start_forwarders({node: [
+            "--capture", self.CAPTURE, "--bind", f"{node.ip}:{self.PORT}",
+            "--name", peer_name(node), "--mtu", self.pod_mtu, "--pmtu", self.cluster.spec.mtu,
+            *(arg for p in self.cluster.nodes if p is not node
+              for arg in ("--peer", f"{peer_name(p)}={p.ip}:{self.PORT}"))]
+            for node in self.cluster.nodes})
 

@@ -25,15 +25,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..agent import Agent
-from ..cni.base import render
+from ..daemon import Daemon, Daemons, http_status
+from ..errors import NotReady, RunError
 from ..node import Endpoint
+from ..templates import render
 from ..workload import ServicePort, ServiceSpec
 from . import server, sidecar
 from .perf import QUERIES_FILE
@@ -63,8 +64,63 @@ def resolv_conf(namespace: str) -> str:
 
 
 def dnsmasq_conf(cache_size: int = CACHE_SIZE) -> str:
-    return render("dnsmasq.conf", port=53, cache_size=cache_size, upstream="127.0.0.1",
-                  upstream_port=server.DNS_PORT, zones=(DOMAIN, *REVERSE_ZONES))
+    return render("dnsmasq.conf", **Dnsmasq.defaults(cache_size))
+
+
+class PackageDaemon(Daemon):
+    """A daemon that is a module of this package, run by this Python in the pod."""
+
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": str(PACKAGE_ROOT)}
+
+
+class KubeDNS(PackageDaemon):
+    """kubedns (:mod:`k8stopo.dns.server`): answers from records.json, reloads on SIGHUP;
+    ready once its /readiness says 200."""
+
+    NAME = "kubedns"
+
+    def argv(self) -> list[object]:
+        return [sys.executable, "-m", "k8stopo.dns.server", self.values["records"]]
+
+    def ready(self) -> bool:
+        return http_status(self.where, server.READINESS_PORT, "/readiness")[0] == 200
+
+
+class Dnsmasq(Daemon):
+    """The dnsmasq cache on :53 (templates/dnsmasq.conf, checked by ``dnsmasq --test``);
+    ready once it logged that it started (its sockets are bound by then)."""
+
+    NAME = "dnsmasq"
+    TEMPLATE = "dnsmasq.conf"
+
+    @staticmethod
+    def defaults(cache_size: int = CACHE_SIZE) -> dict[str, Any]:
+        return {"port": 53, "cache_size": cache_size, "upstream": "127.0.0.1",
+                "upstream_port": server.DNS_PORT, "zones": (DOMAIN, *REVERSE_ZONES)}
+
+    def check_argv(self) -> list[object]:
+        return ["dnsmasq", "--test", f"--conf-file={self.conf}"]
+
+    def argv(self) -> list[object]:
+        return ["dnsmasq", "-k", f"--conf-file={self.conf}"]
+
+    def ready(self) -> bool:
+        return "started, version" in self.read_log()
+
+
+class Sidecar(PackageDaemon):
+    """The health sidecar (:mod:`k8stopo.dns.sidecar`, :10054): ready once it sees both
+    kubedns and dnsmasq answer."""
+
+    NAME = "sidecar"
+
+    def argv(self) -> list[object]:
+        return [sys.executable, "-m", "k8stopo.dns.sidecar", SERVICE_NAME]
+
+    def ready(self) -> bool:
+        return all(http_status(self.where, sidecar.SIDECAR_PORT, f"/healthcheck/{name}")[0]
+                   == 200 for name in ("kubedns", "dnsmasq"))
 
 
 class ClusterDNS(Agent):
@@ -76,7 +132,8 @@ class ClusterDNS(Agent):
     def __init__(self, cluster) -> None:
         super().__init__(cluster)
         self.pod: Pod | None = None
-        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.daemons = Daemons()
+        self.named: dict[str, Daemon] = {}  # the pod's daemons by NAME
         self.ready = False  # kubedns has its SIGHUP handler (it answers readiness)
 
     def system_pods(self) -> list[tuple[Node, str, str, dict[str, str]]]:
@@ -120,9 +177,7 @@ class ClusterDNS(Agent):
             self._reload()
 
     def _reload(self) -> None:
-        kubedns = self.procs["kubedns"]
-        if kubedns.poll() is None:
-            kubedns.send_signal(signal.SIGHUP)
+        self.named["kubedns"].send(signal.SIGHUP)
 
     def service_endpoint(self) -> Endpoint:
         """The kube-dns Service as a client sees it: 10.96.0.10, served by the kube-dns pod."""
@@ -131,27 +186,18 @@ class ClusterDNS(Agent):
                         state=self.pod.state)
 
     # -- the kube-dns pod ---------------------------------------------------------------
-    def _spawn(self, pod: Pod, name: str, argv: list[str]) -> None:
-        """Start one of the pod's daemons, its output in the run's state (a pipe nobody
-        reads would stall it once full)."""
-        with self.cluster.state.path("dns", f"{name}.log").open("w") as log:
-            self.procs[name] = pod.spawn(argv, what=f"{name}@{pod.name}", stderr=log,
-                                         stdout=log, env={"PYTHONPATH": str(PACKAGE_ROOT)})
-
     def log(self, name: str) -> str:
         """What one of the kube-dns pod's daemons wrote (kubedns, dnsmasq, sidecar)."""
-        return self.cluster.state.path("dns", f"{name}.log").read_text()
+        return self.named[name].read_log()
 
     def _start(self, pod: Pod) -> None:
-        """kubedns, dnsmasq (config checked by its own parser first) and the sidecar."""
+        """kubedns, dnsmasq (config checked by its own parser first) and the sidecar; they
+        are waited for in :meth:`wait_ready`, while the other pods are attached."""
         self.refresh()
-        conf = self.cluster.state.path("dns", "dnsmasq.conf")
-        conf.write_text(dnsmasq_conf())
-        pod.run(["dnsmasq", "--test", f"--conf-file={conf}"])
-        self._spawn(pod, "kubedns", [sys.executable, "-m", "k8stopo.dns.server",
-                                     str(self.cluster.state.path("dns", "records.json"))])
-        self._spawn(pod, "dnsmasq", ["dnsmasq", "-k", f"--conf-file={conf}"])
-        self._spawn(pod, "sidecar", [sys.executable, "-m", "k8stopo.dns.sidecar", SERVICE_NAME])
+        records_file = self.cluster.state.path("dns", "records.json")
+        self.named = {d.NAME: d for d in (KubeDNS(pod, records=records_file),
+                                          Dnsmasq(pod, **Dnsmasq.defaults()), Sidecar(pod))}
+        self.daemons.start(list(self.named.values()))
         if self.standin:
             rules = render("kube-dns-standin.rules", service_ip=SERVICE_IP, pod_ip=pod.ip,
                            port=53, protocols=("udp", "tcp"))
@@ -163,11 +209,11 @@ class ClusterDNS(Agent):
         """Empty dnsmasq's cache (SIGHUP, as its manual says), for cold-cache lookups;
         returns once dnsmasq has logged that it did."""
         cleared = self.log("dnsmasq").count("cleared cache")
-        self.procs["dnsmasq"].send_signal(signal.SIGHUP)
+        self.named["dnsmasq"].send(signal.SIGHUP)
         deadline = time.monotonic() + 5
         while self.log("dnsmasq").count("cleared cache") == cleared:
             if time.monotonic() > deadline:
-                raise TimeoutError("dnsmasq did not clear its cache after SIGHUP")
+                raise NotReady("dnsmasq did not clear its cache after SIGHUP")
             time.sleep(0.01)
 
     def queries_answered(self, rdtype: str = "A") -> int:
@@ -175,7 +221,7 @@ class ClusterDNS(Agent):
         forwarded (dnsmasq's own loop-detection queries are TXT)."""
         status, body = self.health("/metrics", server.METRICS_PORT)
         if status != 200:
-            raise RuntimeError(f"kubedns metrics answered {status}: {body.strip()}")
+            raise RunError(f"kubedns metrics answered {status}: {body.strip()}")
         label = f'kubedns_queries_total{{type="{rdtype}"}} '
         return next((int(line[len(label):]) for line in body.splitlines()
                      if line.startswith(label)), 0)
@@ -183,35 +229,15 @@ class ClusterDNS(Agent):
     def health(self, path: str, port: int) -> tuple[int, str]:
         """GET one of the kube-dns pod's health endpoints from inside the pod."""
         assert self.pod is not None
-        res = self.pod.run(["curl", "-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}",
-                            f"http://127.0.0.1:{port}{path}"], check=False)
-        body, _, code = res.stdout.rpartition("\n")
-        return int(code or 0), body
+        return http_status(self.pod, port, path)
 
     def wait_ready(self, timeout: float) -> None:
-        """Until kubedns is ready and the sidecar sees both servers answer."""
+        """Until kubedns is ready, dnsmasq has started and the sidecar sees both answer."""
         if self.pod is None:
-            raise RuntimeError("the kube-dns pod was never created")
-        checks = [("/readiness", server.READINESS_PORT),
-                  ("/healthcheck/kubedns", sidecar.SIDECAR_PORT),
-                  ("/healthcheck/dnsmasq", sidecar.SIDECAR_PORT)]
-        deadline = time.monotonic() + timeout
-        while True:
-            for name, p in self.procs.items():
-                if p.poll() is not None:
-                    raise RuntimeError(f"{name} in the kube-dns pod exited {p.returncode}: "
-                                       f"{self.log(name).strip()[-300:]}")
-            failing = [path for path, port in checks if self.health(path, port)[0] != 200]
-            if not failing:
-                self.ready = True
-                self._reload()  # records written while it started
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"kube-dns not ready in {timeout:.0f}s: {', '.join(failing)}")
-            time.sleep(0.1)
+            raise NotReady("the kube-dns pod was never created")
+        self.daemons.wait_ready(timeout)
+        self.ready = True
+        self._reload()  # records written while it started
 
     def stop(self) -> None:
-        if self.pod is not None:
-            for p in reversed(list(self.procs.values())):
-                self.pod.stop(p)
-        self.procs.clear()
+        self.daemons.stop()

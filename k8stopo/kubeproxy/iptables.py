@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..cni.base import render
+from ..templates import render
 from .base import KubeProxy
 from .model import ServicePortInfo
 

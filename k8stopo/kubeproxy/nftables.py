@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..cni.base import render
+from ..templates import render
 from .base import KubeProxy
 from .iptables import MASQ_MARK
 from .model import ServicePortInfo

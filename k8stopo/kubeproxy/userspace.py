@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-from ..cni.base import render
+from ..templates import render
 from .base import KubeProxy
 from .model import ServicePortInfo
 

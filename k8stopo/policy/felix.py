@@ -30,8 +30,8 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from ..cni import felix as dataplane
-from ..cni.base import render
 from ..cni.calico import Calico, workload_iface
+from ..templates import render
 from .agent import IPSet, PolicyAgent, host
 from .model import LabelSelector, NetworkPolicy, Peer, PolicyPort, Rule
 from .semantics import peer_matches

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..cni.base import render
 from ..cni.weave import Weave, default_allow_sets, short_name
 from ..spec import SpecError
+from ..templates import render
 from .agent import IPSet, PolicyAgent, host, policies_of
 from .model import IPBlock, LabelSelector, NetworkPolicy, Peer, Rule
 from .semantics import peer_matches

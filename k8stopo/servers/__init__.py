@@ -10,13 +10,12 @@ so nothing outlives the run.
 """
 from __future__ import annotations
 
-import select
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import proc
 from ..agent import Agent
+from ..daemon import Daemon, Daemons
 from ..workload import pod_ref
 
 if TYPE_CHECKING:
@@ -37,6 +36,19 @@ def build(state: "RunState", program: str) -> Path:
     return binary
 
 
+class PodServer(Daemon):
+    """A pod's server on every declared port; ready once it printed ``ready`` (all bound)."""
+
+    NAME = "podserver"
+    READY_LINE = "ready"
+    READY_TIMEOUT = START_TIMEOUT
+
+    def argv(self) -> list[object]:
+        ports = [f"{p.protocol.lower()}:{p.container_port}" for p in self.values["ports"]]
+        return [self.values["binary"], pod_ref(self.values["name"], self.values["namespace"]),
+                *ports]
+
+
 class PodServers(Agent):
     """Starts each pod's server once it is attached; can stop one (a hung backend)."""
 
@@ -45,7 +57,8 @@ class PodServers(Agent):
 
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
-        self.servers: dict[str, subprocess.Popen[str]] = {}
+        self.servers: dict[str, PodServer] = {}
+        self.daemons = Daemons()
 
     def pod_added(self, pod: "Pod") -> None:
         if pod.ports:
@@ -53,25 +66,18 @@ class PodServers(Agent):
 
     def start(self, pod: "Pod") -> None:
         """Run the pod's server on every declared port; return once all are bound."""
-        binary = build(self.cluster.state, "podserver")
-        ports = [f"{p.protocol.lower()}:{p.container_port}" for p in pod.ports]
-        p = pod.spawn([str(binary), pod_ref(pod.name, pod.namespace), *ports],
-                      what=f"podserver@{pod.name}", stdout=subprocess.PIPE)
-        self.servers[pod.name] = p
-        assert p.stdout is not None and p.stderr is not None
-        ready, _, _ = select.select([p.stdout], [], [], START_TIMEOUT)
-        if not ready or p.stdout.readline().strip() != "ready":
-            p.poll()
-            why = p.stderr.read().strip() if p.returncode is not None else "no answer"
-            raise RuntimeError(f"podserver of {pod.name} did not start: {why}")
+        server = PodServer(pod, binary=build(self.cluster.state, "podserver"), name=pod.name,
+                           namespace=pod.namespace, ports=pod.ports)
+        self.servers[pod.name] = server
+        self.daemons.start([server], timeout=START_TIMEOUT)
 
     def stop_server(self, pod: "Pod") -> None:
         """Stop the pod's server while the pod stays (and stays ready): a backend that
         no longer answers, which only a readiness probe would notice."""
-        p = self.servers.pop(pod.name, None)
-        if p is not None:
-            pod.stop(p)
+        server = self.servers.pop(pod.name, None)
+        if server is not None:
+            server.stop()
 
     def stop(self) -> None:
-        for name in list(self.servers):
-            self.stop_server(self.cluster.pod(name))
+        self.daemons.stop()
+        self.servers.clear()
