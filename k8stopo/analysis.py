@@ -52,6 +52,7 @@ DERIVED = frozenset({"mtu"})
 APPLIES: dict[str, frozenset[str]] = {
     "streams": frozenset({"tcp", "udp"}),
     "udp_bandwidth": frozenset({"udp"}),
+    "udp_length": frozenset({"udp"}),
     "msg_size": frozenset({"tcp_rr"}),
 }
 PAIR = ["setup", "run_id", "cni", "repeat"]  # same cluster, same parameters, minutes apart

@@ -320,6 +320,7 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
         k8stopo_version=__version__, client=client.name, server=server.name,
         client_ip=str(client.ip), server_ip=target.split(":")[0], raw_file=raw_file,
         extra={"udp_bandwidth": p.udp_bandwidth if step.protocol == "udp" else "",
+               "udp_length": (p.udp_length or "") if step.protocol == "udp" else "",
                "msg_size": p.msg_size if step.protocol == "tcp_rr" else "",
                "offloads": p.offloads, "underlay": p.underlay, "underlay_mtu": p.mtu,
                "bgp_mode": _bgp_mode(step.cni, p), "ipip_mode": _own(step.cni, p, "ipip_mode"),
@@ -328,8 +329,8 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
 
 
 #: the parameter and environment columns every bench row adds to results.COLUMNS
-EXTRA_COLUMNS = ("udp_bandwidth", "msg_size", "offloads", "underlay", "underlay_mtu",
-                 "bgp_mode", "ipip_mode", "cpu_model", "iptables_mode", "commit", "command",
+EXTRA_COLUMNS = ("udp_bandwidth", "udp_length", "msg_size", "offloads", "underlay",
+                 "underlay_mtu", "bgp_mode", "ipip_mode", "cpu_model", "iptables_mode", "commit", "command",
                  "experiment", "fault", "error")
 
 
@@ -549,7 +550,8 @@ Outcome = tuple[str, measure.Measurement | measure.MeasurementError]  # (started
 
 def _params(point: BenchSpec) -> measure.Params:
     return measure.Params(duration=point.duration, streams=point.streams,
-                          udp_bandwidth=point.udp_bandwidth, msg_size=point.msg_size)
+                          udp_bandwidth=point.udp_bandwidth, msg_size=point.msg_size,
+                          udp_length=point.udp_length)
 
 
 def _one(cluster: Cluster, step: Step) -> Outcome:

@@ -66,7 +66,8 @@ def _published_args(p: argparse.ArgumentParser, when: str) -> None:
 BENCH_DEFAULTS: dict[str, object] = {
     "cni": "all", "scenarios": "host-to-host,pod-to-pod-same-node,pod-to-pod-cross-node,node-to-pod",
     "protocols": "tcp,udp,icmp", "nodes": 2, "pods_per_node": 2, "mtu": 1500, "duration": 10,
-    "repeat": 3, "streams": 1, "udp_bandwidth": "0", "offloads": "on", "msg_size": 64,
+    "repeat": 3, "streams": 1, "udp_bandwidth": "0", "udp_length": 0,
+    "offloads": "on", "msg_size": 64,
     "bgp": "mesh", "route_reflectors": 1, "ipip_mode": "always", "underlay": "l2",
     "faults": "", "budget": "0",
 }
@@ -90,6 +91,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     opt("--streams", "parallel iperf3 streams (-P)", type=int)
     opt("--udp-bandwidth", "iperf3 -b for UDP, per stream; 0 is unlimited as in published "
         "benchmarks")
+    opt("--udp-length", "iperf3 -l for UDP: datagram payload bytes; 0 leaves iperf3's choice "
+        "(the path MSS)", type=int)
     opt("--offloads", "segmentation/checksum offloads on the emulated wire's veths",
         choices=("on", "off"))
     opt("--msg-size", "tcp_rr request and response size in bytes (sockperf -m)", type=int)
@@ -346,7 +349,8 @@ def _bench_spec(s: dict[str, Any]) -> BenchSpec:
                      protocols=pick(s["protocols"], PROTOCOLS, "protocol"), nodes=s["nodes"],
                      pods_per_node=s["pods_per_node"], duration=s["duration"],
                      repeat=s["repeat"], streams=s["streams"], mtu=s["mtu"],
-                     udp_bandwidth=s["udp_bandwidth"], offloads=s["offloads"],
+                     udp_bandwidth=s["udp_bandwidth"], udp_length=s["udp_length"],
+                     offloads=s["offloads"],
                      msg_size=s["msg_size"], sweep=s["sweep"], experiment=s["experiment"],
                      bgp=s["bgp"], route_reflectors=s["route_reflectors"],
                      ipip_mode=s["ipip_mode"], underlay=s["underlay"],

@@ -77,7 +77,7 @@ def _text(value: Any) -> str:
 KEYS: dict[str, Callable[[Any], Any]] = {
     "description": _text, "cni": _names, "scenarios": _names, "protocols": _names,
     "nodes": _int, "pods_per_node": _int, "duration": _int, "repeat": _int, "streams": _int,
-    "mtu": _int, "offloads": _on_off, "msg_size": _int,
+    "mtu": _int, "offloads": _on_off, "msg_size": _int, "udp_length": _int,
     "udp_bandwidth": _int_or_text("an iperf3 rate such as 0, 500M or 2G"),
     "underlay": _text, "faults": _names, "budget": _int_or_text("a duration such as 8m, 90s or 0"),
 }

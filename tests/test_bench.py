@@ -154,7 +154,7 @@ def test_default_experiment_is_what_make_bench_promises() -> None:
     s = experiment.load(EXPERIMENTS / "default.yaml")
     assert s["scenarios"].split(",") == list(FOUR)
     assert s["protocols"].split(",") == ["tcp", "tcp_rr", "icmp"]
-    assert s["repeat"] == 3 and s["sweep"] is None
+    assert s["repeat"] == 2 and s["budget"] == "8m" and s["sweep"] is None
     assert experiment.load(EXPERIMENTS / "offloads.yaml")["sweep"] == ("offloads", ("on", "off"))
     assert "udp" in experiment.load(EXPERIMENTS / "full.yaml")["protocols"]
 
