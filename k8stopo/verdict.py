@@ -346,11 +346,25 @@ def separation(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     return pd.DataFrame(out, columns=SEPARATION_COLUMNS)
 
 
+#: a source compares "the datapaths" when it holds at least this many variants
+WHOLE_COMPARISON = 8
+
+
 def separation_markdown(table: pd.DataFrame) -> str:
-    """The separation table, best kernel separation first."""
+    """The separation per metric (median over the sources that compare every variant), then
+    every source and setup, best kernel separation first."""
+    whole = table[table["variants"] >= WHOLE_COMPARISON]
+    by_metric = whole.groupby("metric").agg(
+        sources=("source", "nunique"), sep_all=("separation_all", "median"),
+        sep_kernel=("separation_kernel", "median")).sort_values("sep_kernel", ascending=False)
     lines = ["Separation = SD of the variants' mean log value / pooled round-to-round SD of a "
              "variant's log value (pod-to-pod-cross-node; kernel = without user-space "
              f"{', '.join(sorted(USER_SPACE))}). Larger separates better.", "",
+             f"By metric, median over the runs that compare {WHOLE_COMPARISON} or more variants:",
+             "", "| metric | runs | separation (all) | separation (kernel) |", "|---|---|---|---|",
+             *[f"| {m} | {r.sources} | {r.sep_all:.2f} | {r.sep_kernel:.2f} |"
+               for m, r in by_metric.iterrows()],
+             "", "Every source and setup:", "",
              "| metric | source | setup | variants | rounds | between (all) | between (kernel) "
              "| noise | separation (all) | separation (kernel) |", "|" + "---|" * 10]
     for r in table.sort_values("separation_kernel", ascending=False).itertuples():
