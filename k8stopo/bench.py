@@ -376,7 +376,7 @@ def run(spec: BenchSpec, out: Path, pending: dict[ClusterKey, Cluster], env: Env
                    smoothing=0, dynamic_ncols=True, disable=not progress_stream.isatty())
 
         def measure_steps(todo: list[Step]) -> None:
-            if bar.n + len(todo) > bar.total:  # a verdict round: more than the plan
+            if bar.n + len(todo) > (bar.total or 0):  # a verdict round: more than the plan
                 bar.total = bar.n + len(todo)
                 bar.refresh()
             for cell in _cells(todo):

@@ -148,10 +148,10 @@ def _pairs_of(wide: pd.DataFrame) -> list[_Pair]:
 
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error at most alpha)."""
-    p = np.asarray(p, dtype=float)
-    order = np.argsort(p, kind="stable")
-    m = len(p)
-    stepped = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    values = np.asarray(p, dtype=float)
+    order = np.argsort(values, kind="stable")
+    m = len(values)
+    stepped = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * values[order]))
     out = np.empty(m)
     out[order] = stepped
     return out

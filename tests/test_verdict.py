@@ -15,7 +15,8 @@ import pytest
 
 from k8stopo import bench, plots, results, verdict
 from k8stopo.spec import BenchSpec
-from tests.synthetic import Sample, context, write_csv
+
+from synthetic import Sample, context, write_csv
 
 pytestmark = pytest.mark.rootless
 
@@ -219,7 +220,8 @@ class FakeBench:
     fake seconds."""
 
     def __init__(self, tmp_path: Path, truth: dict[str, float], base: int) -> None:
-        self.truth, self.now, self.rounds = truth, 0.0, []
+        self.truth, self.now = truth, 0.0
+        self.rounds: list[list[bench.Step]] = []
         self.path = write_csv(tmp_path / "run.csv", rows_for(truth, range(base), 0.05, 0))
 
     def rows(self) -> pd.DataFrame:
