@@ -492,8 +492,8 @@ def _verdict_markdown(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     _, own = analysis.setup_labels(names)
     count = verdict.tally(pair_table)
     lines = ["", "Verdict (pod-to-pod-cross-node): tiers from paired tests, a = best; variants "
-             "sharing a letter were not told apart, and the order within a tier is not a "
-             f"ranking. {_how_decided(tiers)}. Pairs: {count['faster'] + count['slower']} "
+             "sharing a letter were not told apart, variants with no letter in common were, "
+             f"and the order of the list is not a ranking. {_how_decided(tiers)}. Pairs: {count['faster'] + count['slower']} "
              f"ordered, {count['equivalent']} equivalent within the margin, "
              f"{count['undecided']} undecided (pairs.csv). Classic order: "
              f"{analysis.CLASSIC_ORDER}."]

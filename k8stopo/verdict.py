@@ -32,10 +32,12 @@ logs assumes roughly normal per-round log differences; with 3 rounds it still re
 gap (user-space vs kernel) and, with more rounds, a consistent 10% gap, which is what the
 budget loop of ``bench`` buys (:func:`next_round`).
 
-Tiers: variants sorted by estimate (geometric mean of their per-round values), cut into
-consecutive groups only where every variant above the cut was decided better than every
-variant below it, so a tier is never above another unless the tests said so. Tier ``a`` is
-the best; a variant with fewer than two rounds has no tier.
+Tiers: a compact letter display of the decisions (Piepho's insert-and-absorb): two variants
+share a letter exactly when the tests did not order them, so two variants with no letter in
+common were decided apart (the better estimate, the geometric mean of a variant's per-round
+values, being the better one), and nothing else is. Letters go to groups best first, so ``a``
+is the best group; a variant with two letters sits between two groups the tests could not
+separate it from. A variant with fewer than two rounds has no letter.
 """
 from __future__ import annotations
 
@@ -217,14 +219,23 @@ def pairs(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS, margin: fl
 
 
 def tiers(order: Sequence[str], decided_better: set[tuple[str, str]]) -> dict[str, str]:
-    """Letters for variants listed best first: a cut goes between two neighbours only where
-    every variant above it was decided better than every variant below it."""
-    tier, letter = {}, 0
-    for i, name in enumerate(order):
-        if i and all((up, down) in decided_better for up in order[:i] for down in order[i:]):
-            letter += 1
-        tier[name] = string.ascii_lowercase[letter % 26] * (1 + letter // 26)
-    return tier
+    """Compact letter display of variants listed best first: each pair decided apart splits
+    every letter group holding both (insert), groups inside another are dropped (absorb);
+    then groups get letters in order of their worst member, then their best."""
+    pos = {name: k for k, name in enumerate(order)}
+    groups: list[frozenset[str]] = [frozenset(order)]
+    apart = sorted({tuple(sorted(p, key=pos.__getitem__)) for p in decided_better
+                    if p[0] in pos and p[1] in pos}, key=lambda p: (pos[p[0]], pos[p[1]]))
+    for a, b in apart:
+        split = [part for g in groups for part in ((g - {a}, g - {b}) if {a, b} <= g else (g,))]
+        groups = [g for k, g in enumerate(split) if g and not any(
+            g < other or (g == other and m < k) for m, other in enumerate(split))]
+    groups.sort(key=lambda g: (max(pos[n] for n in g), min(pos[n] for n in g)))
+    letters = {name: "" for name in order}
+    for k, group in enumerate(groups):
+        for name in group:
+            letters[name] += string.ascii_lowercase[k % 26] * (1 + k // 26)
+    return letters
 
 
 def verdict(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS, margin: float = MARGIN,
