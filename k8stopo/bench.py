@@ -30,7 +30,10 @@ failed (metric ``failed``, the reason in ``error``; the run goes on).
 
 With ``faults`` (k8stopo.faults), each repeat's regular steps are followed by the same
 scenarios and protocols measured again under each fault in turn, one measurement per
-injection, tagged in the ``fault`` column. ``--resume`` (:func:`last_run`,
+injection, tagged in the ``fault`` column. With a budget (``--budget``), the planned repeats
+are followed by verdict rounds (:func:`settle`): host-to-host and cross-node TCP of only the
+variants whose verdict pairs are still undecided, until the budget or the undecided pairs
+run out; their rows are ordinary rows, the repeat index going on. ``--resume`` (:func:`last_run`,
 :func:`remaining`) continues the last run of a CSV: the plan is the same, so the steps it
 had measured are the first ones of each (variant, scenario, protocol, repeat, fault).
 """

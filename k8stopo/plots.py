@@ -493,8 +493,9 @@ def _verdict_markdown(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     count = verdict.tally(pair_table)
     lines = ["", "Verdict (pod-to-pod-cross-node): tiers from paired tests, a = best; variants "
              "sharing a letter were not told apart, variants with no letter in common were, "
-             f"and the order of the list is not a ranking. {_how_decided(tiers)}. Pairs: {count['faster'] + count['slower']} "
-             f"ordered, {count['equivalent']} equivalent within the margin, "
+             f"and the order of the list is not a ranking. {_how_decided(tiers)}. Pairs: "
+             f"{count['faster'] + count['slower']} ordered, "
+             f"{count['equivalent']} equivalent within the margin, "
              f"{count['undecided']} undecided (pairs.csv). Classic order: "
              f"{analysis.CLASSIC_ORDER}."]
     for (metric, setup), mine in tiers.groupby(["metric", "setup"], sort=False):

@@ -231,7 +231,7 @@ def tiers(order: Sequence[str], decided_better: set[tuple[str, str]]) -> dict[st
         groups = [g for k, g in enumerate(split) if g and not any(
             g < other or (g == other and m < k) for m, other in enumerate(split))]
     groups.sort(key=lambda g: (max(pos[n] for n in g), min(pos[n] for n in g)))
-    letters = {name: "" for name in order}
+    letters = dict.fromkeys(order, "")
     for k, group in enumerate(groups):
         for name in group:
             letters[name] += string.ascii_lowercase[k % 26] * (1 + k // 26)
