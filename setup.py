@@ -12,7 +12,7 @@ setup(
     package_data={"k8stopo": ["templates/*", "servers/*.c"]},
     python_requires=">=3.10",
     # mininet comes from Debian's python3-mininet (with mnexec); see Makefile.
-    install_requires=["pandas>=1.5", "matplotlib>=3.6"],
+    install_requires=["pandas>=1.5", "matplotlib>=3.6", "scipy>=1.10"],
     # test: pytest, the lint and the type check of `make test` (make lint)
     extras_require={"test": ["types-PyYAML", "types-tqdm", "pytest>=7.2", "ruff>=0.6", "mypy>=1.10"]},
     entry_points={"console_scripts": ["k8stopo=k8stopo.cli:main"]},

@@ -36,7 +36,7 @@ from .spec import SCENARIOS, SPEC_VARIANTS
 BASELINE = "host-to-host"
 CROSS_NODE = "pod-to-pod-cross-node"
 CNI_ORDER: tuple[str, ...] = SPEC_VARIANTS
-SCENARIO_ORDER: tuple[str, ...] = SCENARIOS + ("pod-to-nodeport", "pod-to-hostport", "pod-to-dns")
+SCENARIO_ORDER: tuple[str, ...] = SCENARIOS + ("pod-to-hostport",)  # SCENARIOS has the others
 #: which measurement a row is, and what was measured: never a setup parameter
 IDENTITY = frozenset({
     "run_id", "started_at", "cni", "scenario", "protocol", "metric", "value", "unit", "repeat",
@@ -52,6 +52,7 @@ DERIVED = frozenset({"mtu"})
 APPLIES: dict[str, frozenset[str]] = {
     "streams": frozenset({"tcp", "udp"}),
     "udp_bandwidth": frozenset({"udp"}),
+    "udp_length": frozenset({"udp"}),
     "msg_size": frozenset({"tcp_rr"}),
 }
 PAIR = ["setup", "run_id", "cni", "repeat"]  # same cluster, same parameters, minutes apart
@@ -299,15 +300,15 @@ def describe(df: pd.DataFrame) -> pd.DataFrame:
     return _sorted(pd.DataFrame(rows, columns=cols), order)
 
 
-def warnings(table: pd.DataFrame) -> list[str]:
+def noisy(table: pd.DataFrame, limit: float = CV_LIMIT) -> list[str]:
     """One line per charted statistic (SUMMARY_METRICS: not retransmit counts, say) whose
-    repeats vary by more than CV_LIMIT, from :func:`describe`."""
+    repeats vary by more than ``limit`` (the verdict's margin), from :func:`describe`: the
+    detail behind the one count a run prints (summary.md lists them, ``-v`` logs them)."""
     charted = {(p, m) for p, m, _, _ in SUMMARY_METRICS}
     keys = pd.Series(list(zip(table["protocol"], table["metric"])), index=table.index)
-    noisy = table[(table["cv"] > CV_LIMIT) & keys.isin(charted)]
-    return [f"CV {r.cv:.1%} > {CV_LIMIT:.0%}: {r.cni} {r.scenario} {r.protocol} {r.metric} "
-            f"over {r.n} repeats ({r.setup}); more repeats or a quieter machine needed"
-            for r in noisy.itertuples()]
+    rows = table[(table["cv"] > limit) & keys.isin(charted)]
+    return [f"CV {r.cv:.1%} > {limit:.0%}: {r.cni} {r.scenario} {r.protocol} {r.metric} "
+            f"over {r.n} repeats ({r.setup})" for r in rows.itertuples()]
 
 
 # (protocol, metric, summary column prefix, factor from the CSV unit to the unit shown)
@@ -350,20 +351,6 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         out["failed"] = out["failed"].fillna(0).astype(int)
     order = list(dict.fromkeys(f for fs in homes.values() for f in fs))
     return _sorted(out.reset_index(), order)
-
-
-def verdict(df: pd.DataFrame) -> pd.DataFrame:
-    """Per setup, the variants ranked by their paired pod-to-pod-cross-node TCP ratio to
-    host-to-host (median, CI, CV), best first, each with its tier in the classic ranking."""
-    table = describe(df)
-    sel = table[(table["metric"] == "ratio_to_host") & (table["scenario"] == CROSS_NODE)]
-    if sel.empty:
-        return sel.assign(rank=pd.Series(dtype=int), classic=pd.Series(dtype="str"))
-    sel = sel.assign(classic=sel["cni"].map(lambda c: CLASSIC_TIER.get(c, (0, ""))[1]))
-    order = {s: i for i, s in enumerate(setups(df))}
-    sel = sel.sort_values(["setup", "median"], ascending=[True, False],
-                          key=lambda c: c.map(order) if c.name == "setup" else c)
-    return sel.assign(rank=sel.groupby("setup").cumcount() + 1).reset_index(drop=True)
 
 
 #: The classic Calico / Flannel / Weave write-up's order, BGP ≈ host-gw > IP-in-IP ≈ VXLAN >

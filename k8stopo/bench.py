@@ -30,7 +30,10 @@ failed (metric ``failed``, the reason in ``error``; the run goes on).
 
 With ``faults`` (k8stopo.faults), each repeat's regular steps are followed by the same
 scenarios and protocols measured again under each fault in turn, one measurement per
-injection, tagged in the ``fault`` column. ``--resume`` (:func:`last_run`,
+injection, tagged in the ``fault`` column. With a budget (``--budget``), the planned repeats
+are followed by verdict rounds (:func:`settle`): host-to-host and cross-node TCP of only the
+variants whose verdict pairs are still undecided, until the budget or the undecided pairs
+run out; their rows are ordinary rows, the repeat index going on. ``--resume`` (:func:`last_run`,
 :func:`remaining`) continues the last run of a CSV: the plan is the same, so the steps it
 had measured are the first ones of each (variant, scenario, protocol, repeat, fault).
 """
@@ -41,17 +44,21 @@ import csv
 import dataclasses
 import io
 import logging
+import random
 import re
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TextIO
 
+import pandas as pd
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import __version__, faults, measure, results
+from . import __version__, faults, measure, results, verdict
 from .agent import Agent
 from .cluster import Cluster
 from .cni import variant as variant_class
@@ -316,6 +323,7 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
         k8stopo_version=__version__, client=client.name, server=server.name,
         client_ip=str(client.ip), server_ip=target.split(":")[0], raw_file=raw_file,
         extra={"udp_bandwidth": p.udp_bandwidth if step.protocol == "udp" else "",
+               "udp_length": (p.udp_length or "") if step.protocol == "udp" else "",
                "msg_size": p.msg_size if step.protocol == "tcp_rr" else "",
                "offloads": p.offloads, "underlay": p.underlay, "underlay_mtu": p.mtu,
                "bgp_mode": _bgp_mode(step.cni, p), "ipip_mode": _own(step.cni, p, "ipip_mode"),
@@ -324,8 +332,8 @@ def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster
 
 
 #: the parameter and environment columns every bench row adds to results.COLUMNS
-EXTRA_COLUMNS = ("udp_bandwidth", "msg_size", "offloads", "underlay", "underlay_mtu",
-                 "bgp_mode", "ipip_mode", "cpu_model", "iptables_mode", "commit", "command",
+EXTRA_COLUMNS = ("udp_bandwidth", "udp_length", "msg_size", "offloads", "underlay",
+                 "underlay_mtu", "bgp_mode", "ipip_mode", "cpu_model", "iptables_mode", "commit", "command",
                  "experiment", "fault", "error")
 
 
@@ -341,15 +349,19 @@ def _bgp_mode(cni: str, point: BenchSpec) -> str:
 
 
 def run(spec: BenchSpec, out: Path, pending: dict[ClusterKey, Cluster], env: Environment,
-        progress_stream: TextIO = sys.stderr, resume: Resume | None = None) -> tuple[str, int]:
+        progress_stream: TextIO = sys.stderr, resume: Resume | None = None,
+        budget_s: float = 0.0) -> tuple[str, int]:
     """Run the whole matrix on ``pending`` (from :func:`clusters`, validated, not built),
     or with ``resume`` what the last run of ``out`` lacks, under its run id (only the
-    clusters still needed are built); return (run_id, number of failed measurements and
-    builds)."""
+    clusters still needed are built); then, within ``budget_s`` seconds counted from
+    here, verdict rounds while they can settle pairs (:func:`settle`); return (run_id,
+    number of failed measurements and builds)."""
+    deadline = time.monotonic() + budget_s
     run_id = resume.run_id if resume else results.new_run_id()
     todo = remaining(plan(spec), resume.done) if resume else plan(spec)
+    needed = todo + (verdict_round(spec, spec.cnis, 0, run_id) if budget_s else [])
     pending = {k: c for k, c in pending.items()
-               if any(cluster_key(s.cni, s.point) == k for s in todo)}
+               if any(cluster_key(s.cni, s.point) == k for s in needed)}
     for line in skipped_lines(spec):
         print(f"k8stopo: {line}", file=progress_stream)
     with contextlib.ExitStack() as stack, results.CsvSink(out) as sink:
@@ -365,13 +377,119 @@ def run(spec: BenchSpec, out: Path, pending: dict[ClusterKey, Cluster], env: Env
                          max((int(n.group()) for n in numbers if n), default=0))
         bar = tqdm(total=len(steps), file=progress_stream, unit="measurement",
                    smoothing=0, dynamic_ncols=True, disable=not progress_stream.isatty())
-        with bar, (logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()):
-            for cell in _cells(steps):
+
+        def measure_steps(todo: list[Step]) -> None:
+            if bar.n + len(todo) > (bar.total or 0):  # a verdict round: more than the plan
+                bar.total = bar.n + len(todo)
+                bar.refresh()
+            for cell in _cells(todo):
                 bar.set_description(f"{cell[0].cni} {cell[0].scenario} r{cell[0].repeat}")
                 cluster = built[cluster_key(cell[0].cni, cell[0].point)]
                 (_measure_faulted if cell[0].fault else _measure_cell)(cluster, cell, writer)
                 bar.update(len(cell))  # per cell: a cell's measurements end together
+
+        with bar, (logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()):
+            started = time.monotonic()
+            measure_steps(steps)
+            if budget_s:
+                per_step = (time.monotonic() - started) / max(len(steps), 1)
+                settle(spec, [c for c in spec.cnis if any(k[0] == c for k in built)],
+                       lambda: _rows_of(out, run_id), measure_steps, Clock(deadline), per_step,
+                       run_id, lambda d, t: bar.set_postfix_str(f"pairs resolved {d}/{t}"))
         return run_id, len(failed) + writer.failures
+
+
+def _rows_of(out: Path, run_id: str) -> pd.DataFrame:
+    df = results.load([out])
+    return df[df["run_id"] == run_id]
+
+
+# --- rounds until settled (--budget) ---------------------------------------------------
+
+_BUDGET = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
+BASELINE_SCENARIO = "host-to-host"
+CROSS_NODE_SCENARIO = "pod-to-pod-cross-node"
+
+
+def parse_budget(text: str) -> float:
+    """``8m``, ``90s``, ``90``, ``1h`` or ``0`` (no extra rounds) -> seconds; SpecError else."""
+    match = _BUDGET.fullmatch(str(text).strip())
+    if not match:
+        raise SpecError(f"--budget: {text!r} is not a duration such as 8m, 90s or 0")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def verdict_round(spec: BenchSpec, cnis: Sequence[str], repeat: int, seed: str,
+                  metrics: Sequence[str] = verdict.DEFAULT_METRICS) -> list[Step]:
+    """The steps of one verdict round: for each of ``cnis`` (in an order shuffled per round,
+    ``seed`` and ``repeat`` fixing it) and sweep point, what the verdict metrics need, as
+    the plan would measure it: host-to-host TCP right before pod-to-pod-cross-node (the two
+    halves of a TCP ratio), cross-node the metrics' protocols. A variant the plan does not
+    measure cross-node is left out."""
+    protocols = list(dict.fromkeys(verdict.METRICS[m].protocol for m in metrics))
+    base = {(s.cni, s.point, s.scenario, s.protocol) for s in plan(spec)
+            if s.repeat == 0 and not s.fault}
+    wanted = [(BASELINE_SCENARIO, "tcp")] if "tcp" in protocols else []
+    wanted += [(CROSS_NODE_SCENARIO, p) for p in protocols]
+    order = list(cnis)
+    random.Random(f"{seed}-{repeat}").shuffle(order)
+    steps = []
+    for cni in order:
+        for point in spec.points():
+            mine = [Step(repeat, cni, point, scenario, protocol) for scenario, protocol in wanted
+                    if (cni, point, scenario, protocol) in base]
+            if any(s.scenario == CROSS_NODE_SCENARIO for s in mine):
+                steps += mine
+    return steps
+
+
+@dataclass
+class Clock:
+    """Seconds left until a deadline (a test gives a fake ``now``)."""
+
+    deadline: float
+    now: Callable[[], float] = time.monotonic
+
+    def left(self) -> float:
+        return self.deadline - self.now()
+
+
+def settle(spec: BenchSpec, cnis: Sequence[str], rows: Callable[[], pd.DataFrame],
+           measure_steps: Callable[[list[Step]], None], clock: Clock, per_step: float,
+           seed: str, progress: Callable[[int, int], None] = lambda decided, total: None,
+           metrics: Sequence[str] = verdict.DEFAULT_METRICS) -> int:
+    """Verdict rounds after the planned repeats while the budget lasts; returns how many ran.
+
+    Before each round the verdict is decided again from ``rows()`` (every row of the run so
+    far). The round measures only the variants of undecided pairs that more rounds could
+    still settle (:func:`k8stopo.verdict.next_round`, told how many rounds the time left
+    buys), and runs only if its cost fits in the time left: ``per_step`` seconds a
+    measurement, measured (the planned steps' average at first, then the last round's).
+    Its repeat index goes on after the run's last one, so its rows are ordinary rows.
+    """
+    done = 0
+    full = verdict_round(spec, cnis, 0, seed, metrics)
+    while True:
+        df = rows()
+        rounds_more = max(1, int(clock.left() // max(per_step * len(full), 1e-9)))
+        want, decided, undecided = verdict.next_round(df, metrics, rounds_more=rounds_more)
+        progress(decided, decided + undecided)
+        repeat = int(df["repeat"].max()) + 1 if len(df) else spec.repeat
+        steps = verdict_round(spec, [c for c in cnis if c in want], repeat, seed, metrics)
+        if not steps:
+            log.info("verdict: %d pairs decided, %d undecided; no round can settle more",
+                     decided, undecided)
+            return done
+        if per_step * len(steps) > clock.left():
+            log.info("verdict: a round of %d measurements (~%.0f s) does not fit in the %.0f s "
+                     "of budget left", len(steps), per_step * len(steps), clock.left())
+            return done
+        log.info("verdict round %d: %s", repeat, ", ".join(want))
+        started = clock.now()
+        measure_steps(steps)
+        per_step = (clock.now() - started) / len(steps)
+        done += 1
 
 
 def _cells(steps: list[Step]) -> list[list[Step]]:
@@ -435,7 +553,8 @@ Outcome = tuple[str, measure.Measurement | measure.MeasurementError]  # (started
 
 def _params(point: BenchSpec) -> measure.Params:
     return measure.Params(duration=point.duration, streams=point.streams,
-                          udp_bandwidth=point.udp_bandwidth, msg_size=point.msg_size)
+                          udp_bandwidth=point.udp_bandwidth, msg_size=point.msg_size,
+                          udp_length=point.udp_length)
 
 
 def _one(cluster: Cluster, step: Step) -> Outcome:

@@ -66,9 +66,10 @@ def _published_args(p: argparse.ArgumentParser, when: str) -> None:
 BENCH_DEFAULTS: dict[str, object] = {
     "cni": "all", "scenarios": "host-to-host,pod-to-pod-same-node,pod-to-pod-cross-node,node-to-pod",
     "protocols": "tcp,udp,icmp", "nodes": 2, "pods_per_node": 2, "mtu": 1500, "duration": 10,
-    "repeat": 3, "streams": 1, "udp_bandwidth": "0", "offloads": "on", "msg_size": 64,
+    "repeat": 3, "streams": 1, "udp_bandwidth": "0", "udp_length": 0,
+    "offloads": "on", "msg_size": 64,
     "bgp": "mesh", "route_reflectors": 1, "ipip_mode": "always", "underlay": "l2",
-    "faults": "",
+    "faults": "", "budget": "0",
 }
 
 
@@ -90,6 +91,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     opt("--streams", "parallel iperf3 streams (-P)", type=int)
     opt("--udp-bandwidth", "iperf3 -b for UDP, per stream; 0 is unlimited as in published "
         "benchmarks")
+    opt("--udp-length", "iperf3 -l for UDP: datagram payload bytes; 0 leaves iperf3's choice "
+        "(the path MSS)", type=int)
     opt("--offloads", "segmentation/checksum offloads on the emulated wire's veths",
         choices=("on", "off"))
     opt("--msg-size", "tcp_rr request and response size in bytes (sockperf -m)", type=int)
@@ -97,6 +100,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     opt("--route-reflectors", "with --bgp rr: 1 (n1) or 2 (n1, n2) reflectors", type=int)
     opt("--ipip-mode", "calico-ipip: always or cross-subnet")
     opt("--underlay", "l2 (one segment) or routed (two subnets behind a router)")
+    opt("--budget", "time for extra interleaved rounds after the repeats, e.g. 8m or 90s, "
+        "spent only while verdict pairs stay undecided (docs/bench.md, Rounds until settled)")
     p.add_argument("--faults", help=f"comma list of {', '.join(FAULTS)}: each repeat is "
                    "measured again under each (docs/bench.md, Faults; default none)")
     p.add_argument("--resume", action="store_true", help="continue the last run recorded in "
@@ -344,7 +349,8 @@ def _bench_spec(s: dict[str, Any]) -> BenchSpec:
                      protocols=pick(s["protocols"], PROTOCOLS, "protocol"), nodes=s["nodes"],
                      pods_per_node=s["pods_per_node"], duration=s["duration"],
                      repeat=s["repeat"], streams=s["streams"], mtu=s["mtu"],
-                     udp_bandwidth=s["udp_bandwidth"], offloads=s["offloads"],
+                     udp_bandwidth=s["udp_bandwidth"], udp_length=s["udp_length"],
+                     offloads=s["offloads"],
                      msg_size=s["msg_size"], sweep=s["sweep"], experiment=s["experiment"],
                      bgp=s["bgp"], route_reflectors=s["route_reflectors"],
                      ipip_mode=s["ipip_mode"], underlay=s["underlay"],
@@ -367,6 +373,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _require_root()
     settings = _bench_settings(args)
     spec = _bench_spec(settings)
+    budget_s = bench.parse_budget(settings["budget"])
     workload = _workload(args)
     if workload is not None or {"pod-to-service", "pod-to-nodeport"} & set(spec.scenarios):
         from .kubeproxy.scenarios import bench_workload
@@ -392,13 +399,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     spec = dataclasses.replace(spec, cnis=runnable)
     pending = {key: c for key, c in pending.items() if key[0] in runnable}
     resume = _resume(args, settings, out) if args.resume else None
-    if resume is not None and not bench.remaining(bench.plan(spec), resume.done):
+    if resume is not None and not budget_s and not bench.remaining(bench.plan(spec),
+                                                                    resume.done):
         print(f"run {resume.run_id}: every step is already measured in {out}")
         return 0
     _clean_dead_runs()
     command = resume.command if resume else args.command_line
     run_id, failures = bench.run(spec, out, pending, environment.Environment.here(command),
-                                 resume=resume)
+                                 resume=resume, budget_s=budget_s)
     print(f"run {run_id}: rows in {out}")
     if plots_dir:
         df = results.load([out])
@@ -408,8 +416,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ValueError as exc:  # the rows are safe; say why there are no charts
             print(f"k8stopo: no charts drawn: {exc}", file=sys.stderr)
             return 1
-        for path in written:
-            print(f"  {path}")
+        print(f"charts ({sum(p.suffix == '.png' for p in written)}) and summary in {plots_dir} "
+              f"({plots_dir / 'summary.md'})")
+        for line in plots.closing_lines(run, plots_dir):
+            print(line)
     if failures:
         print(f"k8stopo: {failures} measurement(s) or build(s) failed; see the log above",
               file=sys.stderr)

@@ -19,6 +19,7 @@ command line's default (docs/bench.md lists them)::
     sweep:                   # at most one parameter, several values
       streams: [1, 2, 4, 8]
     faults: [underlay-link-down, server-stopped, node-stopped]   # docs/bench.md, "Faults"
+    budget: 8m               # extra rounds while verdict pairs stay undecided
 
 The file is checked completely before anything is built: an unknown key, a value
 of the wrong type, an unknown variant, scenario or protocol is a
@@ -49,10 +50,13 @@ def _on_off(value: Any) -> str:
     raise TypeError("on or off")
 
 
-def _rate(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError("an iperf3 rate such as 0, 500M or 2G")
-    return str(value)
+def _int_or_text(what: str) -> Callable[[Any], str]:
+    """A converter taking an integer or a string, kept as the command line's string."""
+    def convert(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError(what)
+        return str(value)
+    return convert
 
 
 def _names(value: Any) -> str:
@@ -73,8 +77,9 @@ def _text(value: Any) -> str:
 KEYS: dict[str, Callable[[Any], Any]] = {
     "description": _text, "cni": _names, "scenarios": _names, "protocols": _names,
     "nodes": _int, "pods_per_node": _int, "duration": _int, "repeat": _int, "streams": _int,
-    "mtu": _int, "offloads": _on_off, "msg_size": _int, "udp_bandwidth": _rate,
-    "underlay": _text, "faults": _names,
+    "mtu": _int, "offloads": _on_off, "msg_size": _int, "udp_length": _int,
+    "udp_bandwidth": _int_or_text("an iperf3 rate such as 0, 500M or 2G"),
+    "underlay": _text, "faults": _names, "budget": _int_or_text("a duration such as 8m, 90s or 0"),
 }
 
 

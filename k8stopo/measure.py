@@ -100,6 +100,7 @@ class Params:
     streams: int = 1  # iperf3 -P
     udp_bandwidth: str = "0"  # iperf3 -b per stream; "0" = unlimited
     msg_size: int = 64  # sockperf -m: request and response size in bytes
+    udp_length: int = 0  # iperf3 -l for UDP: datagram payload bytes; 0 = iperf3's choice
 
 
 @dataclass(frozen=True)
@@ -226,10 +227,14 @@ def parse_iperf3(text: str, protocol: str) -> list[Sample]:
             Sample("cpu_receiver_pct",
                    float(_get(data, "end.cpu_utilization_percent.remote_total")), "%"),
         ]
+    # datagrams the receiver got per second: per-packet cost is where encapsulation shows
+    got = float(_get(data, "end.sum_received.packets")) - float(
+        _get(data, "end.sum_received.lost_packets"))
     return [
         rate,
         Sample("jitter_ms", float(_get(data, "end.sum_received.jitter_ms")), "ms"),
         Sample("loss_pct", float(_get(data, "end.sum_received.lost_percent")), "%"),
+        Sample("packets_per_s", got / float(_get(data, "end.sum_received.seconds")), "1/s"),
     ]
 
 
@@ -409,7 +414,7 @@ def _iperf3(protocol: str, client: Endpoint, target: str, server: Endpoint,
     argv = ["iperf3", "-c", address, "-p", str(port), "-t", str(p.duration),
             "-J", "-P", str(p.streams), "--connect-timeout", str(CONNECT_TIMEOUT_MS)]
     if protocol == "udp":
-        argv += ["-u", "-b", p.udp_bandwidth]
+        argv += ["-u", "-b", p.udp_bandwidth, *(["-l", str(p.udp_length)] if p.udp_length else [])]
     with _serving(server, ["iperf3", "-s", "-1", "-J", "-p", str(IPERF3_PORT)],
                   IPERF3_PORT) as srv:
         res, before, after = _client(client, argv, p.duration + CLIENT_GRACE_S)

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from . import analysis
+from . import analysis, verdict
 from .analysis import BASELINE, CNI_ORDER, KEYS
 
 log = logging.getLogger("k8stopo.plots")
@@ -120,6 +120,7 @@ class _Panel:
     fmt: str
     marks: list[_Marks] = field(default_factory=list)
     reference: tuple[float, str] | None = None  # (y, legend label)
+    log: bool = False  # a log y axis: user-space variants cost ~30x the kernel ones
 
 
 def _whisker(ax: Axes, x: float, st: dict[str, float], horizontal: bool = False) -> None:
@@ -220,6 +221,8 @@ def _bar_chart(title: str, panels: list[_Panel]) -> Figure | None:
                 ax.axhline(y, color="#555555", linestyle="--", linewidth=1, zorder=1)
                 extra[label] = Line2D([], [], color="#555555", linestyle="--", label=label)
             _axes_style(ax, layout)
+            if panel.log:
+                ax.set_yscale("log")
             ax.set_ylabel(panel.ylabel)
             if len(names) > 1 and j == 0:
                 ax.set_title(own[setup], fontsize=9, loc="left", fontweight="bold")
@@ -268,43 +271,59 @@ def _cpu_per_gbit(df: pd.DataFrame) -> Figure | None:
     cpu = _shown(df, "tcp", "cpu_s_per_gbit", None, 1.0)
     unit = _values(cpu, "unit") or "s/Gbit"
     return _bar_chart("CPU time of the whole box per Gbit delivered over TCP (lower is better; "
-                      "all cores, softirq included)",
-                      [_Panel(cpu, f"CPU seconds per Gbit ({unit})", "{:.2f}")])
+                      "all cores, softirq included; log axis)",
+                      [_Panel(cpu, f"CPU seconds per Gbit ({unit}, log)", "{:.2f}", log=True)])
+
+
+def _how_decided(table: pd.DataFrame) -> str:
+    """The margin, the rounds and the test behind a verdict, in one line."""
+    rounds = table["rounds"] if "rounds" in table.columns else pd.Series(dtype=int)
+    span = (f"{int(rounds.min())}" if rounds.min() == rounds.max()
+            else f"{int(rounds.min())}–{int(rounds.max())}") if len(rounds) else "0"
+    return (f"rounds {span} · margin ±{verdict.MARGIN:.0%} · {verdict.TEST}, "
+            f"alpha {verdict.ALPHA}")
 
 
 def _verdict(df: pd.DataFrame) -> Figure | None:
-    """Variants ranked by paired cross-node TCP ratio to host, beside the classic ranking."""
-    ranked = analysis.verdict(df)
-    if ranked.empty:
+    """Each verdict metric's variants with their tiers: a dot at the estimate (geometric mean
+    of the rounds), its 95% interval, on a log axis; sorted by estimate, but only the tier
+    letters say what is better (same letter: not told apart)."""
+    table = verdict.verdict(df)
+    if table.empty:
         return None
-    names = list(dict.fromkeys(ranked["setup"]))
+    panels = list(table.groupby(["metric", "setup"], sort=False))
+    names = list(dict.fromkeys(table["setup"]))
     common, own = analysis.setup_labels(names)
-    rows = ranked.groupby("setup").size()
-    height = max(1.6, 0.42 * int(rows.max()) + 0.8)
-    fig, axes = _new_figure(len(names), 11.0, "Verdict: pod-to-pod-cross-node TCP throughput "
-                            "relative to host-to-host, ranked (higher is better)",
-                            f"{common} · bar = median of paired ratios, whisker = 95% CI · right: "
-                            f"the classic write-up's order, {analysis.CLASSIC_ORDER}", height)
-    colors = _colors(analysis.ordered(ranked["cni"], CNI_ORDER))
-    for ax, setup in zip(axes, names):
-        mine = ranked[ranked["setup"] == setup].reset_index(drop=True)
+    height = max(1.6, 0.36 * int(table.groupby(["metric", "setup"]).size().max()) + 0.9)
+    fig, axes = _new_figure(len(panels), 11.0, "Verdict: pod-to-pod-cross-node, tiers from paired "
+                            "tests (a = best; a shared letter = not told apart)",
+                            f"{common} · {_how_decided(table)} · dot = geometric mean of the "
+                            "rounds, whisker = its 95% CI · right: the classic write-up's "
+                            f"order, {analysis.CLASSIC_ORDER}", height)
+    colors = _colors(analysis.ordered(table["cni"], CNI_ORDER))
+    for ax, ((metric, setup), mine) in zip(axes, panels):
+        mine = mine.reset_index(drop=True)
         y = list(range(len(mine)))[::-1]
         for yi, r in zip(y, mine.itertuples()):
-            st = {"median": r.median, "ci_low": r.ci_low, "ci_high": r.ci_high}
-            ax.barh(yi, r.median, 0.7, color=colors[r.cni], zorder=2)
+            st = {"median": r.estimate, "ci_low": r.ci_low, "ci_high": r.ci_high}
+            ax.scatter([r.estimate], [yi], color=colors[r.cni], s=40, zorder=4)
             _whisker(ax, yi, st, horizontal=True)
-            ax.annotate(f"{r.median:.2f}", (np.nanmax([r.median, r.ci_high]), yi),
+            ax.annotate(f"{r.estimate:.3g}", (np.nanmax([r.estimate, r.ci_high]), yi),
                         xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
-        ax.set_yticks(y, [f"{r.rank}. {r.cni}" for r in mine.itertuples()])
+        ax.set_yticks(y, [f"{r.tier or '–'}  {r.cni}" for r in mine.itertuples()])
         seconds = ax.secondary_yaxis("right")
         seconds.set_yticks(y, [_classic(r.cni) for r in mine.itertuples()], fontsize=8)
-        ax.axvline(1.0, color="#555555", linestyle="--", linewidth=1, zorder=1)
-        ax.set_xlim(0, max(1.1, float(np.nanmax(mine[["median", "ci_high"]].to_numpy())) * 1.15))
-        ax.set_xlabel("ratio to host-to-host TCP throughput (paired)")
+        ax.set_xscale("log")
+        if metric == "tcp_ratio_to_host":
+            ax.axvline(1.0, color="#555555", linestyle="--", linewidth=1, zorder=1)
+        m = verdict.METRICS[str(metric)]
+        better = "higher" if m.higher_is_better else "lower"
+        ax.set_xlabel(f"{m.label} ({better} is better; log axis)")
         ax.grid(axis="x", color="#dddddd", zorder=0)
         ax.set_axisbelow(True)
+        ax.margins(x=0.12)
         if len(names) > 1:
-            ax.set_title(own[setup], fontsize=9, loc="left", fontweight="bold")
+            ax.set_title(own[str(setup)], fontsize=9, loc="left", fontweight="bold")
     return fig
 
 
@@ -323,7 +342,7 @@ CHARTS: dict[str, Callable[[pd.DataFrame], Figure | None]] = {
 FORMATS = ("png", "svg")
 #: every file name plot_all may write: those it did not write this time are removed
 OUTPUTS = tuple(f"{stem}.{ext}" for stem in CHARTS for ext in FORMATS) + (
-    "summary.csv", "summary.md", PUBLISHED_NAME)
+    "summary.csv", "summary.md", "verdict.csv", "pairs.csv", PUBLISHED_NAME)
 
 
 def figure(df: pd.DataFrame, name: str) -> Figure | None:
@@ -451,35 +470,46 @@ def summary_markdown(df: pd.DataFrame, table: pd.DataFrame | None = None,
             f"- {r.cni} {r.scenario} {r.protocol} ({own.get(homes[r.setup][0], r.setup)}): "
             f"{r.failed}× {r.error}" for r in failed.itertuples()]]
     described = analysis.describe(df) if described is None else described
-    noisy = analysis.warnings(described)
+    noisy = analysis.noisy(described, verdict.MARGIN)
     if noisy:
-        lines += ["", "Warnings:", *[f"- {w}" for w in noisy]]
+        lines += ["", f"Noise: {len(noisy)} statistic(s) vary by more than the ±"
+                  f"{verdict.MARGIN:.0%} margin between repeats (coefficient of variation); "
+                  "the verdict's tests take that spread into account:", *[f"- {w}" for w in noisy]]
     return "\n".join(line for i, line in enumerate(lines)
                      if line or i == 0 or lines[i - 1]) + "\n"
 
 
 def _verdict_markdown(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
-    """The verdict as a ranked list per setup: paired cross-node TCP ratio [CI], its CV, the
-    CPU cost per Gbit when measured, and the classic write-up's tier beside it."""
-    ranked = analysis.verdict(df)
-    if ranked.empty:
+    """The verdict per metric and setup: variants by estimate, each with its tier (same
+    letter: the tests could not tell them apart), interval and rounds; then the decided
+    pairs' count and the CPU cost beside the TCP ratio when measured."""
+    pair_table = verdict.pairs(df)
+    tiers = verdict.verdict(df, pair_table=pair_table)
+    if tiers.empty:
         return []
     cpu = table.set_index(["setup", "cni", "scenario"]).get("cpu_s_per_gbit")
-    names = list(dict.fromkeys(ranked["setup"]))
+    names = list(dict.fromkeys(tiers["setup"]))
     _, own = analysis.setup_labels(names)
-    lines = ["", f"Verdict (pod-to-pod-cross-node TCP, paired ratio to host-to-host, best first; "
-             f"classic order: {analysis.CLASSIC_ORDER}):"]
-    for setup in names:
-        if len(names) > 1:
-            lines += ["", f"{own[setup]}:"]
-        lines.append("")
-        for r in ranked[ranked["setup"] == setup].itertuples():
-            ci = "" if pd.isna(r.ci_low) else f" [{r.ci_low:.2f}–{r.ci_high:.2f}]"
-            cv = "" if pd.isna(r.cv) else f", CV {r.cv:.1%}"
+    count = verdict.tally(pair_table)
+    lines = ["", "Verdict (pod-to-pod-cross-node): tiers from paired tests, a = best; variants "
+             "sharing a letter were not told apart, variants with no letter in common were, "
+             f"and the order of the list is not a ranking. {_how_decided(tiers)}. Pairs: "
+             f"{count['faster'] + count['slower']} ordered, "
+             f"{count['equivalent']} equivalent within the margin, "
+             f"{count['undecided']} undecided (pairs.csv). Classic order: "
+             f"{analysis.CLASSIC_ORDER}."]
+    for (metric, setup), mine in tiers.groupby(["metric", "setup"], sort=False):
+        m = verdict.METRICS[str(metric)]
+        where = f", {own[str(setup)]}" if len(names) > 1 else ""
+        lines += ["", f"{m.label} ({'higher' if m.higher_is_better else 'lower'} is "
+                  f"better{where}):", ""]
+        for r in mine.itertuples():
+            ci = "" if pd.isna(r.ci_low) else f" [{r.ci_low:.3g}–{r.ci_high:.3g}]"
             key = (setup, r.cni, analysis.CROSS_NODE)
-            cost = (f", {cpu[key]:.2f} CPU s/Gbit" if cpu is not None and key in cpu.index
-                    and not pd.isna(cpu[key]) else "")
-            lines.append(f"{r.rank}. {r.cni}: {r.median:.2f}{ci}{cv}{cost} ({_classic(r.cni)})")
+            cost = (f", {cpu[key]:.2f} CPU s/Gbit" if metric == "tcp_ratio_to_host"
+                    and cpu is not None and key in cpu.index and not pd.isna(cpu[key]) else "")
+            lines.append(f"- tier {r.tier or '– (fewer than 2 rounds)'}: {r.cni}: "
+                         f"{r.estimate:.3g}{ci}, {r.rounds} rounds{cost} ({_classic(r.cni)})")
     return lines
 
 
@@ -496,10 +526,11 @@ def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
 
 def plot_all(df: pd.DataFrame, out_dir: Path,
              published: pd.DataFrame | None = None) -> list[Path]:
-    """Write every chart the rows allow (PNG + SVG), summary.csv and summary.md, and with
-    ``published`` figures published_comparison.md; remove every other file of OUTPUTS
-    left in ``out_dir`` by an earlier run; log a warning per noisy statistic; return
-    the paths written. A chart whose rows are absent (no icmp, say) is skipped."""
+    """Write every chart the rows allow (PNG + SVG), summary.csv, summary.md, the verdict's
+    verdict.csv and pairs.csv, and with ``published`` figures published_comparison.md;
+    remove every other file of OUTPUTS left in ``out_dir`` by an earlier run; log each
+    noisy statistic at INFO (``-v``; summary.md lists them too); return the paths written.
+    A chart whose rows are absent (no icmp, say) is skipped."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = analysis.with_setup(df)
@@ -512,7 +543,10 @@ def plot_all(df: pd.DataFrame, out_dir: Path,
     table = analysis.summary(df)
     table.to_csv(out_dir / "summary.csv", index=False)
     (out_dir / "summary.md").write_text(summary_markdown(df, table, described))
-    written += [out_dir / "summary.csv", out_dir / "summary.md"]
+    pair_table = verdict.pairs(df)
+    pair_table.to_csv(out_dir / "pairs.csv", index=False)
+    verdict.verdict(df, pair_table=pair_table).to_csv(out_dir / "verdict.csv", index=False)
+    written += [out_dir / n for n in ("summary.csv", "summary.md", "verdict.csv", "pairs.csv")]
     if published is not None:
         from . import published as pub
         path = out_dir / PUBLISHED_NAME
@@ -522,9 +556,23 @@ def plot_all(df: pd.DataFrame, out_dir: Path,
         stale = out_dir / name
         if stale not in written and stale.is_file():
             stale.unlink()
-    for line in analysis.warnings(described):
-        log.warning("%s", line)
+    for line in analysis.noisy(described, verdict.MARGIN):
+        log.info("%s", line)
     return written
+
+
+def closing_lines(df: pd.DataFrame, out_dir: Path) -> list[str]:
+    """What a run says at its end about its verdict and noise, from the pairs.csv just
+    written in ``out_dir`` and the rows: pairs resolved and undecided, noisy statistics."""
+    pair_table = pd.read_csv(Path(out_dir) / "pairs.csv")
+    count = verdict.tally(pair_table)
+    resolved = len(pair_table) - count["undecided"]
+    noisy = analysis.noisy(analysis.describe(analysis.with_setup(df)), verdict.MARGIN)
+    return [f"verdict: {resolved} of {len(pair_table)} pairs resolved ({count['faster'] + count['slower']} "
+            f"ordered, {count['equivalent']} equivalent within ±{verdict.MARGIN:.0%}), "
+            f"{count['undecided']} undecided; tiers in {Path(out_dir) / 'verdict.csv'}",
+            f"noise: {len(noisy)} statistic(s) vary by more than ±{verdict.MARGIN:.0%} between "
+            f"repeats (listed in {Path(out_dir) / 'summary.md'}; -v logs them)"]
 
 
 #: the scale benchmark's panels: (title, metrics drawn as lines, unit label, divisor)

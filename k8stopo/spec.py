@@ -111,6 +111,7 @@ class ClusterSpec:
 SWEEPABLE = ("mtu", "offloads", "streams", "msg_size", "udp_bandwidth")
 CLUSTER_PARAMS = ("mtu", "offloads")
 MIN_MSG_SIZE, MAX_MSG_SIZE = 14, 65506  # what sockperf accepts for -m
+MIN_UDP_LENGTH, MAX_UDP_LENGTH = 16, 65507  # iperf3's UDP header, the largest IPv4 datagram
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class BenchSpec:
     streams: int = 1
     mtu: int = 1500
     udp_bandwidth: str = "0"
+    udp_length: int = 0  # iperf3 -l for UDP (datagram payload bytes); 0 = iperf3's own choice
     bgp: str = "mesh"
     route_reflectors: int = 1
     ipip_mode: str = "always"
@@ -152,6 +154,9 @@ class BenchSpec:
         if not re.fullmatch(r"\d+(\.\d+)?[KMG]?", self.udp_bandwidth):
             raise SpecError(f"--udp-bandwidth {self.udp_bandwidth!r} is not an iperf3 rate "
                             "such as 0 (unlimited), 500M or 2G")
+        if self.udp_length and not MIN_UDP_LENGTH <= self.udp_length <= MAX_UDP_LENGTH:
+            raise SpecError(f"--udp-length must be 0 (iperf3's choice) or between "
+                            f"{MIN_UDP_LENGTH} and {MAX_UDP_LENGTH} bytes, not {self.udp_length}")
         if not MIN_MSG_SIZE <= self.msg_size <= MAX_MSG_SIZE:
             raise SpecError(f"--msg-size must be between {MIN_MSG_SIZE} and {MAX_MSG_SIZE} "
                             f"bytes, not {self.msg_size}")

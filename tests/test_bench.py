@@ -154,7 +154,7 @@ def test_default_experiment_is_what_make_bench_promises() -> None:
     s = experiment.load(EXPERIMENTS / "default.yaml")
     assert s["scenarios"].split(",") == list(FOUR)
     assert s["protocols"].split(",") == ["tcp", "tcp_rr", "icmp"]
-    assert s["repeat"] == 3 and s["sweep"] is None
+    assert s["repeat"] == 2 and s["budget"] == "8m" and s["sweep"] is None
     assert experiment.load(EXPERIMENTS / "offloads.yaml")["sweep"] == ("offloads", ("on", "off"))
     assert "udp" in experiment.load(EXPERIMENTS / "full.yaml")["protocols"]
 
@@ -254,6 +254,31 @@ def test_bench_rows_raw_outputs_of_each_run_and_appending(tmp_path: Path) -> Non
         if row["metric"] in values:
             assert values[row["metric"]] == float(row["value"]), row
     assert {r["raw_file"] for r in again[len(rows):]}.isdisjoint({r["raw_file"] for r in rows})
+
+
+def test_budget_rounds_measure_only_what_the_verdict_needs(tmp_path: Path) -> None:
+    """After the repeats, verdict rounds add host-to-host and cross-node TCP only, as ordinary
+    rows of the same run (repeat going on); the run ends with its few lines, no WARNING."""
+    out, plots = tmp_path / "b.csv", tmp_path / "plots"
+    before = run_dirs()
+    done = k8stopo("bench", "--cni", "flannel-vxlan,flannel-host-gw", "--scenarios",
+                   "host-to-host,pod-to-pod-same-node,pod-to-pod-cross-node", "--protocols",
+                   "tcp,icmp", "--duration", "1", "--repeat", "2", "--budget", "40s",
+                   "--out", str(out), "--plots", str(plots))
+    assert done.returncode == 0, done.stderr
+    assert not left_behind(before)
+    rows = read(out)
+    assert len({r["run_id"] for r in rows}) == 1
+    extra = [r for r in rows if int(r["repeat"]) >= 2]
+    assert {(r["scenario"], r["protocol"]) for r in extra} <= {
+        ("host-to-host", "tcp"), ("pod-to-pod-cross-node", "tcp")}
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2].startswith("verdict: ") and "pairs resolved" in lines[-2]
+    assert lines[-1].startswith("noise: ") and "WARNING" not in done.stderr
+    tiers = read(plots / "verdict.csv")
+    assert {r["cni"] for r in tiers} == {"flannel-vxlan", "flannel-host-gw"}
+    rounds = 2 + len({r["repeat"] for r in extra})
+    assert {int(r["rounds"]) for r in tiers} == {rounds}
 
 
 def test_interrupted_bench_keeps_its_rows_and_leaves_nothing(tmp_path: Path) -> None:

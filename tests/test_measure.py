@@ -49,7 +49,7 @@ DATA = Path(__file__).parent / "data"
 SPEC_METRICS = {
     "tcp": {"throughput_bps": "bit/s", "retransmits": "count",
             "cpu_sender_pct": "%", "cpu_receiver_pct": "%"},
-    "udp": {"throughput_bps": "bit/s", "jitter_ms": "ms", "loss_pct": "%"},
+    "udp": {"throughput_bps": "bit/s", "jitter_ms": "ms", "loss_pct": "%", "packets_per_s": "1/s"},
     "icmp": {"rtt_avg_ms": "ms", "rtt_min_ms": "ms", "rtt_max_ms": "ms",
              "rtt_p50_ms": "ms", "rtt_p99_ms": "ms"},
     "tcp_rr": {"transactions_per_s": "1/s", "latency_p50_us": "us", "latency_p90_us": "us",
@@ -113,6 +113,11 @@ def test_parse_iperf3_udp_uses_receiver_figures() -> None:
     assert got["throughput_bps"].value == end["sum_received"]["bits_per_second"]
     assert got["jitter_ms"].value == end["sum_received"]["jitter_ms"]
     assert got["loss_pct"].value == end["sum_received"]["lost_percent"]
+    # datagrams delivered (sent minus lost, as the receiver counted them) per second
+    got_packets = end["sum_received"]["packets"] - end["sum_received"]["lost_packets"]
+    assert got["packets_per_s"].value == pytest.approx(got_packets / end["sum_received"]["seconds"])
+    assert got["packets_per_s"].value * 1448 * 8 == pytest.approx(
+        got["throughput_bps"].value, rel=0.01)  # 1448-byte datagrams, as -J's blksize says
     # iperf3 3.12's end.sum for UDP carries the *sender's* rate (with the
     # receiver's jitter/loss); the recording had loss, so the two rates differ.
     assert end["sum"]["bits_per_second"] == end["sum_sent"]["bits_per_second"]

@@ -83,7 +83,10 @@ def test_notebooks_redraw_every_family_from_the_csvs(tmp_path: Path) -> None:
         assert "rows from run(s)" in text and "yet" not in text
         assert "| CNI | scenario |" in text, f"{name} shows no summary table"
     # default.ipynb also draws `make bench-full`'s run (experiment "full"), apart from the default's
-    assert outputs(tmp_path / "out" / "default.ipynb")[1].count("| CNI | scenario |") == 2
+    default = outputs(tmp_path / "out" / "default.ipynb")[1]
+    assert default.count("| CNI | scenario |") == 2
+    # the verdict's tiers and pair counts, never a rank
+    assert "'undecided':" in default and "tier" in default and "- tier a: " in default
     images, text = outputs(tmp_path / "out" / "scale.ipynb")
     assert images == 1 and "bgp: 7 rows from run(s)" in text
     assert "| 10 | 0 | rr1 | 2.5 | 1.2 |" in text  # build and converge medians, in s

@@ -57,10 +57,11 @@ def _dump(doc: Any) -> str:
 
 # -- experiment files ----------------------------------------------------------------
 
-INTS = ("nodes", "pods_per_node", "duration", "repeat", "streams", "mtu", "msg_size")
+INTS = ("nodes", "pods_per_node", "duration", "repeat", "streams", "mtu", "msg_size",
+        "udp_length")
 NAMES = ("cni", "scenarios", "protocols", "faults")
 TEXT = ("description", "underlay")
-assert set(experiment.KEYS) == {*INTS, *NAMES, *TEXT, "offloads", "udp_bandwidth"}, \
+assert set(experiment.KEYS) == {*INTS, *NAMES, *TEXT, "offloads", "udp_bandwidth", "budget"}, \
     "a new experiment key needs its invalid values here"
 
 SCALARS = st.one_of(st.booleans(), st.integers(), st.floats(), st.none(),
@@ -90,6 +91,7 @@ WRONG_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "offloads": st.one_of(_not(str, bool), st.text(max_size=6).filter(
         lambda s: s not in ("on", "off"))),
     "udp_bandwidth": _not(str, int),
+    "budget": _not(str, int),
 }
 
 #: per key: values of the right type that the command line's checks refuse
@@ -103,6 +105,10 @@ REJECTED: dict[str, st.SearchStrategy[Any]] = {
     "msg_size": st.one_of(st.integers(max_value=13), st.integers(min_value=65507)),
     "udp_bandwidth": st.one_of(st.integers(max_value=-1), st.sampled_from(
         ["", "fast", "-1", "1T", "1.M", "M", "1 G", "1e9", "0x10", "1,5M"])),
+    "udp_length": st.one_of(st.integers(max_value=-1), st.integers(1, 15),
+                            st.integers(min_value=65508)),
+    "budget": st.one_of(st.integers(max_value=-1), st.sampled_from(
+        ["", "soon", "8 m", "-1", "1d", "m", "1.m", "8min", "1e3"])),
     "underlay": st.text(max_size=8).filter(lambda s: s not in ("l2", "routed")),
     "cni": st.sampled_from(["", ",", "flannel", "all,host", "host,,bogus"]),
     "scenarios": st.sampled_from(["", " , ", "pod-to-pod", "host-to-host,x", "pod-to-dns"]),
@@ -189,6 +195,8 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "pods_per_node": st.integers(2, 8), "offloads": st.sampled_from([True, False, "on", "off"]),
     "udp_bandwidth": st.one_of(st.integers(0, 10**6), RATE),
     "underlay": st.sampled_from(["l2", "routed"]),
+    "udp_length": st.one_of(st.just(0), st.integers(16, 65507)),
+    "budget": st.one_of(st.integers(0, 10**4), st.from_regex(r"\A[0-9]{1,3}(\.[0-9])?[smh]?\Z")),
     "cni": st.one_of(st.just("all"), st.lists(st.sampled_from(sorted(VARIANTS)), min_size=1,
                                               max_size=4, unique=True)),
 }
@@ -210,6 +218,7 @@ def valid_experiments(draw: st.DrawFn) -> dict[str, Any]:
         doc.pop("sweep", None)
         name = draw(st.sampled_from(SWEEPABLE))
         doc["sweep"] = {name: draw(GOOD_SWEEP[name])}
+        doc.pop(name, None)  # a shipped file may set what the mutant sweeps (udp-pps: offloads)
     swept = next(iter(doc.get("sweep") or {}), None)
     for key in draw(st.lists(st.sampled_from(sorted(GOOD)), unique=True, max_size=5)):
         if key != swept:
@@ -221,7 +230,7 @@ def _expected(key: str, value: Any) -> Any:
     """A file's value as the command line spells it."""
     if key == "offloads" and isinstance(value, bool):
         return "on" if value else "off"
-    if key == "udp_bandwidth":
+    if key in ("udp_bandwidth", "budget"):
         return str(value)
     return ",".join(value) if isinstance(value, list) else value
 
