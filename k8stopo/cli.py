@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence
@@ -126,13 +127,47 @@ def _workload(args: argparse.Namespace) -> Workload | None:
     return manifests.load(args.manifests) if args.manifests else None
 
 
-def _agents(args: argparse.Namespace, workload: Workload | None) -> list[type[Agent]]:
+def _agents(args: argparse.Namespace, workload: Workload | None,
+            dns: bool = False) -> list[type[Agent]]:
     """What serves a workload beside the CNI: the pods' servers and kube-proxy (none
-    without one, so plain runs stay as they were); the NetworkPolicy agent is the
-    variant's (:func:`_policy_agents`)."""
+    without one, so plain runs stay as they were); with ``dns`` (up, probe) cluster DNS
+    when it holds Services, as every real cluster has; kubelet's readiness prober when a
+    pod has a readinessProbe; MetalLB's layer-2 speakers when a LoadBalancer got an IP
+    from ``--lb-pool``. The NetworkPolicy agent is the variant's (:func:`_policy_agents`)."""
+    from .dns import ClusterDNS
     from .kubeproxy import proxy_class
+    from .loadbalancer import L2Announcer
+    from .readiness import Readiness
     from .servers import PodServers
-    return [] if workload is None else [PodServers, proxy_class(args.proxy_mode)]
+    if workload is None:
+        return []
+    agents: list[type[Agent]] = [PodServers, proxy_class(args.proxy_mode)]
+    if dns and workload.services:
+        agents.append(ClusterDNS)
+    if any(p.readiness for p in workload.pods):
+        agents.append(Readiness)  # after kube-proxy: stopped before it
+    if any(s.load_balancer_ip for s in workload.services):
+        agents.append(L2Announcer)
+    return agents
+
+
+def _lb_pool(args: argparse.Namespace, workload: Workload | None, nodes: int) -> Workload | None:
+    """``--lb-pool``: checked before anything is built; the LoadBalancer Services get their
+    IPs from it (MetalLB's controller, :func:`k8stopo.loadbalancer.assign`)."""
+    from . import loadbalancer
+    if args.lb_pool is None:
+        return workload
+    pool = loadbalancer.parse_pool(args.lb_pool, nodes)
+    if workload is None:
+        raise SpecError("--lb-pool needs --manifests with a Service of type LoadBalancer")
+    return loadbalancer.assign(workload, pool)
+
+
+def _lb_pool_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lb-pool", metavar="CIDR",
+                   help="give LoadBalancer Services external IPs from CIDR (on the underlay "
+                   "172.20.0.0/16, outside the nodes' addresses), answered by ARP as MetalLB's "
+                   "layer-2 mode does (docs/apps.md)")
 
 
 def _policy_agents(cni: str, workload: Workload | None) -> list[type[Agent]]:
@@ -161,9 +196,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cli", action="store_true", help="drop into the Mininet CLI")
     up.add_argument("--keep-on-failure", action="store_true",
                     help="if the build fails, keep the cluster up for inspection until Ctrl-C")
+    _lb_pool_arg(up)
 
     bench = sub.add_parser("bench", help="measure variants × scenarios × protocols into a CSV")
     _bench_args(bench)
+    _lb_pool_arg(bench)
 
     plot = sub.add_parser("plot", help="charts and a summary table from result CSVs")
     plot.add_argument("csv", type=Path, nargs="+")
@@ -180,6 +217,12 @@ def parser() -> argparse.ArgumentParser:
     probe.add_argument("--protocols", default="tcp", help="comma list of tcp, udp (default tcp)")
     probe.add_argument("--count", type=int, default=1, help="attempts per pair (default 1)")
     probe.add_argument("--json", action="store_true", help="one JSON object per probe and line")
+    probe.add_argument("--by-name", action="store_true",
+                       help="dial Services by DNS name (svc.ns.svc.cluster.local, resolved in "
+                       "the client pod through cluster DNS) instead of their ClusterIP")
+    probe.add_argument("--serial", action="store_true",
+                       help="probe one pair at a time (the same table, slower)")
+    _lb_pool_arg(probe)
 
     scale = sub.add_parser("scale", help="bring-up/teardown times and, for Calico, BGP "
                            "sessions, convergence, withdrawal and memory per cluster size")
@@ -271,13 +314,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     if len(names) != 1 or args.cni.strip() == "all":
         raise SpecError("up builds one cluster: give exactly one --cni variant")
     cni = names[0]
-    workload = _workload(args)
+    workload = _lb_pool(args, _workload(args), args.nodes)
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu, bgp=args.bgp,
                                   route_reflectors=args.route_reflectors,
                                   ipip_mode=args.ipip_mode, underlay=args.underlay,
                                   workload=workload),
-                      agents=[*_agents(args, workload), *_policy_agents(cni, workload)],
+                      agents=[*_agents(args, workload, dns=True),
+                              *_policy_agents(cni, workload)],
                       keep_on_failure=args.keep_on_failure)
     _runnable({cni: cluster.requires}, False)
     _say_caveats(cluster)
@@ -367,7 +411,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _require_root()
     settings = _bench_settings(args)
     spec = _bench_spec(settings)
-    workload = _workload(args)
+    workload = _lb_pool(args, _workload(args), spec.nodes)
     if workload is not None or {"pod-to-service", "pod-to-nodeport"} & set(spec.scenarios):
         from .kubeproxy.scenarios import bench_workload
         workload = bench_workload(spec.nodes, spec.pods_per_node, workload)
@@ -471,14 +515,23 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.ports else None
     if not 1 <= args.count <= 100:
         raise SpecError(f"--count must be between 1 and 100, not {args.count}")
-    workload = _workload(args)
+    workload = _lb_pool(args, _workload(args), args.nodes)
+    if args.by_name and not (workload and workload.services):
+        raise SpecError("--by-name needs Services in the manifests (their names are dialled)")
     cluster = Cluster(ClusterSpec(cni=names[0], nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
                                   workload=workload),
-                      agents=[*_agents(args, workload), *_policy_agents(names[0], workload)])
+                      agents=[*_agents(args, workload, dns=True),
+                              *_policy_agents(names[0], workload)])
     _runnable({names[0]: cluster.requires}, False)
     with cluster:
-        wanted = probe.targets(cluster, ports or probe.declared_ports(cluster), protocols)
-        results = probe.probe(cluster, wanted, args.count)
+        started = time.monotonic()
+        clients = probe.workload_pods(cluster)
+        wanted = probe.targets(cluster, ports or probe.declared_ports(cluster), protocols,
+                               by_name=args.by_name)
+        results = probe.probe(cluster, wanted, args.count, clients=clients, retry=True,
+                              parallel=not args.serial)
+        log.info("probed %d targets from %d pods in %.1f s", len(wanted), len(clients),
+                 time.monotonic() - started)
     if args.json:
         print("\n".join(r.json() for r in results))
     else:
