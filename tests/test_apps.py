@@ -1,0 +1,160 @@
+"""A real application's paths on a running cluster (calico-bgp, 3 nodes, Felix enforcing
+its policies): the parallel probe against the serial one, cluster DNS by Service, headless
+and StatefulSet names, readiness probes feeding the endpoints, HTTP answers, and a
+LoadBalancer IP answered on the underlay as MetalLB's layer-2 mode answers it."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+
+import pytest
+
+from k8stopo import loadbalancer, policy, probe
+from k8stopo.cluster import Cluster
+from k8stopo.cni import variant
+from k8stopo.dns import ClusterDNS
+from k8stopo.kubeproxy import IptablesProxy
+from k8stopo.kubeproxy.model import service_ports
+from k8stopo.loadbalancer import L2Announcer
+from k8stopo.readiness import Readiness
+from k8stopo.servers import PodServers
+from k8stopo.spec import ClusterSpec, SpecError
+from k8stopo.workload import pod_handle
+
+from apps import NS, shop
+from conftest import k8stopo
+
+POOL = ipaddress.IPv4Network("172.20.200.0/29")
+CNI = "calico-bgp"
+
+
+def pod(cluster: Cluster, name: str):
+    return cluster.pod(pod_handle(name, NS))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    workload = loadbalancer.assign(shop(), POOL)
+    spec = ClusterSpec(cni=CNI, nodes=3, pods_per_node=0, workload=workload)
+    agents = [PodServers, IptablesProxy, ClusterDNS, Readiness, L2Announcer,
+              *policy.agents_for(variant(CNI))]
+    with Cluster(spec, agents=agents) as c:
+        yield c
+
+
+def agent(cluster: Cluster, cls):
+    return next(a for a in cluster.agents if isinstance(a, cls))
+
+
+# -- pure: the pool, MetalLB's election ---------------------------------------------------
+def test_the_pool_is_checked_and_given_in_order() -> None:
+    assert loadbalancer.parse_pool("172.20.200.0/29", 3) == POOL
+    for bad in ("10.0.0.0/24", "172.20.0.0/29", "172.20.255.252/30", "nonsense", "172.20.200.1/29"):
+        with pytest.raises(SpecError):
+            loadbalancer.parse_pool(bad, 3)
+    got = loadbalancer.assign(shop(), POOL)
+    lbs = [s for s in got.services if s.type == "LoadBalancer"]
+    assert [s.load_balancer_ip for s in lbs] == [POOL[1]]  # the first host address
+    assert all(s.load_balancer_ip is None for s in got.services if s.type != "LoadBalancer")
+    one = ipaddress.IPv4Network("172.20.200.9/32")
+    assert [s.load_balancer_ip for s in loadbalancer.assign(shop(), one).services
+            if s.type == "LoadBalancer"] == [one[0]]
+    two = dataclasses.replace(shop(), services=(*shop().services, dataclasses.replace(
+        shop().services[0], name="second")))
+    with pytest.raises(SpecError, match="too few"):
+        loadbalancer.assign(two, one)
+
+
+def test_election_is_metallbs_hash_order() -> None:
+    import hashlib
+    ip = POOL[1]
+    nodes = ["n1", "n2", "n3"]
+    want = min(nodes, key=lambda n: hashlib.sha256(f"{n}#{ip}".encode()).digest())
+    assert loadbalancer.elect(ip, nodes) == want
+    assert loadbalancer.elect(ip, list(reversed(nodes))) == want  # order-independent
+    assert loadbalancer.elect(ip, []) is None
+
+
+def test_bad_lb_pool_exits_2_before_building() -> None:
+    res = k8stopo("up", "--cni", "flannel-vxlan", "--manifests", "tests/data/services.yaml",
+                  "--lb-pool", "10.1.0.0/24")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--lb-pool" in res.stderr
+
+
+# -- on a cluster ---------------------------------------------------------------------------
+def test_parallel_probe_gives_the_serial_table(cluster: Cluster) -> None:
+    clients = [pod(cluster, n) for n in ("loadgen", "frontend-0", "cart-0")]
+    wanted = probe.targets(cluster, [7070, 6379], ["tcp"])
+    parallel = probe.probe(cluster, wanted, clients=clients)
+    serial = probe.probe(cluster, wanted, clients=clients, parallel=False)
+    assert probe.truth_tables(parallel) == probe.truth_tables(serial)
+    seen = {(r.source, r.column, r.port): r.connected for r in parallel}
+    assert seen[("shop/frontend-0", "shop/cart-0", 7070)]  # allowed by allow-cart
+    assert not seen[("shop/frontend-0", "shop/cart-0", 6379)]  # not a port it allows
+    assert not seen[("shop/loadgen", "shop/cart-0", 7070)]  # deny-all
+    assert seen[("shop/cart-0", "shop/store-0", 6379)]  # allowed by allow-store
+    assert not seen[("shop/frontend-0", "shop/store-0", 6379)]
+    assert seen[("shop/frontend-0", "svc:shop/cart", 7070)]  # the Service: cart-0 only
+
+
+def test_readiness_keeps_a_pod_with_an_unserved_probe_port_out(cluster: Cluster) -> None:
+    ports = {s.service: s for s in service_ports(cluster.spec.workload, cluster.pods)}
+    assert [e.pod for e in ports["cart"].endpoints] == [pod_handle("cart-0", NS)]
+    assert not pod(cluster, "broken-0").ready
+    assert {e.pod for e in ports["frontend"].endpoints} == {
+        pod_handle("frontend-0", NS), pod_handle("frontend-1", NS)}
+    states = agent(cluster, Readiness).states
+    web = states[pod_handle("frontend-0", NS)]
+    assert web.checked_at[0] - web.started >= 2.0  # initialDelaySeconds
+    assert states[pod_handle("broken-0", NS)].failures >= 1
+
+
+def test_service_and_statefulset_names_resolve_in_a_pod(cluster: Cluster) -> None:
+    loadgen = pod(cluster, "loadgen")
+    assert f"search {NS}.svc.cluster.local" in loadgen.output(["cat", "/etc/resolv.conf"])
+
+    def hosts(name: str) -> set[str]:
+        out = loadgen.output(["getent", "ahostsv4", name])
+        return {line.split()[0] for line in out.splitlines()}
+
+    assert hosts("cart") == {"10.96.10.2"}
+    stores = {str(pod(cluster, n).ip) for n in ("store-0", "store-1")}
+    assert hosts(f"store.{NS}.svc.cluster.local") == stores
+    assert hosts(f"store-0.store.{NS}.svc.cluster.local") == {str(pod(cluster, "store-0").ip)}
+
+
+def test_a_service_by_name_answers_http(cluster: Cluster) -> None:
+    out = pod(cluster, "loadgen").output(["curl", "-s", "-i", "-m", "5",
+                                          f"http://frontend.{NS}.svc.cluster.local/"])
+    assert out.startswith("HTTP/1.1 200 OK"), out
+    assert out.rstrip().splitlines()[-1] in {f"{NS}/frontend-0", f"{NS}/frontend-1"}
+
+
+def test_probe_by_name_puts_dns_in_the_path(cluster: Cluster) -> None:
+    wanted = [t for t in probe.targets(cluster, [80], ["tcp"], by_name=True)
+              if t.to == f"svc:{NS}/frontend" and not t.column]
+    assert [t.via for t in wanted] == [f"frontend.{NS}.svc.cluster.local"]
+    results = probe.probe(cluster, wanted, 3, clients=[pod(cluster, "loadgen")])
+    assert all(r.connected for r in results), results
+
+
+def test_load_balancer_ip_from_outside_the_cluster(cluster: Cluster) -> None:
+    lb = agent(cluster, L2Announcer)
+    ip = POOL[1]
+    owner = cluster.node(lb.owners[ip])
+    assert lb.client is not None
+    results = probe.probe_from(cluster, lb.client, [probe.Target("lb", str(ip), 80, "tcp")], 6)
+    assert all(r.connected for r in results), results
+    assert {r.answered_by for r in results} <= {f"{NS}/frontend-0", f"{NS}/frontend-1"}
+    neigh = json.loads(lb.client.output(["ip", "-j", "neigh", "show", str(ip)]))
+    assert neigh and neigh[0]["lladdr"] == owner.mn.defaultIntf().MAC(), neigh
+    assert f"answered {ip}" in lb.answered(owner)
+    for other in cluster.nodes:
+        if other is not owner:
+            assert f"answered {ip}" not in lb.answered(other)
+        addrs = other.output(["ip", "-4", "addr", "show"])
+        assert str(ip) not in addrs  # answered by ARP, never on an interface
+    saved = owner.output(["iptables-save", "-t", "nat"])
+    assert f"-d {ip}/32" in saved and "loadbalancer IP" in saved
