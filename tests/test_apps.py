@@ -14,13 +14,14 @@ from k8stopo import loadbalancer, policy, probe
 from k8stopo.cluster import Cluster
 from k8stopo.cni import variant
 from k8stopo.dns import ClusterDNS
+from k8stopo.hostport import HostPorts
 from k8stopo.kubeproxy import IptablesProxy
 from k8stopo.kubeproxy.model import service_ports
 from k8stopo.loadbalancer import L2Announcer
 from k8stopo.readiness import Readiness
 from k8stopo.servers import PodServers
 from k8stopo.spec import ClusterSpec, SpecError
-from k8stopo.workload import pod_handle
+from k8stopo.workload import ContainerPort, PodSpec, ServicePort, ServiceSpec, Workload, pod_handle
 
 from apps import NS, shop
 from conftest import k8stopo
@@ -158,3 +159,41 @@ def test_load_balancer_ip_from_outside_the_cluster(cluster: Cluster) -> None:
         assert str(ip) not in addrs  # answered by ARP, never on an interface
     saved = owner.output(["iptables-save", "-t", "nat"])
     assert f"-d {ip}/32" in saved and "loadbalancer IP" in saved
+
+
+# -- hostNetwork and hostPort -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hosts():
+    pods = (PodSpec("hp", "default", {"app": "hp"}, "n2", (ContainerPort(8080, host_port=30888),)),
+            PodSpec("hn", "default", {"app": "hn"}, "n1", (ContainerPort(9090),),
+                    host_network=True),
+            PodSpec("hnd", "default", {"app": "hnd"}, "n2", (ContainerPort(9191),),
+                    host_network=True, dns_policy="ClusterFirstWithHostNet"),
+            PodSpec("c", "default", {}, "n1"))
+    svc = ServiceSpec("hp", "default", "ClusterIP", ipaddress.IPv4Address("10.96.20.1"),
+                      {"app": "hp"}, (ServicePort(80, 8080),))
+    spec = ClusterSpec(cni="flannel-vxlan", nodes=2, pods_per_node=0,
+                       workload=Workload(pods=pods, services=(svc,)))
+    with Cluster(spec, agents=[PodServers, IptablesProxy, ClusterDNS, HostPorts]) as c:
+        yield c
+
+
+def test_a_host_port_answers_on_its_nodes_ip(hosts: Cluster) -> None:
+    n1, n2 = hosts.node("n1"), hosts.node("n2")
+    target = [probe.Target("hp", str(n2.ip), 30888, "tcp")]
+    for client in (n1, hosts.pod("c.default")):
+        results = probe.probe_from(hosts, client, target, 2)
+        assert {r.answered_by for r in results} == {"default/hp"}, results
+    assert "CNI-HOSTPORT-DNAT" in n2.output(["iptables-save", "-t", "nat"])  # portmap's chain
+
+
+def test_host_network_pods_share_their_nodes_stack_and_keep_its_dns(hosts: Cluster) -> None:
+    hn, hnd = hosts.pod("hn.default"), hosts.pod("hnd.default")
+    assert hn.host_network and hn.ip == hosts.node("n1").ip
+    results = probe.probe_from(hosts, hosts.pod("c.default"),
+                               [probe.Target("hn", str(hn.ip), 9090, "tcp")], 2)
+    assert {r.answered_by for r in results} == {"default/hn"}, results
+    cluster_dns = "nameserver 10.96.0.10"
+    assert cluster_dns not in hn.output(["cat", "/etc/resolv.conf"])  # ClusterFirst -> Default
+    assert cluster_dns in hnd.output(["cat", "/etc/resolv.conf"])  # ClusterFirstWithHostNet
+    assert cluster_dns in hosts.pod("c.default").output(["cat", "/etc/resolv.conf"])
