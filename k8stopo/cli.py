@@ -133,7 +133,8 @@ def _agents(args: argparse.Namespace, workload: Workload | None,
     without one, so plain runs stay as they were); with ``dns`` (up, probe) cluster DNS
     when it holds Services, as every real cluster has; kubelet's readiness prober when a
     pod has a readinessProbe; MetalLB's layer-2 speakers when a LoadBalancer got an IP
-    from ``--lb-pool``; the portmap plugin when a container port has a hostPort. The NetworkPolicy agent is the variant's (:func:`_policy_agents`)."""
+    from ``--lb-pool``; the portmap plugin when a container port has a hostPort. The
+    NetworkPolicy agent is the variant's (:func:`_policy_agents`)."""
     from .dns import ClusterDNS
     from .hostport import HostPorts
     from .kubeproxy import proxy_class

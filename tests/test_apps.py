@@ -9,6 +9,7 @@ import ipaddress
 import json
 
 import pytest
+from apps import NS, shop
 
 from k8stopo import loadbalancer, policy, probe
 from k8stopo.cluster import Cluster
@@ -23,7 +24,6 @@ from k8stopo.servers import PodServers
 from k8stopo.spec import ClusterSpec, SpecError
 from k8stopo.workload import ContainerPort, PodSpec, ServicePort, ServiceSpec, Workload, pod_handle
 
-from apps import NS, shop
 from conftest import k8stopo
 
 POOL = ipaddress.IPv4Network("172.20.200.0/29")
