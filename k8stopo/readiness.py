@@ -21,6 +21,7 @@ A probe on a port the pod does not serve fails, so the pod stays out of its Serv
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from .workload import Probe, pod_handle
 if TYPE_CHECKING:
     from .cluster import Cluster
     from .node import Pod
+
+log = logging.getLogger("k8stopo.readiness")
 
 
 @dataclass
@@ -116,7 +119,11 @@ class Readiness(Agent):
                 return wait
             due = heapq.heappop(self.due)
             state = self.states[due.name]
-        ok = self.check(state.pod, state.probe)
+        try:
+            ok = self.check(state.pod, state.probe)
+        except Exception as exc:  # kubelet counts a probe that errors as a failure
+            log.debug("readiness probe of %s errored: %s", state.pod.name, exc)
+            ok = False
         with self.lock:
             state.checks += 1
             state.checked_at.append(time.monotonic())
@@ -137,7 +144,12 @@ class Readiness(Agent):
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
-            wait = self.step()
+            try:
+                wait = self.step()
+            except Exception as exc:  # a node going away under it (teardown): keep probing
+                if not self.stopping.is_set():
+                    log.warning("readiness prober: %s", exc)
+                wait = 0.1
             if wait:
                 self.stopping.wait(min(wait, 1.0))
             elif wait is None:

@@ -16,7 +16,7 @@ from k8stopo.cluster import Cluster
 from k8stopo.cni import variant
 from k8stopo.dns import ClusterDNS
 from k8stopo.hostport import HostPorts
-from k8stopo.kubeproxy import IptablesProxy
+from k8stopo.kubeproxy import MODES, IptablesProxy, proxy_class
 from k8stopo.kubeproxy.model import service_ports
 from k8stopo.loadbalancer import L2Announcer
 from k8stopo.readiness import Readiness
@@ -197,3 +197,47 @@ def test_host_network_pods_share_their_nodes_stack_and_keep_its_dns(hosts: Clust
     assert cluster_dns not in hn.output(["cat", "/etc/resolv.conf"])  # ClusterFirst -> Default
     assert cluster_dns in hnd.output(["cat", "/etc/resolv.conf"])  # ClusterFirstWithHostNet
     assert cluster_dns in hosts.pod("c.default").output(["cat", "/etc/resolv.conf"])
+
+
+# -- the load-balancer IP in every proxy mode -----------------------------------------------
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_proxy_mode_serves_the_load_balancer_ip(mode: str) -> None:
+    workload = loadbalancer.assign(shop(policies=False), POOL)
+    spec = ClusterSpec(cni="flannel-vxlan", nodes=3, pods_per_node=0, workload=workload)
+    with Cluster(spec, agents=[PodServers, proxy_class(mode), Readiness, L2Announcer]) as c:
+        lb = agent(c, L2Announcer)
+        assert lb.client is not None
+        wanted = [probe.Target("lb", str(POOL[1]), 80, "tcp"),
+                  *(probe.Target("np", str(n.ip), 30080, "tcp") for n in c.nodes)]
+        results = probe.probe_from(c, lb.client, wanted, 3)
+    assert all(r.connected for r in results), [r for r in results if not r.connected]
+    assert {r.answered_by for r in results} <= {f"{NS}/frontend-0", f"{NS}/frontend-1"}
+
+
+def test_external_traffic_policy_local_keeps_the_clients_address() -> None:
+    """iptables mode: KUBE-EXT sends outside traffic to KUBE-SVL (this node's endpoints),
+    unmasqueraded; MetalLB elects only a node that holds one."""
+    workload = loadbalancer.assign(shop(policies=False, lb_policy="Local"), POOL)
+    spec = ClusterSpec(cni="flannel-vxlan", nodes=3, pods_per_node=0, workload=workload)
+    with Cluster(spec, agents=[PodServers, IptablesProxy, Readiness, L2Announcer]) as c:
+        lb = agent(c, L2Announcer)
+        assert lb.client is not None
+        owner = lb.owners[POOL[1]]
+        assert owner in {"n1", "n2"}  # the frontends' nodes
+        local = {"n1": f"{NS}/frontend-0", "n2": f"{NS}/frontend-1"}[owner]
+        results = probe.probe_from(c, lb.client, [probe.Target("lb", str(POOL[1]), 80, "tcp")], 6)
+        n3 = probe.probe_from(c, lb.client, [probe.Target("np", str(c.node("n3").ip), 30080,
+                                                          "tcp")], 1)
+        saved = c.node(owner).output(["iptables-save", "-t", "nat"])
+    assert {r.answered_by for r in results} == {local}, results
+    assert {r.peer for r in results} == {str(lb.client.ip)}  # not masqueraded
+    assert not n3[0].connected  # no local endpoint on n3: dropped
+    assert "KUBE-SVL-" in saved
+
+
+@pytest.mark.parametrize("mode", ["nftables", "userspace"])
+def test_external_traffic_policy_local_is_refused_where_not_emulated(mode: str) -> None:
+    spec = ClusterSpec(cni="flannel-vxlan", nodes=3, pods_per_node=0,
+                       workload=shop(policies=False, lb_policy="Local"))
+    with pytest.raises(SpecError, match="externalTrafficPolicy Local"):
+        Cluster(spec, agents=[PodServers, proxy_class(mode)])

@@ -48,8 +48,8 @@ class IptablesProxy(KubeProxy):
 
     def render(self, node: "Node", ports: list[ServicePortInfo]) -> tuple[str, set[str]]:
         chains: set[str] = set()
-        mine = [p.name for p in node.pods]
-        local = {s.svc_chain: s.local_endpoints(mine) for s in ports if s.external_local}
+        local = {s.svc_chain: s.local_endpoints(p.name for p in node.pods)
+                 for s in ports if s.external_local}
         for s in ports:
             if s.endpoints:
                 chains.add(s.svc_chain)
