@@ -332,9 +332,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     _clean_dead_runs()
     with cluster:
         from .kubeproxy.model import describe, service_ports
+        from .loadbalancer import L2Announcer
         print(cluster.describe(), flush=True)
         if workload is not None:
             print(describe(service_ports(workload, cluster.pods)), flush=True)
+        for agent in cluster.agents:
+            if isinstance(agent, L2Announcer) and agent.client is not None:
+                print(f"  outside client {agent.client.name} {agent.client.ip}; ARP answered: "
+                      + ", ".join(f"{ip} by {n}" for ip, n in agent.owners.items()), flush=True)
         if args.cli:
             _mininet_cli(cluster.net)
         else:
