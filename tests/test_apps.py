@@ -241,3 +241,32 @@ def test_external_traffic_policy_local_is_refused_where_not_emulated(mode: str) 
                        workload=shop(policies=False, lb_policy="Local"))
     with pytest.raises(SpecError, match="externalTrafficPolicy Local"):
         Cluster(spec, agents=[PodServers, proxy_class(mode)])
+
+
+# -- the prober's schedule and thresholds (no cluster: a stand-in pod and check) -------------
+def test_readiness_thresholds_and_period() -> None:
+    from types import SimpleNamespace
+
+    from k8stopo.workload import Probe
+    changes: list[bool] = []
+    stub = SimpleNamespace(
+        spec=SimpleNamespace(workload=Workload(pods=(PodSpec("p", readiness=Probe(
+            "tcpSocket", 80, initial_delay_s=0, period_s=5, success_threshold=2,
+            failure_threshold=3)),))),
+        set_ready=lambda pod, ready: (changes.append(ready), setattr(pod, "ready", ready)))
+    prober = Readiness(stub)  # type: ignore[arg-type]
+    pod = SimpleNamespace(name=pod_handle("p", "default"), ready=True)
+    prober.pod_added(pod)  # type: ignore[arg-type]
+    assert pod.ready is False  # not ready until the probe passes
+    verdicts = iter([True, True, False, False, True, False, False, False])
+    prober.check = lambda pod, probe: next(verdicts)  # type: ignore[method-assign]
+    seen = []
+    for _ in range(8):
+        prober.due[0].at = 0.0  # due now: the schedule itself is checked below
+        prober.step()
+        seen.append(pod.ready)
+    assert seen == [False, True, True, True, True, True, True, False]
+    assert changes == [True, False]
+    state = prober.states[pod.name]
+    assert prober.due[0].at == 5.0  # the next check: one period after the last one was due
+    assert state.checks == 8
