@@ -249,11 +249,16 @@ def test_readiness_thresholds_and_period() -> None:
 
     from k8stopo.workload import Probe
     changes: list[bool] = []
+
+    def set_ready(pod: SimpleNamespace, ready: bool) -> None:
+        changes.append(ready)
+        pod.ready = ready
+
     stub = SimpleNamespace(
         spec=SimpleNamespace(workload=Workload(pods=(PodSpec("p", readiness=Probe(
             "tcpSocket", 80, initial_delay_s=0, period_s=5, success_threshold=2,
             failure_threshold=3)),))),
-        set_ready=lambda pod, ready: (changes.append(ready), setattr(pod, "ready", ready)))
+        set_ready=set_ready)
     prober = Readiness(stub)  # type: ignore[arg-type]
     pod = SimpleNamespace(name=pod_handle("p", "default"), ready=True)
     prober.pod_added(pod)  # type: ignore[arg-type]
