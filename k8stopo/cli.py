@@ -228,6 +228,15 @@ def parser() -> argparse.ArgumentParser:
                        help="probe one pair at a time (the same table, slower)")
     _lb_pool_arg(probe)
 
+    app = sub.add_parser("app", help="an application's paths: its front end pod to each "
+                         "tier's Service, per proxy mode, policies on and off (docs/apps.md)")
+    app.add_argument("--experiment", type=Path, required=True, metavar="YAML",
+                     help="e.g. experiments/apps/app.yaml: manifests, client pod, modes, policies")
+    app.add_argument("--out", type=Path, help="CSV to append the rows to "
+                     "(default: results/NAME/NAME-<UTC time>.csv)")
+    app.add_argument("--plots", type=Path, help="directory of the charts "
+                     "(default: results/NAME/plots)")
+
     scale = sub.add_parser("scale", help="bring-up/teardown times and, for Calico, BGP "
                            "sessions, convergence, withdrawal and memory per cluster size")
     scale.add_argument("--cni", default="calico-bgp", help="one variant (default calico-bgp)")
@@ -548,6 +557,39 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    from . import apppaths, manifests, results
+    from .cluster import Cluster
+    _require_root()
+    exp = apppaths.load(args.experiment)
+    workload = manifests.load(exp.manifests)
+    apppaths.client_of(workload, exp.client)
+    out = args.out or Path("results", exp.name,
+                           f"{exp.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
+    plots_dir = args.plots or Path("results", exp.name, "plots")
+    results.check_appendable(out)
+    _check_output_dir(plots_dir, "--plots")
+    probe_args = argparse.Namespace(proxy_mode=exp.proxy_modes[0])
+
+    def agents(wl: Workload, mode: str) -> list[type[Agent]]:
+        probe_args.proxy_mode = mode
+        return [*_agents(probe_args, wl), *_policy_agents(exp.cni, wl)]
+
+    names = cni_names(exp.cni)
+    if len(names) != 1 or exp.cni.strip() == "all":
+        raise SpecError(f"{args.experiment}: cni must name one variant")
+    spec = ClusterSpec(cni=names[0], nodes=exp.nodes, pods_per_node=0, workload=workload)
+    needs = [Cluster(spec, agents=agents(workload, mode)).requires  # each mode checked now
+             for mode in exp.proxy_modes]
+    _runnable({names[0]: tuple(r for reqs in needs for r in reqs)}, False)
+    _clean_dead_runs()
+    run_id = apppaths.run(exp, workload, agents, out, args.command_line)
+    print(f"run {run_id}: rows in {out}")
+    for path in apppaths.chart(out, run_id, plots_dir):
+        print(f"  {path}")
+    return 0
+
+
 def _port_arg(value: str) -> int:
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
         raise SpecError(f"--ports: {value!r} is not a port number")
@@ -621,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.setLevel(logging.NOTSET)  # a MininetLogger's own level (25) hid -v's INFO
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe,
+    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe, "app": cmd_app,
                "plot": cmd_plot, "scale": cmd_scale, "clean": cmd_clean}[args.command]
     try:
         return handler(args)

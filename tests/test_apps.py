@@ -275,3 +275,23 @@ def test_readiness_thresholds_and_period() -> None:
     state = prober.states[pod.name]
     assert prober.due[0].at == 5.0  # the next check: one period after the last one was due
     assert state.checks == 8
+
+
+# -- the application experiment's file ------------------------------------------------------
+def test_app_experiment_file_is_checked(tmp_path) -> None:
+    from pathlib import Path
+
+    from k8stopo import apppaths
+    exp = apppaths.load(Path("experiments/apps/app.yaml"))
+    assert exp.manifests.is_file() and exp.proxy_modes == tuple(MODES)
+    good = f"manifests: {exp.manifests}\nclient: shop/frontend-0\n"
+    for bad, why in ((good + "colour: red\n", "unknown key"), ("client: a/b\n", "manifests"),
+                     (good + "proxy_modes: [ipvs]\n", "proxy-mode"),
+                     (good + "count: 0\n", "count"), (good + "policies: [maybe]\n", "policies"),
+                     (good.replace(str(exp.manifests), "nowhere.yaml"), "do not exist")):
+        path = tmp_path / "e.yaml"
+        path.write_text(bad)
+        with pytest.raises(SpecError, match=why):
+            apppaths.load(path)
+    res = k8stopo("app", "--experiment", str(path))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
