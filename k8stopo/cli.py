@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence
@@ -131,13 +132,51 @@ def _workload(args: argparse.Namespace) -> Workload | None:
     return manifests.load(args.manifests) if args.manifests else None
 
 
-def _agents(args: argparse.Namespace, workload: Workload | None) -> list[type[Agent]]:
+def _agents(args: argparse.Namespace, workload: Workload | None,
+            dns: bool = False) -> list[type[Agent]]:
     """What serves a workload beside the CNI: the pods' servers and kube-proxy (none
-    without one, so plain runs stay as they were); the NetworkPolicy agent is the
-    variant's (:func:`_policy_agents`)."""
+    without one, so plain runs stay as they were); with ``dns`` (up, probe) cluster DNS
+    when it holds Services, as every real cluster has; kubelet's readiness prober when a
+    pod has a readinessProbe; MetalLB's layer-2 speakers when a LoadBalancer got an IP
+    from ``--lb-pool``; the portmap plugin when a container port has a hostPort. The
+    NetworkPolicy agent is the variant's (:func:`_policy_agents`)."""
+    from .dns import ClusterDNS
+    from .hostport import HostPorts
     from .kubeproxy import proxy_class
+    from .loadbalancer import L2Announcer
+    from .readiness import Readiness
     from .servers import PodServers
-    return [] if workload is None else [PodServers, proxy_class(args.proxy_mode)]
+    if workload is None:
+        return []
+    agents: list[type[Agent]] = [PodServers, proxy_class(args.proxy_mode)]
+    if dns and workload.services:
+        agents.append(ClusterDNS)
+    if any(p.readiness for p in workload.pods):
+        agents.append(Readiness)  # after kube-proxy: stopped before it
+    if any(s.load_balancer_ip for s in workload.services):
+        agents.append(L2Announcer)
+    if any(c.host_port for p in workload.pods for c in p.ports):
+        agents.append(HostPorts)
+    return agents
+
+
+def _lb_pool(args: argparse.Namespace, workload: Workload | None, nodes: int) -> Workload | None:
+    """``--lb-pool``: checked before anything is built; the LoadBalancer Services get their
+    IPs from it (MetalLB's controller, :func:`k8stopo.loadbalancer.assign`)."""
+    from . import loadbalancer
+    if args.lb_pool is None:
+        return workload
+    pool = loadbalancer.parse_pool(args.lb_pool, nodes)
+    if workload is None:
+        raise SpecError("--lb-pool needs --manifests with a Service of type LoadBalancer")
+    return loadbalancer.assign(workload, pool)
+
+
+def _lb_pool_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lb-pool", metavar="CIDR",
+                   help="give LoadBalancer Services external IPs from CIDR (on the underlay "
+                   "172.20.0.0/16, outside the nodes' addresses), answered by ARP as MetalLB's "
+                   "layer-2 mode does (docs/apps.md)")
 
 
 def _policy_agents(cni: str, workload: Workload | None) -> list[type[Agent]]:
@@ -166,9 +205,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cli", action="store_true", help="drop into the Mininet CLI")
     up.add_argument("--keep-on-failure", action="store_true",
                     help="if the build fails, keep the cluster up for inspection until Ctrl-C")
+    _lb_pool_arg(up)
 
     bench = sub.add_parser("bench", help="measure variants × scenarios × protocols into a CSV")
     _bench_args(bench)
+    _lb_pool_arg(bench)
 
     plot = sub.add_parser("plot", help="charts and a summary table from result CSVs")
     plot.add_argument("csv", type=Path, nargs="+")
@@ -185,6 +226,21 @@ def parser() -> argparse.ArgumentParser:
     probe.add_argument("--protocols", default="tcp", help="comma list of tcp, udp (default tcp)")
     probe.add_argument("--count", type=int, default=1, help="attempts per pair (default 1)")
     probe.add_argument("--json", action="store_true", help="one JSON object per probe and line")
+    probe.add_argument("--by-name", action="store_true",
+                       help="dial Services by DNS name (svc.ns.svc.cluster.local, resolved in "
+                       "the client pod through cluster DNS) instead of their ClusterIP")
+    probe.add_argument("--serial", action="store_true",
+                       help="probe one pair at a time (the same table, slower)")
+    _lb_pool_arg(probe)
+
+    app = sub.add_parser("app", help="an application's paths: its front end pod to each "
+                         "tier's Service, per proxy mode, policies on and off (docs/apps.md)")
+    app.add_argument("--experiment", type=Path, required=True, metavar="YAML",
+                     help="e.g. experiments/apps/app.yaml: manifests, client pod, modes, policies")
+    app.add_argument("--out", type=Path, help="CSV to append the rows to "
+                     "(default: results/NAME/NAME-<UTC time>.csv)")
+    app.add_argument("--plots", type=Path, help="directory of the charts "
+                     "(default: results/NAME/plots)")
 
     scale = sub.add_parser("scale", help="bring-up/teardown times and, for Calico, BGP "
                            "sessions, convergence, withdrawal and memory per cluster size")
@@ -276,22 +332,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     if len(names) != 1 or args.cni.strip() == "all":
         raise SpecError("up builds one cluster: give exactly one --cni variant")
     cni = names[0]
-    workload = _workload(args)
+    workload = _lb_pool(args, _workload(args), args.nodes)
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu, bgp=args.bgp,
                                   route_reflectors=args.route_reflectors,
                                   ipip_mode=args.ipip_mode, underlay=args.underlay,
                                   workload=workload),
-                      agents=[*_agents(args, workload), *_policy_agents(cni, workload)],
+                      agents=[*_agents(args, workload, dns=True),
+                              *_policy_agents(cni, workload)],
                       keep_on_failure=args.keep_on_failure)
     _runnable({cni: cluster.requires}, False)
     _say_caveats(cluster)
     _clean_dead_runs()
     with cluster:
         from .kubeproxy.model import describe, service_ports
+        from .loadbalancer import L2Announcer
         print(cluster.describe(), flush=True)
         if workload is not None:
             print(describe(service_ports(workload, cluster.pods)), flush=True)
+        for agent in cluster.agents:
+            if isinstance(agent, L2Announcer) and agent.client is not None:
+                print(f"  outside client {agent.client.name} {agent.client.ip}; ARP answered: "
+                      + ", ".join(f"{ip} by {n}" for ip, n in agent.owners.items()), flush=True)
         if args.cli:
             _mininet_cli(cluster.net)
         else:
@@ -374,7 +436,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = _bench_settings(args)
     spec = _bench_spec(settings)
     budget_s = bench.parse_budget(settings["budget"])
-    workload = _workload(args)
+    workload = _lb_pool(args, _workload(args), spec.nodes)
     if workload is not None or {"pod-to-service", "pod-to-nodeport"} & set(spec.scenarios):
         from .kubeproxy.scenarios import bench_workload
         workload = bench_workload(spec.nodes, spec.pods_per_node, workload)
@@ -481,18 +543,60 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.ports else None
     if not 1 <= args.count <= 100:
         raise SpecError(f"--count must be between 1 and 100, not {args.count}")
-    workload = _workload(args)
+    workload = _lb_pool(args, _workload(args), args.nodes)
+    if args.by_name and not (workload and workload.services):
+        raise SpecError("--by-name needs Services in the manifests (their names are dialled)")
     cluster = Cluster(ClusterSpec(cni=names[0], nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
                                   workload=workload),
-                      agents=[*_agents(args, workload), *_policy_agents(names[0], workload)])
+                      agents=[*_agents(args, workload, dns=True),
+                              *_policy_agents(names[0], workload)])
     _runnable({names[0]: cluster.requires}, False)
     with cluster:
-        wanted = probe.targets(cluster, ports or probe.declared_ports(cluster), protocols)
-        results = probe.probe(cluster, wanted, args.count)
+        started = time.monotonic()
+        clients = probe.workload_pods(cluster)
+        wanted = probe.targets(cluster, ports or probe.declared_ports(cluster), protocols,
+                               by_name=args.by_name)
+        results = probe.probe(cluster, wanted, args.count, clients=clients, retry=True,
+                              parallel=not args.serial)
+        log.info("probed %d targets from %d pods in %.1f s", len(wanted), len(clients),
+                 time.monotonic() - started)
     if args.json:
         print("\n".join(r.json() for r in results))
     else:
         print(probe.truth_tables(results))
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from . import apppaths, manifests, results
+    from .cluster import Cluster
+    _require_root()
+    exp = apppaths.load(args.experiment)
+    workload = manifests.load(exp.manifests)
+    apppaths.client_of(workload, exp.client)
+    out = args.out or Path("results", exp.name,
+                           f"{exp.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
+    plots_dir = args.plots or Path("results", exp.name, "plots")
+    results.check_appendable(out)
+    _check_output_dir(plots_dir, "--plots")
+    probe_args = argparse.Namespace(proxy_mode=exp.proxy_modes[0])
+
+    def agents(wl: Workload, mode: str) -> list[type[Agent]]:
+        probe_args.proxy_mode = mode
+        return [*_agents(probe_args, wl), *_policy_agents(exp.cni, wl)]
+
+    names = cni_names(exp.cni)
+    if len(names) != 1 or exp.cni.strip() == "all":
+        raise SpecError(f"{args.experiment}: cni must name one variant")
+    spec = ClusterSpec(cni=names[0], nodes=exp.nodes, pods_per_node=0, workload=workload)
+    needs = [Cluster(spec, agents=agents(workload, mode)).requires  # each mode checked now
+             for mode in exp.proxy_modes]
+    _runnable({names[0]: tuple(r for reqs in needs for r in reqs)}, False)
+    _clean_dead_runs()
+    run_id = apppaths.run(exp, workload, agents, out, args.command_line)
+    print(f"run {run_id}: rows in {out}")
+    for path in apppaths.chart(out, run_id, plots_dir):
+        print(f"  {path}")
     return 0
 
 
@@ -569,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.setLevel(logging.NOTSET)  # a MininetLogger's own level (25) hid -v's INFO
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe,
+    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe, "app": cmd_app,
                "plot": cmd_plot, "scale": cmd_scale, "clean": cmd_clean}[args.command]
     try:
         return handler(args)

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 from mininet.net import Mininet
 from mininet.node import Host
 
-from . import proc
+from . import pods, proc
 from .agent import Agent
 from .cni import variant as variant_class
 from .cni.base import Variant
@@ -133,6 +133,8 @@ class Cluster:
         self.agent_classes = tuple(agents)
         self._declared_ports: dict[str, tuple[ContainerPort, ...]] = {
             pod_handle(p.name, p.namespace): p.ports for p, _ in self.placement}
+        self._host_network = {pod_handle(p.name, p.namespace)
+                              for p, _ in self.placement if p.host_network}
         for cls in self.agent_classes:
             cls.validate(spec)
         self.pod_cidr = (None if self.variant_cls.host_network
@@ -417,7 +419,9 @@ class Cluster:
         def attach(entries: list[tuple[Node, str, str, dict[str, str]]]) -> None:
             with variant.attaching(entries[0][0]):
                 for node, name, namespace, labels in entries:
-                    pod = variant.attach_pod(node, name, namespace, labels)
+                    pod = (pods.host_network(node, name, namespace, labels)
+                           if name in self._host_network  # hostNetwork: true in the manifests
+                           else variant.attach_pod(node, name, namespace, labels))
                     pod.ports = self._declared_ports.get(name, ())
 
         self.per_node(attach, list(per_node.values()))

@@ -1,35 +1,41 @@
 """``k8stopo probe``: who reaches whom, as Kubernetes' netpol e2e tests print it.
 
 Every pod tries every pod on each port and protocol, and every Service port
-(its ClusterIP, and a NodePort at every node's IP). Each client pod runs one
-small C client (podprobe) over all its targets with a short timeout, a bounded
-number of clients at a time, so a 9-pod cluster with 2 ports and 2 protocols is
-measured in seconds. Every attempt opens a new socket, so a Service picks a
-backend anew each time.
+(its ClusterIP, or its DNS name with ``by_name``, and a NodePort at every node's
+IP). Each client pod runs one small C client (podprobe) over all its targets, and
+all clients run at once: inside a client every target is dialled at the same time,
+each with the e2e suite's 1 s timeout, so a blocked target costs one timeout for
+the whole table instead of one per pair. As the e2e suite, a probe that fails is
+tried once more (``retry``) so a datagram lost under load does not read as a
+policy. Every attempt opens a new socket, so a Service picks a backend anew each
+time. ``parallel=False`` is the serial client (one client, one socket at a time),
+kept to show that both give the same table.
 """
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .cluster import Cluster
+from .dns.zone import DOMAIN
 from .kubeproxy.model import service_ports
 from .node import Endpoint, Pod
 from .servers import build
-from .workload import pod_ref
+from .workload import pod_handle, pod_ref
 
-TIMEOUT_MS = 1000
-PARALLEL_CLIENTS = 4  # two cores: more would only queue
+TIMEOUT_MS = 1000  # agnhost connect --timeout=1s, as the netpol e2e suite's probes
+#: sockets one podprobe holds open at once (its file descriptors stay well under 1024)
+SOCKETS_PER_CLIENT = 256
 ERRORS = {"ok": None, "refused": "refused", "closed": "refused", "timeout": "timeout",
-          "unreachable": "unreachable"}
+          "unreachable": "unreachable", "unresolved": "unresolved"}
 
 
 @dataclass(frozen=True)
 class Target:
     to: str  # ns/pod or svc:ns/name
-    via: str  # the address dialled
+    via: str  # the address dialled, or the DNS name resolved in the client pod
     port: int
     protocol: str  # tcp | udp
     column: str = ""  # the truth table's column: ``to``, or ``to@node IP`` for a NodePort
@@ -60,21 +66,31 @@ class Result:
                                                "connected", "answered_by", "error")})
 
 
+def workload_pods(cluster: Cluster) -> list[Pod]:
+    """The manifests' pods, without those the agents deploy themselves (kube-dns)."""
+    workload = cluster.spec.workload
+    mine = {pod_handle(p.name, p.namespace) for p in (workload.pods if workload else ())}
+    return [p for p in cluster.pods if p.name in mine]
+
+
 def declared_ports(cluster: Cluster) -> list[int]:
     """The container ports the workload declares (the default of ``--ports``)."""
     return sorted({p.container_port for pod in cluster.pods for p in pod.ports})
 
 
-def targets(cluster: Cluster, ports: Sequence[int], protocols: Sequence[str]) -> list[Target]:
+def targets(cluster: Cluster, ports: Sequence[int], protocols: Sequence[str],
+            by_name: bool = False) -> list[Target]:
     """Every pod at every port and protocol, then every Service port (NodePorts at
-    every node's IP) whose port and protocol were asked for."""
+    every node's IP) whose port and protocol were asked for; with ``by_name`` a
+    Service is dialled as ``svc.ns.svc.cluster.local``, resolved in the client pod."""
     out = [Target(pod_ref(p.name, p.namespace), str(p.ip), port, proto)
-           for p in cluster.pods for port in ports for proto in protocols]
+           for p in workload_pods(cluster) for port in ports for proto in protocols]
     for s in service_ports(cluster.spec.workload, cluster.pods):
         if s.protocol not in protocols or (ports and s.port not in ports):
             continue
         svc = f"svc:{s.namespace}/{s.service}"
-        out.append(Target(svc, str(s.cluster_ip), s.port, s.protocol))
+        via = f"{s.service}.{s.namespace}.svc.{DOMAIN}" if by_name else str(s.cluster_ip)
+        out.append(Target(svc, via, s.port, s.protocol))
         if s.node_port:
             out += [Target(svc, str(n.ip), s.node_port, s.protocol, f"{svc}@{n.name}")
                     for n in cluster.nodes]
@@ -104,24 +120,48 @@ def parse(client: Endpoint, wanted: Sequence[Target], output: str) -> list[Resul
 
 
 def probe_from(cluster: Cluster, client: Endpoint, wanted: Sequence[Target], count: int = 1,
-               timeout_ms: int = TIMEOUT_MS) -> list[Result]:
-    """Run ``wanted`` (each ``count`` times) from one client pod (or node)."""
+               timeout_ms: int = TIMEOUT_MS, parallel: bool = True) -> list[Result]:
+    """Run ``wanted`` (each ``count`` times, in rounds) from one client pod (or node):
+    all targets at once, or one socket at a time without ``parallel``."""
     binary = build(cluster.state, "podprobe")
-    argv = [str(binary), str(timeout_ms), str(count),
+    sockets = SOCKETS_PER_CLIENT if parallel else 1
+    argv = [str(binary), str(timeout_ms), str(count), str(sockets),
             *(f"{t.protocol}:{t.via}:{t.port}" for t in wanted)]
-    budget = len(wanted) * count * (timeout_ms / 1000 + 0.5) + 30
-    output = client.output(argv, timeout=budget)
+    rounds = count * -(-len(wanted) // sockets)
+    output = client.run_tool(argv, timeout=rounds * (timeout_ms / 1000 + 0.5) + 30).stdout
     return parse(client, [t for t in wanted for _ in range(count)], output)
 
 
 def probe(cluster: Cluster, wanted: Sequence[Target], count: int = 1,
-          clients: Iterable[Pod] | None = None) -> list[Result]:
-    """Every client (default: every pod) to every target."""
+          clients: Iterable[Pod] | None = None, retry: bool = False,
+          parallel: bool = True) -> list[Result]:
+    """Every client (default: every pod) to every target, all clients at once (one after
+    another without ``parallel``). With ``retry``, each failed attempt is made once more
+    and its second result kept, as the e2e suite tries a blocked probe twice."""
     pods = list(clients if clients is not None else cluster.pods)
     build(cluster.state, "podprobe")  # once, before the clients run it in parallel
-    with ThreadPoolExecutor(PARALLEL_CLIENTS) as pool:
-        runs = list(pool.map(lambda p: probe_from(cluster, p, wanted, count), pods))
-    return [r for run in runs for r in run]
+
+    def run(client: Pod, todo: Sequence[Target], n: int) -> list[Result]:
+        return probe_from(cluster, client, todo, n, parallel=parallel) if todo else []
+
+    per_client = _each(pods, lambda c: run(c, wanted, count), parallel)
+    if retry:
+        failed = [[i for i, r in enumerate(rs) if not r.connected] for rs in per_client]
+        again = _each(list(zip(pods, failed)),
+                      lambda pf: run(pf[0], [wanted[i // count] for i in pf[1]], 1), parallel)
+        for rs, idx, new in zip(per_client, failed, again):
+            for i, r in zip(idx, new):
+                rs[i] = r
+    return [r for rs in per_client for r in rs]
+
+
+def _each(items: list[Any], work: Callable[[Any], list[Result]],
+          parallel: bool) -> list[list[Result]]:
+    """``work`` over ``items``, in order of items: in one thread each, or one by one."""
+    if not parallel or len(items) <= 1:
+        return [work(i) for i in items]
+    with ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(work, items))
 
 
 def truth_tables(results: Sequence[Result]) -> str:

@@ -2,6 +2,7 @@
 loaders' own parsers (no cluster needed)."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from types import SimpleNamespace
 
@@ -79,13 +80,51 @@ def test_nftables_dispatches_by_verdict_map() -> None:
     assert "chain endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80" in rules
 
 
+def lb(s: ServicePortInfo, local: bool = False) -> ServicePortInfo:
+    return dataclasses.replace(s, load_balancer_ip=IP("172.20.200.1"), external_local=local)
+
+
+def test_iptables_sends_a_load_balancer_ip_to_kube_ext() -> None:
+    s = lb(port(node_port=30080))
+    rules, chains = _proxy(IptablesProxy).render(NODE, [s])
+    assert (f'-A KUBE-SERVICES -d 172.20.200.1/32 -p tcp -m comment --comment "{s.name} '
+            f'loadbalancer IP" -m tcp --dport 80 -j {s.ext_chain}') in rules
+    assert s.ext_chain in chains and s.svl_chain not in chains
+    dead = lb(port(endpoints=0))
+    rules, _ = _proxy(IptablesProxy).render(NODE, [dead])
+    assert "-A KUBE-EXTERNAL-SERVICES -d 172.20.200.1/32" in rules and "REJECT" in rules
+
+
+def test_iptables_local_policy_uses_this_nodes_endpoints_only() -> None:
+    s = lb(port(node_port=30080), local=True)
+    node = SimpleNamespace(name="n1", pods=[SimpleNamespace(name="pod1")])
+    rules, chains = _proxy(IptablesProxy).render(node, [s])
+    assert s.svl_chain in chains
+    svl = [line for line in rules.splitlines() if line.startswith(f"-A {s.svl_chain}")]
+    assert len(svl) == 1 and s.sep_chain(s.endpoints[1]) in svl[0]  # pod1 is endpoint 1
+    assert "--src-type LOCAL -j KUBE-MARK-MASQ" in rules
+    elsewhere = SimpleNamespace(name="n2", pods=[])
+    rules, chains = _proxy(IptablesProxy).render(elsewhere, [s])
+    assert s.svl_chain not in chains and "has no local endpoints" in rules
+
+
+def test_nftables_maps_a_load_balancer_ip_to_its_external_chain() -> None:
+    rules, chains, _ = _proxy(NftablesProxy).render(NODE, [lb(port())])
+    assert "172.20.200.1 . tcp . 80 : goto external-ULMVA6XW-ns1/svc1/tcp/p80" in rules
+    assert "external-ULMVA6XW-ns1/svc1/tcp/p80" in chains
+
+
 @pytest.mark.parametrize("cls", [IptablesProxy, NftablesProxy])
 def test_rule_sets_pass_their_loaders_own_check(cls, tmp_path) -> None:
     """iptables-restore --test / nft -c in a scratch namespace (checks touch nothing)."""
     ns = f"k8t-rules-{cls.mode}"
     proc.run(["ip", "netns", "add", ns])
     try:
-        services = [port(affinity=60, node_port=30080), port(name="x", endpoints=0)]
+        services = [port(affinity=60, node_port=30080), port(name="x", endpoints=0),
+                    dataclasses.replace(lb(port(name="lb", node_port=30081)),
+                                        cluster_ip=IP("10.96.0.42")),
+                    dataclasses.replace(lb(port(name="lbx", endpoints=0)),
+                                        cluster_ip=IP("10.96.0.43"))]
         proxy = _proxy(cls)
         if cls is IptablesProxy:
             rules, _ = proxy.render(NODE, services)

@@ -16,7 +16,8 @@
   ClusterFirst), bind-mounted over /etc/resolv.conf inside its pause shell's own
   mount namespace; its commands then enter that namespace (``Pod.own_mounts``), so
   ``getent hosts web`` in a pod resolves through 10.96.0.10. hostNetwork pods keep
-  the node's file, as ClusterFirst falls back to Default for them.
+  the node's file, as ClusterFirst falls back to Default for them, and so do pods
+  with dnsPolicy Default or None (:func:`uses_cluster_dns`).
 * Records are recomputed from the cluster's pods and Services whenever a pod is
   added and on :meth:`refresh` (after a readiness change); kubedns reloads on SIGHUP.
 """
@@ -35,7 +36,7 @@ from ..daemon import Daemon, Daemons, http_status
 from ..errors import NotReady, RunError
 from ..node import Endpoint
 from ..templates import render
-from ..workload import ServicePort, ServiceSpec
+from ..workload import PodSpec, ServicePort, ServiceSpec, pod_handle
 from . import server, sidecar
 from .perf import QUERIES_FILE
 from .zone import DOMAIN, REVERSE_ZONES, records
@@ -61,6 +62,15 @@ def resolv_conf(namespace: str) -> str:
     return (f"nameserver {SERVICE_IP}\n"
             f"search {namespace}.svc.{DOMAIN} svc.{DOMAIN} {DOMAIN}\n"
             f"options ndots:{NDOTS}\n")
+
+
+def uses_cluster_dns(dns_policy: str, host_network: bool) -> bool:
+    """Whether kubelet gives a pod the cluster's resolv.conf (pkg/kubelet/network/dns):
+    ClusterFirst unless the pod is on its node's network (then it falls back to Default,
+    the node's file), ClusterFirstWithHostNet always; Default and None never (None's
+    own dnsConfig is not emulated: the pod keeps the node's file)."""
+    return dns_policy == "ClusterFirstWithHostNet" or (dns_policy == "ClusterFirst"
+                                                       and not host_network)
 
 
 def dnsmasq_conf(cache_size: int = CACHE_SIZE) -> str:
@@ -152,9 +162,18 @@ class ClusterDNS(Agent):
         if pod.namespace == NAMESPACE and pod.name == POD_NAME:
             self.pod = pod
             self._start(pod)
-        elif not pod.host_network:
+        elif uses_cluster_dns(self._spec(pod).dns_policy, pod.host_network):
             self._mount_resolv_conf(pod)
         self.refresh()
+
+    def pod_changed(self, pod: Pod) -> None:
+        self.refresh()  # a headless Service's endpoints follow readiness
+
+    def _spec(self, pod: Pod) -> PodSpec:
+        """The manifests' PodSpec of ``pod`` (a plain one for pods not from manifests)."""
+        workload = self.cluster.spec.workload
+        specs = {pod_handle(p.name, p.namespace): p for p in workload.pods} if workload else {}
+        return specs.get(pod.name, PodSpec(pod.name, pod.namespace))
 
     def _mount_resolv_conf(self, pod: Pod) -> None:
         """Bind-mount the pod's resolv.conf over /etc/resolv.conf in its mount namespace
@@ -168,8 +187,10 @@ class ClusterDNS(Agent):
         """Recompute the records from the cluster's pods and Services; kubedns reloads."""
         path = self.cluster.state.path("dns", "records.json")
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([r.as_list() for r in
-                                   records(self.cluster.services, self.cluster.pods)]))
+        hostnames = {pod.name: (spec.hostname, spec.subdomain)
+                     for pod in self.cluster.pods for spec in [self._spec(pod)]}
+        tmp.write_text(json.dumps([r.as_list() for r in records(
+            self.cluster.services, self.cluster.pods, hostnames=hostnames)]))
         tmp.replace(path)
         self.cluster.state.path("dns", QUERIES_FILE).write_text(
             "".join(f"{s.name}.{s.namespace}.svc.{DOMAIN} A\n" for s in self.cluster.services))

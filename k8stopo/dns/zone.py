@@ -7,9 +7,12 @@ and pods into (owner, type, rdata) triples, :class:`Zone` answers a query messag
 
 * ClusterIP Service: ``A svc.ns.svc.cluster.local`` -> the ClusterIP; one
   ``SRV _port._proto.svc.ns.svc.cluster.local`` per named port; a PTR for the IP.
-* Headless Service (no ClusterIP): ``A`` -> every ready endpoint pod's IP, and per
-  endpoint ``A a-b-c-d.svc.ns.svc.cluster.local`` (the endpoint has no hostname, so
-  its dashed IP names it) with its PTR; the SRV records point at those names.
+* Headless Service (no ClusterIP): ``A`` -> every ready endpoint pod's IP (not-ready
+  ones too with publishNotReadyAddresses), and per endpoint ``A
+  <hostname>.svc.ns.svc.cluster.local`` with its PTR; the SRV records point at those
+  names. An endpoint's hostname is the pod's ``spec.hostname`` when its
+  ``spec.subdomain`` is the Service's name (as the EndpointSlice controller sets it: a
+  StatefulSet's ``web-0.web.ns.svc.cluster.local``), else its dashed IP.
 * Pod records ``a-b-c-d.ns.pod.cluster.local`` are answered for any dashed IPv4
   in any namespace, as kube-dns does by default ("pods insecure").
 * A name that exists (or has names below it) but lacks the type asked: NOERROR,
@@ -19,7 +22,7 @@ and pods into (owner, type, rdata) triples, :class:`Zone` answers a query messag
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,10 +71,12 @@ def dashed(ip: ipaddress.IPv4Address) -> str:
 
 
 def selected(service: ServiceSpec, pods: Iterable[PodLike]) -> list[PodLike]:
-    """The Service's ready endpoints: pods of its namespace that match a non-empty selector."""
+    """The Service's published endpoints: pods of its namespace that match a non-empty
+    selector and are ready (or any, with publishNotReadyAddresses)."""
     if not service.selector:
         return []
-    return [p for p in pods if p.namespace == service.namespace and p.ready
+    return [p for p in pods if p.namespace == service.namespace
+            and (p.ready or service.publish_not_ready)
             and all(p.labels.get(k) == v for k, v in service.selector.items())]
 
 
@@ -83,9 +88,11 @@ def _target_port(port: int | str, protocol: str, pod: PodLike) -> int | None:
                  if c.name == port and c.protocol == protocol), None)
 
 
-def records(services: Iterable[ServiceSpec], pods: Sequence[PodLike],
-            domain: str = DOMAIN) -> list[Record]:
-    """Every record kubedns serves for these Services and pods."""
+def records(services: Iterable[ServiceSpec], pods: Sequence[PodLike], domain: str = DOMAIN,
+            hostnames: Mapping[str, tuple[str | None, str | None]] | None = None) -> list[Record]:
+    """Every record kubedns serves for these Services and pods; ``hostnames`` maps a pod's
+    name to its ``(spec.hostname, spec.subdomain)``."""
+    hostnames = hostnames or {}
     out: list[Record] = []
     for svc in services:
         fqdn = f"{svc.name}.{svc.namespace}.svc.{domain}."
@@ -99,7 +106,8 @@ def records(services: Iterable[ServiceSpec], pods: Sequence[PodLike],
             continue
         endpoints = selected(svc, pods)
         for pod in endpoints:
-            host = f"{dashed(pod.ip)}.{fqdn}"
+            hostname, subdomain = hostnames.get(pod.name, (None, None))
+            host = f"{hostname if hostname and subdomain == svc.name else dashed(pod.ip)}.{fqdn}"
             out += [Record(fqdn, "A", str(pod.ip)), Record(host, "A", str(pod.ip)),
                     Record(dns.reversename.from_address(str(pod.ip)).to_text(), "PTR", host)]
             for p in named:

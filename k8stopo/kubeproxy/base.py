@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, ClassVar
 
 from ..agent import Agent
-from .model import ServicePortInfo, service_ports
+from .model import ServicePortInfo, ports_of
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
@@ -24,6 +24,7 @@ class KubeProxy(Agent):
     """What every mode shares: the service model and when to resync."""
 
     mode: ClassVar[str]
+    serves_services = True
 
     def __init__(self, cluster: "Cluster") -> None:
         super().__init__(cluster)
@@ -31,7 +32,8 @@ class KubeProxy(Agent):
         self.sync_seconds: dict[str, float] = {}  # node -> seconds its last load took
 
     def service_ports(self) -> list[ServicePortInfo]:
-        return service_ports(self.cluster.spec.workload, self.cluster.pods)
+        """The workload's Services and the agents' own (kube-dns), as a node sees them."""
+        return ports_of(self.cluster.services, self.cluster.pods)
 
     def setup_node(self, node: "Node") -> None:
         # Bridged pods (cni0, weave) reach a Service backend on their own bridge: the

@@ -9,7 +9,13 @@ masquerades what carries it: traffic to a ClusterIP from outside the cluster CID
 (kube-proxy's --cluster-cidr local detector), hairpin traffic, NodePort traffic.
 ClientIP affinity is ``-m recent`` per endpoint with the Service's timeout. A
 Service without endpoints gets a REJECT in filter KUBE-SERVICES (and
-KUBE-EXTERNAL-SERVICES for its NodePort). Every sync is one iptables-restore
+KUBE-EXTERNAL-SERVICES for its NodePort). A LoadBalancer's ingress IP (``--lb-pool``)
+is matched in KUBE-SERVICES and goes to KUBE-EXT as its NodePort does (kube-proxy's
+KUBE-FW firewall chain appears only with loadBalancerSourceRanges, which the
+manifests do not carry). externalTrafficPolicy Local: KUBE-EXT sends pods' and the
+node's own traffic to KUBE-SVC and the rest, unmasqueraded, to KUBE-SVL (this node's
+endpoints only), dropped in filter KUBE-EXTERNAL-SERVICES where the node has none.
+Every sync is one iptables-restore
 batch per node, checked first with ``--test``; chains of endpoints that are gone
 are deleted in the same batch, as kube-proxy does.
 
@@ -42,17 +48,21 @@ class IptablesProxy(KubeProxy):
 
     def render(self, node: "Node", ports: list[ServicePortInfo]) -> tuple[str, set[str]]:
         chains: set[str] = set()
+        local = {s.svc_chain: s.local_endpoints(p.name for p in node.pods)
+                 for s in ports if s.external_local}
         for s in ports:
             if s.endpoints:
                 chains.add(s.svc_chain)
                 chains.update(s.sep_chain(ep) for ep in s.endpoints)
-                if s.node_port:
+                if s.node_port or s.load_balancer_ip:
                     chains.add(s.ext_chain)
+                if local.get(s.svc_chain):
+                    chains.add(s.svl_chain)
         held = self.chains.get(node.name)
         stale = sorted((held or set()) - chains)
         rules = render("kube-proxy-iptables.rules.j2", node=node.name, ports=ports,
                        chains=sorted(chains | set(stale)), stale=stale, first=held is None,
-                       mark=MASQ_MARK, cluster_cidr=self.cluster.pod_cidr)
+                       mark=MASQ_MARK, cluster_cidr=self.cluster.pod_cidr, local=local)
         return rules, chains
 
     def load(self, node: "Node", ports: list[ServicePortInfo]) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..node import Pod
+from ..spec import ClusterSpec, SpecError
 from ..workload import ServicePort, ServiceSpec, Workload
 
 
@@ -50,6 +51,15 @@ class ServicePortInfo:
     node_port: int | None
     affinity_timeout: int | None
     endpoints: tuple[Endpoint, ...]
+    #: a LoadBalancer's ingress IP (status.loadBalancer.ingress[].ip, from --lb-pool)
+    load_balancer_ip: ipaddress.IPv4Address | None = None
+    #: externalTrafficPolicy Local: external traffic only to this node's endpoints, unmasqueraded
+    external_local: bool = False
+
+    def local_endpoints(self, pods: Iterable[str]) -> tuple[Endpoint, ...]:
+        """The endpoints among ``pods`` (a node's pods' names)."""
+        mine = set(pods)
+        return tuple(e for e in self.endpoints if e.pod in mine)
 
     @property
     def name(self) -> str:
@@ -65,6 +75,17 @@ class ServicePortInfo:
     @property
     def ext_chain(self) -> str:
         return "KUBE-EXT-" + _hash(self.name + self.protocol)[:16]
+
+    @property
+    def fw_chain(self) -> str:
+        """The load balancer's firewall chain (loadBalancerSourceRanges; none here: it
+        only jumps on), serviceFirewallChainName."""
+        return "KUBE-FW-" + _hash(self.name + self.protocol)[:16]
+
+    @property
+    def svl_chain(self) -> str:
+        """externalTrafficPolicy Local's node-local endpoints, serviceLocalChainName."""
+        return "KUBE-SVL-" + _hash(self.name + self.protocol)[:16]
 
     def sep_chain(self, ep: Endpoint) -> str:
         return "KUBE-SEP-" + _hash(self.name + self.protocol + str(ep))[:16]
@@ -92,7 +113,8 @@ def _target(port: ServicePort, pod: Pod) -> int | None:
     return None
 
 
-def _selects(svc: ServiceSpec, pod: Pod) -> bool:
+def selects(svc: ServiceSpec, pod: Pod) -> bool:
+    """Whether the Service's (non-empty) selector picks the pod, in its namespace."""
     return (bool(svc.selector) and pod.namespace == svc.namespace
             and all(pod.labels.get(k) == v for k, v in svc.selector.items()))
 
@@ -101,7 +123,7 @@ def endpoints(svc: ServiceSpec, port: ServicePort, pods: Iterable[Pod]) -> tuple
     """The ready endpoints of one service port, sorted as an EndpointSlice lists them."""
     found = []
     for pod in pods:
-        if pod.ready and _selects(svc, pod):
+        if pod.ready and selects(svc, pod):
             target = _target(port, pod)
             if target is not None:
                 found.append(Endpoint(pod.ip, target, pod.name))
@@ -110,10 +132,13 @@ def endpoints(svc: ServiceSpec, port: ServicePort, pods: Iterable[Pod]) -> tuple
 
 def service_ports(workload: Workload | None, pods: Sequence[Pod]) -> list[ServicePortInfo]:
     """Every proxied service port of the workload with its current endpoints."""
-    if workload is None:
-        return []
+    return ports_of(workload.services if workload else (), pods)
+
+
+def ports_of(services: Iterable[ServiceSpec], pods: Sequence[Pod]) -> list[ServicePortInfo]:
+    """Every proxied port of these Services with its current endpoints."""
     out = []
-    for svc in workload.services:
+    for svc in services:
         if svc.cluster_ip is None:
             continue  # headless: DNS only
         for port in svc.ports:
@@ -121,8 +146,19 @@ def service_ports(workload: Workload | None, pods: Sequence[Pod]) -> list[Servic
                 namespace=svc.namespace, service=svc.name, port_name=port.name or "",
                 protocol=port.protocol.lower(), cluster_ip=svc.cluster_ip, port=port.port,
                 node_port=port.node_port, affinity_timeout=svc.session_affinity_timeout,
-                endpoints=endpoints(svc, port, pods)))
+                endpoints=endpoints(svc, port, pods), load_balancer_ip=svc.load_balancer_ip,
+                external_local=svc.external_traffic_policy == "Local"))
     return out
+
+
+def refuse_local(spec: ClusterSpec, mode: str) -> None:
+    """SpecError for externalTrafficPolicy Local in a mode that does not honour it (only
+    the iptables mode has its node-local chains here)."""
+    workload = spec.workload
+    for svc in workload.services if workload else ():
+        if svc.external_traffic_policy == "Local" and svc.type in ("NodePort", "LoadBalancer"):
+            raise SpecError(f"Service {svc.namespace}/{svc.name}: externalTrafficPolicy Local "
+                            f"is not emulated in kube-proxy's {mode} mode (use iptables)")
 
 
 def describe(ports: Sequence[ServicePortInfo]) -> str:
@@ -130,6 +166,8 @@ def describe(ports: Sequence[ServicePortInfo]) -> str:
     lines = []
     for s in ports:
         node_port = f" nodePort {s.node_port}" if s.node_port else ""
+        if s.load_balancer_ip:
+            node_port += f" loadBalancer {s.load_balancer_ip}"
         eps = ", ".join(str(e) for e in s.endpoints) or "no endpoints"
         lines.append(f"  svc {s.name:<24} {s.cluster_ip}:{s.port}/{s.protocol}{node_port} -> {eps}")
     return "\n".join(lines)

@@ -5,7 +5,9 @@ packet's ``daddr . l4proto . dport`` up in the ``service-ips`` verdict map (a
 hash: the cost does not grow with the number of Services) and ``goto``s the
 ``service-<hash>-ns/svc/proto/port`` chain, which picks an endpoint with
 ``numgen random mod n vmap``; NodePorts go through ``service-nodeports`` and
-``external-…`` (masquerade). No-endpoint Services are rejected from
+``external-…`` (masquerade), and so does a LoadBalancer's ingress IP, an element of
+``service-ips`` as in kube-proxy (externalTrafficPolicy Local is refused in this
+mode). No-endpoint Services are rejected from
 ``endpoints-check`` through ``no-endpoint-services``. ClientIP affinity is a
 dynamic ``affinity-…`` set with the Service's timeout. Chain names are hashed as
 kube-proxy's servicePortChainNameBase does. One ``nft -f`` transaction per node,
@@ -18,17 +20,22 @@ from typing import TYPE_CHECKING
 from ..templates import render
 from .base import KubeProxy
 from .iptables import MASQ_MARK
-from .model import ServicePortInfo
+from .model import ServicePortInfo, refuse_local
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
     from ..node import Node
+    from ..spec import ClusterSpec
 
 
 class NftablesProxy(KubeProxy):
     name = "kube-proxy-nftables"
     mode = "nftables"
     requires = ("nft", "conntrack")
+
+    @classmethod
+    def validate(cls, spec: "ClusterSpec") -> None:
+        refuse_local(spec, cls.mode)
 
     def __init__(self, cluster: "Cluster") -> None:
         super().__init__(cluster)
@@ -40,7 +47,7 @@ class NftablesProxy(KubeProxy):
         chains, sets = set(), set()
         for s in live:
             chains.add(f"service-{s.nft_base}")
-            if s.node_port:
+            if s.node_port or s.load_balancer_ip:
                 chains.add(f"external-{s.nft_base}")
             for ep in s.endpoints:
                 chains.add(f"endpoint-{s.nft_endpoint_base(ep)}")
@@ -52,11 +59,13 @@ class NftablesProxy(KubeProxy):
             cluster_cidr=self.cluster.pod_cidr, stale_chains=sorted(old_chains - chains),
             stale_sets=sorted(old_sets - sets),
             service_ips=[f"{s.cluster_ip} . {s.protocol} . {s.port} : goto service-{s.nft_base}"
-                         for s in live],
+                         for s in live]
+            + [f"{s.load_balancer_ip} . {s.protocol} . {s.port} : goto external-{s.nft_base}"
+               for s in live if s.load_balancer_ip],
             service_nodeports=[f"{s.protocol} . {s.node_port} : goto external-{s.nft_base}"
                                for s in live if s.node_port],
-            no_endpoint_services=[f"{s.cluster_ip} . {s.protocol} . {s.port} : goto reject-chain"
-                                  for s in dead],
+            no_endpoint_services=[f"{ip} . {s.protocol} . {s.port} : goto reject-chain"
+                                  for s in dead for ip in (s.cluster_ip, s.load_balancer_ip) if ip],
             no_endpoint_nodeports=[f"{s.protocol} . {s.node_port} : goto reject-chain"
                                    for s in dead if s.node_port])
         return rules, chains, sets

@@ -2,7 +2,8 @@
 
 Each node runs :mod:`k8stopo.kubeproxy.proxier` (round-robin, retrying another
 endpoint when one refuses), and iptables portals redirect ClusterIP:port and
-NodePorts to the port the proxier listens on for that Service port. Backends
+NodePorts (and a LoadBalancer's ingress IP) to the port the proxier listens on for that
+Service port. externalTrafficPolicy Local is refused in this mode. Backends
 see the node's address as the source: the proxier opens its own connection.
 """
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import TYPE_CHECKING
 
 from ..templates import render
 from .base import KubeProxy
-from .model import ServicePortInfo
+from .model import ServicePortInfo, refuse_local
 
 if TYPE_CHECKING:
     from ..cluster import Cluster
     from ..node import Node
+    from ..spec import ClusterSpec
 
 SYNC_TIMEOUT = 30.0
 
@@ -28,6 +30,10 @@ class UserspaceProxy(KubeProxy):
     name = "kube-proxy-userspace"
     mode = "userspace"
     requires = ("iptables-nat",)
+
+    @classmethod
+    def validate(cls, spec: "ClusterSpec") -> None:
+        refuse_local(spec, cls.mode)
 
     def __init__(self, cluster: "Cluster") -> None:
         super().__init__(cluster)
