@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 from . import __version__
 from .cni import names as cni_names
 from .cni import variant as variant_class
-from .errors import RunError
+from .errors import RunError, one_line
 from .measure import REQUIRES
 from .spec import FAULTS, PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 
@@ -214,17 +214,6 @@ def _clean_dead_runs() -> None:
         print(f"k8stopo: could not remove leftover {line}", file=sys.stderr)
 
 
-def _check_output_dir(path: Path | None, what: str) -> None:
-    """An output directory is checked before a long run, not after it."""
-    if path is None:
-        return
-    if path.exists() and not path.is_dir():
-        raise SpecError(f"{what} {path} exists and is not a directory")
-    parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise SpecError(f"{what} {path}: {parent} is not writable")
-
-
 def _runnable(needs: dict[str, tuple[str, ...]], all_requested: bool) -> tuple[str, ...]:
     """Drop (for ``all``) or refuse (when named) variants this kernel cannot run.
 
@@ -382,7 +371,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out = Path("results", name, f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
     plots_dir = args.plots or (Path("results", name, "plots") if name else None)
     results.check_appendable(out)
-    _check_output_dir(plots_dir, "--plots")
+    results.check_output_dir(bench.raw_root(out), "raw output directory")
+    if plots_dir:
+        results.check_output_dir(plots_dir, "--plots")
     if args.published and not plots_dir:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
     pub = _published(args) if plots_dir else None
@@ -446,6 +437,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for path in args.csv:
         if not path.is_file():
             raise SpecError(f"no such CSV file: {path}")
+    results.check_output_dir(args.out, "--out")
     pub = _published(args)
     try:
         df = results.load(args.csv)
@@ -504,7 +496,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
                            repeat=args.repeat)
     spec.check()
     results.check_appendable(args.out)
-    _check_output_dir(args.plots, "--plots")
+    if args.plots:
+        results.check_output_dir(args.plots, "--plots")
     _runnable({names[0]: variant_class(names[0]).requires}, False)
     _clean_dead_runs()
     run_id, failures = scale.run(spec, args.out, environment.Environment.here(args.command_line))
@@ -569,12 +562,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("k8stopo: interrupted; everything this run created was removed", file=sys.stderr)
         return 130
-    except (RunError, TimeoutError) as exc:
-        # The run failed (a tool, a plugin, BGP not converging); teardown has already run.
-        # Anything else is a bug: its traceback is shown.
+    except RunError as exc:
+        # The run failed (a tool, a plugin, a daemon, BGP not converging: errors.py);
+        # teardown has already run. Anything else is a bug: its traceback is shown.
         log.debug("failure", exc_info=True)
-        print(f"k8stopo: failed: {exc} (run with -vv for the commands and a traceback)",
-              file=sys.stderr)
+        print(f"k8stopo: failed: {one_line(exc)} (run with -vv for the commands and a "
+              "traceback)", file=sys.stderr)
         return 1
 
 

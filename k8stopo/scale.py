@@ -36,7 +36,7 @@ from . import __version__, results
 from .cluster import Cluster
 from .cni.calico import CalicoBird
 from .environment import Environment
-from .errors import RunError
+from .errors import NotReady, RunError
 from .measure import Sample, reason
 from .spec import ClusterSpec, SpecError
 
@@ -90,7 +90,7 @@ def _ms(seconds: float) -> Sample:
 
 
 def _wait(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> tuple[float, float]:
-    """Seconds until ``condition()`` holds, and the longest poll round; TimeoutError after."""
+    """Seconds until ``condition()`` holds, and the longest poll round; NotReady after."""
     started = time.monotonic()
     longest = 0.0
     while True:
@@ -100,7 +100,7 @@ def _wait(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> tu
         if done:
             return time.monotonic() - started, longest
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"not within {timeout:.0f}s")
+            raise NotReady(f"not within {timeout:.0f}s")
         time.sleep(0.05)
 
 
@@ -205,7 +205,7 @@ def run(spec: ScaleSpec, out: Path, env: Environment) -> tuple[str, int]:
             error = ""
             try:
                 found = measure_one(cluster_spec)
-            except (TimeoutError, RunError) as exc:
+            except RunError as exc:
                 failures += 1
                 log.error("%d nodes %s: %s", size, mode, exc)
                 # the failure is a result too (a mesh that does not converge): a row says so

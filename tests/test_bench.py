@@ -3,19 +3,21 @@ files, rows and raw outputs end to end, appending, interruption, a failed build.
 from __future__ import annotations
 
 import csv
-import io
 import json
+import logging
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from k8stopo import bench, cli, environment, experiment, measure, proc, results, runstate
 from k8stopo.bench import not_measured, plan
 from k8stopo.cluster import Cluster
+from k8stopo.cni import base
 from k8stopo.cni.base import Variant
 from k8stopo.cni.flannel import FlannelVXLAN
 from k8stopo.cni.host import HostNetwork
@@ -277,25 +279,43 @@ def test_interrupted_bench_keeps_its_rows_and_leaves_nothing(tmp_path: Path) -> 
     assert not left_behind(before)
 
 
-class Broken(Cluster):
-    """A cluster whose build fails the way a real one does (a command exits non-zero)."""
-
-    def _build(self) -> None:
-        raise proc.CommandError(["flanneld"], 1, "", "flanneld: no such backend")
-
-
-def test_a_cluster_that_fails_to_build_is_reported_and_the_others_measured(
-        tmp_path: Path) -> None:
-    spec = BenchSpec(cnis=("flannel-vxlan", "host"), scenarios=("host-to-host",),
-                     protocols=("icmp",), duration=1, repeat=1)
-    pending = {("flannel-vxlan", 1500, "on"): Broken(ClusterSpec("flannel-vxlan")),
-               ("host", 1500, "on"): Cluster(ClusterSpec("host"))}
-    env = environment.Environment("k8stopo bench (test)", "k", "cpu", "nf_tables", "c")
+def test_a_variant_that_fails_to_build_is_recorded_failed_and_the_others_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """calico-bgp's BIRD config is refused by BIRD's own parser (a template with a syntax
+    error): that variant's planned measurements become ``failed`` rows, host is measured,
+    exit 1, and the user reads one line per failure."""
+    broken = tmp_path / "templates"
+    broken.mkdir()
+    (broken / "bird.conf").write_text((base.TEMPLATES / "bird.conf").read_text()
+                                      + "protocol nonsense {\n")
+    monkeypatch.setattr(base._ENV, "loader", jinja2.FileSystemLoader([broken, base.TEMPLATES]))
+    out = tmp_path / "b.csv"
     before = run_dirs()
-    run_id, failures = bench.run(spec, tmp_path / "b.csv", pending, env, io.StringIO())
-    assert failures == 1
-    rows = read(tmp_path / "b.csv")
-    assert {r["cni"] for r in rows} == {"host"} and {r["run_id"] for r in rows} == {run_id}
+    status = cli.main(["bench", "--cni", "calico-bgp,host", "--scenarios",
+                       "host-to-host,pod-to-pod-cross-node", "--protocols", "icmp,tcp",
+                       "--duration", "1", "--repeat", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 1, err
+    rows = read(out)
+    failed = [r for r in rows if r["cni"] == "calico-bgp"]
+    # every planned calico-bgp measurement, one row each, none of them a value
+    assert sorted((r["scenario"], r["protocol"]) for r in failed) == sorted(
+        (s, p) for s in ("host-to-host", "pod-to-pod-cross-node") for p in ("icmp", "tcp"))
+    assert {r["metric"] for r in failed} == {results.FAILED}
+    for row in failed:
+        assert "bird" in row["error"] and "syntax error" in row["error"], row["error"]
+        assert row["client"] == row["server"] == row["mtu"] == ""
+        assert "syntax error" in (tmp_path / row["raw_file"]).read_text()
+    measured = [r for r in rows if r["cni"] == "host"]
+    assert {r["metric"] for r in measured} == METRICS["icmp"] | METRICS["tcp"]
+    assert all(float(r["value"]) > 0 for r in measured if r["metric"] == "rtt_avg_ms")
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(said) == 1 and said[0].startswith("calico-bgp (mtu 1500, offloads on) failed "
+                                                 "to build: ") and "bird" in said[0], said
+    assert "\n" not in said[0]  # one line, whatever BIRD printed
+    assert err.rstrip().splitlines()[-1] == \
+        "k8stopo: 1 measurement(s) or build(s) failed; see the log above"
     assert not left_behind(before)
 
 

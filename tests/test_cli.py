@@ -33,6 +33,14 @@ from conftest import REPO, assert_gone, k8stopo, run_dirs
     (["bench", "--cni", "flannel-vxlan", "--pods-per-node", "300", "--out", "x.csv"],
      "do not fit"),
     (["plot", "no-such.csv", "--out", "plots"], "no such CSV file"),
+    # an output path that cannot be created or written (root passes every access check)
+    (["bench", "--cni", "host", "--out", "/proc/x/y.csv"], "cannot create anything in /proc"),
+    (["bench", "--cni", "host", "--out", "b.csv", "--plots", "/sys/x"],
+     "--plots /sys/x: cannot create anything in /sys"),
+    (["scale", "--cni", "host", "--nodes", "2", "--out", "/sys/s.csv"],
+     "cannot create anything in /sys"),
+    (["plot", str(REPO / "tests" / "data" / "ping.txt"), "--out", "/proc/x"],
+     "--out /proc/x: cannot create anything in /proc"),
 ])
 def test_bad_input_exits_2_with_one_line_and_creates_nothing(args, message, tmp_path) -> None:
     links, dirs = set(runstate.root_links()), run_dirs()
