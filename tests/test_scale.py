@@ -12,6 +12,7 @@ import pytest
 
 from k8stopo import environment, node, proc, results, scale
 from k8stopo.cluster import Cluster
+from k8stopo.errors import NotReady
 from k8stopo.spec import ClusterSpec
 
 from conftest import assert_gone
@@ -46,7 +47,7 @@ def test_a_cluster_that_fails_is_a_failed_row(tmp_path: Path,
     and the sizes after it are still measured."""
     def measure_one(spec: ClusterSpec) -> list[tuple[str, str, scale.Sample]]:
         if spec.nodes == 300:
-            raise TimeoutError("BGP did not converge in 90s: 12 of 300 nodes\nstill lack")
+            raise NotReady("BGP did not converge in 90s: 12 of 300 nodes\nstill lack")
         return [("bring-up", "build_ms", scale.Sample("", 5.0, "ms"))]
 
     monkeypatch.setattr(scale, "measure_one", measure_one)
