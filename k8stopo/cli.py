@@ -199,6 +199,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_cni(value: str, why: str) -> str:
+    """The one variant a command that builds one cluster at a time was given."""
+    names = cni_names(value)
+    if len(names) != 1 or value.strip() == "all":
+        raise SpecError(f"{why}: give exactly one --cni variant")
+    return names[0]
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise SpecError("k8stopo creates network namespaces and must run as root")
@@ -246,20 +254,15 @@ def _say_caveats(cluster: Cluster) -> None:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
-    from .cni import NOT_BUILT, VARIANTS
+    from .cni import VARIANTS
     print(doctor.report(doctor.probe_all(), {n: c.requires for n, c in VARIANTS.items()}))
-    if NOT_BUILT:
-        print(f"Not built in this version: {', '.join(NOT_BUILT)}")
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .cluster import Cluster
     _require_root()
-    names = cni_names(args.cni)
-    if len(names) != 1 or args.cni.strip() == "all":
-        raise SpecError("up builds one cluster: give exactly one --cni variant")
-    cni = names[0]
+    cni = _one_cni(args.cni, "up builds one cluster")
     workload = _workload(args)
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu, bgp=args.bgp,
@@ -453,9 +456,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from . import probe
     from .cluster import Cluster
     _require_root()
-    names = cni_names(args.cni)
-    if len(names) != 1 or args.cni.strip() == "all":
-        raise SpecError("probe builds one cluster: give exactly one --cni variant")
+    cni = _one_cni(args.cni, "probe builds one cluster")
     if args.manifests is None:
         raise SpecError("probe needs --manifests PATH (the pods and Services to probe)")
     protocols = pick(args.protocols, ("tcp", "udp"), "protocol")
@@ -464,10 +465,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if not 1 <= args.count <= 100:
         raise SpecError(f"--count must be between 1 and 100, not {args.count}")
     workload = _workload(args)
-    cluster = Cluster(ClusterSpec(cni=names[0], nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
+    cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
                                   workload=workload),
-                      agents=[*_agents(args, workload), *_policy_agents(names[0], workload)])
-    _runnable({names[0]: cluster.requires}, False)
+                      agents=[*_agents(args, workload), *_policy_agents(cni, workload)])
+    _runnable({cni: cluster.requires}, False)
     with cluster:
         wanted = probe.targets(cluster, ports or probe.declared_ports(cluster), protocols)
         results = probe.probe(cluster, wanted, args.count)
@@ -487,18 +488,16 @@ def _port_arg(value: str) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     from . import environment, plots, results, scale
     _require_root()
-    names = cni_names(args.cni)
-    if len(names) != 1 or args.cni.strip() == "all":
-        raise SpecError("scale measures one variant at a time: give exactly one --cni")
+    cni = _one_cni(args.cni, "scale measures one variant at a time")
     sizes = tuple(_count_arg(v, "--nodes") for v in args.nodes.split(",") if v.strip())
-    spec = scale.ScaleSpec(cni=names[0], nodes=sizes, pods_per_node=args.pods_per_node,
+    spec = scale.ScaleSpec(cni=cni, nodes=sizes, pods_per_node=args.pods_per_node,
                            modes=pick(args.bgp_modes, tuple(scale.MODES), "BGP mode"),
                            repeat=args.repeat)
     spec.check()
     results.check_appendable(args.out)
     if args.plots:
         results.check_output_dir(args.plots, "--plots")
-    _runnable({names[0]: variant_class(names[0]).requires}, False)
+    _runnable({cni: variant_class(cni).requires}, False)
     _clean_dead_runs()
     run_id, failures = scale.run(spec, args.out, environment.Environment.here(args.command_line))
     print(f"run {run_id}: rows in {args.out}")
