@@ -24,9 +24,9 @@ test: $(STAMP) lint
 	$(PY) -m pytest -v -p no:cacheprovider tests
 
 # The tests that build no namespace (parsers, statistics, manifests, specs, charts from
-# CSVs): seconds, any user, no root (tests/conftest.py: the others are requires_root).
+# CSVs), as any user, no root; the notebooks' run (slow) left out (tests/conftest.py).
 test-quick: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not requires_root" tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not requires_root and not slow" tests
 
 # Lint and type check of the whole tree (config: ruff.toml, setup.cfg [mypy]).
 lint: $(STAMP)

@@ -175,6 +175,7 @@ def test_default_experiment_is_what_make_bench_promises() -> None:
     ("- a list\n", "YAML mapping"),
     ("cni: [host\n", "not valid YAML"),
 ])
+@pytest.mark.requires_root
 def test_bad_experiment_exits_2_before_anything_is_built(
         text: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,6 +194,7 @@ def test_bad_experiment_exits_2_before_anything_is_built(
     assert list(tmp_path.iterdir()) == [path]  # no CSV, no raw directory, no plots
 
 
+@pytest.mark.requires_root
 def test_flags_override_the_experiment_but_not_its_sweep(tmp_path: Path) -> None:
     result = k8stopo("bench", "--experiment", str(EXPERIMENTS / "mtu.yaml"), "--mtu", "9000",
                      cwd=tmp_path)
@@ -205,6 +207,7 @@ def test_flags_override_the_experiment_but_not_its_sweep(tmp_path: Path) -> None
 
 # --- end to end ---------------------------------------------------------------------------
 
+@pytest.mark.requires_root
 def test_bench_rows_raw_outputs_of_each_run_and_appending(tmp_path: Path) -> None:
     """Two runs append to one CSV; run 1's raw files still hold run 1's values."""
     out, plots = tmp_path / "runs" / "bench.csv", tmp_path / "plots"
@@ -258,6 +261,7 @@ def test_bench_rows_raw_outputs_of_each_run_and_appending(tmp_path: Path) -> Non
     assert {r["raw_file"] for r in again[len(rows):]}.isdisjoint({r["raw_file"] for r in rows})
 
 
+@pytest.mark.requires_root
 def test_interrupted_bench_keeps_its_rows_and_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bench.csv"
     before = run_dirs()
@@ -279,6 +283,7 @@ def test_interrupted_bench_keeps_its_rows_and_leaves_nothing(tmp_path: Path) -> 
     assert not left_behind(before)
 
 
+@pytest.mark.requires_root
 def test_a_variant_that_fails_to_build_is_recorded_failed_and_the_others_measured(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
@@ -319,6 +324,7 @@ def test_a_variant_that_fails_to_build_is_recorded_failed_and_the_others_measure
     assert not left_behind(before)
 
 
+@pytest.mark.requires_root
 def test_offloads_off_on_every_veth_of_the_wire() -> None:
     with Cluster(ClusterSpec("flannel-vxlan", offloads="off")) as cluster:
         assert cluster.net is not None

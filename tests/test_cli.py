@@ -11,6 +11,8 @@ from k8stopo import runstate
 
 from conftest import REPO, assert_gone, k8stopo, run_dirs
 
+pytestmark = pytest.mark.requires_root  # clusters, or commands that need root
+
 
 @pytest.mark.parametrize("args, message", [
     (["up", "--cni", "weave-nope"], "unknown CNI variant 'weave-nope'"),

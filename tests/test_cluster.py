@@ -22,6 +22,8 @@ from k8stopo.spec import ClusterSpec
 
 from conftest import assert_gone
 
+pytestmark = pytest.mark.requires_root  # clusters, or commands that need root
+
 ALL = list(VARIANTS)
 
 

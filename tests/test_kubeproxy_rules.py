@@ -79,6 +79,7 @@ def test_nftables_dispatches_by_verdict_map() -> None:
     assert "chain endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80" in rules
 
 
+@pytest.mark.requires_root
 @pytest.mark.parametrize("cls", [IptablesProxy, NftablesProxy])
 def test_rule_sets_pass_their_loaders_own_check(cls, tmp_path) -> None:
     """iptables-restore --test / nft -c in a scratch namespace (checks touch nothing)."""

@@ -22,6 +22,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     state.remove_all()
 
 
+@pytest.mark.requires_root
 @pytest.mark.parametrize("name", list(native.PROGRAMS))
 def test_bad_arguments_fail_with_the_usage_in_the_error(here: Endpoint, name: str) -> None:
     with pytest.raises(CommandError, match=f"usage: {name}"):
@@ -29,6 +30,7 @@ def test_bad_arguments_fail_with_the_usage_in_the_error(here: Endpoint, name: st
     assert here.state.data["pids"] == []  # stopped and forgotten
 
 
+@pytest.mark.requires_root
 def test_an_unbuilt_forwarder_says_how_to_build_it(here: Endpoint, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "BUILD", tmp_path / "nowhere")
@@ -36,6 +38,7 @@ def test_an_unbuilt_forwarder_says_how_to_build_it(here: Endpoint, tmp_path: Pat
         native.start(here, "weave-sleeve", [])
 
 
+@pytest.mark.requires_root
 def test_a_forwarder_that_died_is_reported_with_its_last_log_line(here: Endpoint) -> None:
     native.log_path(here.state, "n1", "weave-sleeve").write_text("starting\nbind UDP: boom\n")
     dead = subprocess.Popen(["false"])

@@ -17,6 +17,8 @@ from k8stopo.spec import ClusterSpec
 
 from conftest import assert_gone
 
+pytestmark = pytest.mark.requires_root  # clusters, or commands that need root
+
 
 def test_scale_rows_of_a_reflected_cluster(tmp_path: Path) -> None:
     """Three nodes with one reflector: the reflector holds two sessions, each client one,
