@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from k8stopo import doctor, proc, runstate
+from k8stopo import doctor, native, proc, runstate
 from k8stopo.doctor import Probe, probe_all, report
 
 NAMES = {
@@ -114,8 +114,21 @@ def test_probe_matches_kernel_config(probes: dict[str, Probe], name: str, option
 
 
 @pytest.mark.requires_root
-def test_failed_probe_says_what_is_missing(probes: dict[str, Probe]) -> None:
-    for p in probes.values():
+def test_failed_probe_says_what_is_missing(probes: dict[str, Probe], watched, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every probe that fails here, and (so that some always do) the CNI plugins and our
+    forwarders probed where none is installed: each says what it lacks, where."""
+    monkeypatch.setattr(doctor, "CNI_BIN_DIR", tmp_path)
+    monkeypatch.setattr(native, "BUILD", tmp_path)
+    absent = doctor.probe([*(f"cni:{p}" for p in doctor.CNI_PLUGINS),
+                           *(f"native:{n}" for n in native.PROGRAMS)])
+    watched()
+    assert [p for p in absent.values() if p.ok] == [p for p in absent.values()
+                                                    if p.name == "netns"]
+    for p in absent.values():
+        if p.name != "netns":
+            assert str(tmp_path / p.name.split(":")[1]) in p.detail, p
+    for p in [*probes.values(), *absent.values()]:
         if not p.ok:
             assert not re.search(r": ok\b", p.detail) and len(p.detail) > 15, p
 
