@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import jinja2
@@ -250,7 +251,9 @@ def test_bench_rows_raw_outputs_of_each_run_and_appending(tmp_path: Path) -> Non
     again = read(out)
     assert again[:len(rows)] == rows  # never overwritten
     assert len({r["run_id"] for r in again}) == 2
-    # every raw file belongs to one run: run 1's still parses to run 1's values
+    # every raw file belongs to one run: run 1's still parses to run 1's values, each file
+    # to the values of its rows (the metrics its tool gives; CPU shares come from /proc)
+    compared: Counter[str] = Counter()
     for row in rows:
         raw = (out.parent / row["raw_file"]).read_text()
         parse = {"tcp": lambda t: measure.parse_iperf3(t, "tcp"), "icmp": measure.parse_ping,
@@ -258,6 +261,9 @@ def test_bench_rows_raw_outputs_of_each_run_and_appending(tmp_path: Path) -> Non
         values = {s.metric: s.value for s in parse(raw)}
         if row["metric"] in values:
             assert values[row["metric"]] == float(row["value"]), row
+            compared[row["raw_file"]] += 1
+    assert set(compared) == {r["raw_file"] for r in rows}  # no raw file went unchecked
+    assert min(compared.values()) >= 3  # e.g. ping's five RTTs, iperf3's throughput and more
     assert {r["raw_file"] for r in again[len(rows):]}.isdisjoint({r["raw_file"] for r in rows})
 
 
