@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from k8stopo import cli, runstate
@@ -136,3 +137,15 @@ def assert_gone(prefix: str, pids: list[dict]) -> None:
     assert not (runstate.STATE_ROOT / prefix).exists(), "state directory left"
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [n for n in netns.split() if n.startswith(prefix)], f"named netns left: {netns}"
+
+
+@pytest.fixture
+def broken_bird_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BIRD's config template with a syntax error appended, so that BIRD's own parser
+    refuses every node's config: a daemon failing for real, as a user's edit could make it."""
+    from k8stopo.cni import base
+    broken = tmp_path / "templates"
+    broken.mkdir()
+    (broken / "bird.conf").write_text((base.TEMPLATES / "bird.conf").read_text()
+                                      + "protocol nonsense {\n")
+    monkeypatch.setattr(base._ENV, "loader", jinja2.FileSystemLoader([broken, base.TEMPLATES]))

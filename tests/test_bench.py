@@ -12,13 +12,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from k8stopo import bench, cli, environment, experiment, measure, proc, results, runstate
 from k8stopo.bench import not_measured, plan
 from k8stopo.cluster import Cluster
-from k8stopo.cni import base
 from k8stopo.cni.base import Variant
 from k8stopo.cni.flannel import FlannelVXLAN
 from k8stopo.cni.host import HostNetwork
@@ -291,16 +289,11 @@ def test_interrupted_bench_keeps_its_rows_and_leaves_nothing(tmp_path: Path) -> 
 
 @pytest.mark.requires_root
 def test_a_variant_that_fails_to_build_is_recorded_failed_and_the_others_measured(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path, broken_bird_conf: None, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
     """calico-bgp's BIRD config is refused by BIRD's own parser (a template with a syntax
     error): that variant's planned measurements become ``failed`` rows, host is measured,
     exit 1, and the user reads one line per failure."""
-    broken = tmp_path / "templates"
-    broken.mkdir()
-    (broken / "bird.conf").write_text((base.TEMPLATES / "bird.conf").read_text()
-                                      + "protocol nonsense {\n")
-    monkeypatch.setattr(base._ENV, "loader", jinja2.FileSystemLoader([broken, base.TEMPLATES]))
     out = tmp_path / "b.csv"
     before = run_dirs()
     status = cli.main(["bench", "--cni", "calico-bgp,host", "--scenarios",

@@ -5,11 +5,9 @@ import signal
 import subprocess
 import sys
 
-import jinja2
 import pytest
 
 from k8stopo import cli, runstate
-from k8stopo.cni import base
 
 from conftest import REPO, assert_gone, k8stopo, run_dirs
 
@@ -116,14 +114,9 @@ def test_verbose_lets_our_info_lines_through(flags: list[str], shown: bool, tmp_
 
 
 def test_a_daemon_that_fails_to_start_is_one_line_and_exit_1(
-        tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        broken_bird_conf: None, capsys: pytest.CaptureFixture[str]) -> None:
     """BIRD refuses its config (a template with a syntax error): `up` tears the cluster down
     and says so in one line that names BIRD and the file it refused; nothing is left."""
-    broken = tmp_path / "templates"
-    broken.mkdir()
-    (broken / "bird.conf").write_text((base.TEMPLATES / "bird.conf").read_text()
-                                      + "protocol nonsense {\n")
-    monkeypatch.setattr(base._ENV, "loader", jinja2.FileSystemLoader([broken, base.TEMPLATES]))
     dirs = run_dirs()
     assert cli.main(["up", "--cni", "calico-bgp", "--nodes", "2", "--pods-per-node", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
