@@ -2,14 +2,18 @@
 path that cannot be written is bad input before anything is built."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from k8stopo import results
+from k8stopo import analysis, measure, plots, results
 from k8stopo.errors import DaemonError, NotReady, RunError, one_line, tail
 from k8stopo.spec import SpecError
+
+from synthetic import context, fixture_rows, write_csv
 
 
 def test_a_daemon_error_names_the_daemon_where_and_its_log() -> None:
@@ -55,3 +59,27 @@ def test_a_directory_without_write_permission_is_refused(tmp_path: Path) -> None
             results.check_output_dir(locked / "plots", "--out")
     finally:
         locked.chmod(0o700)
+
+
+def test_a_variant_that_failed_to_build_is_counted_and_the_others_charted(
+        tmp_path: Path) -> None:
+    """bench's rows for a variant whose cluster failed to build (no client, server or path
+    MTU) read back, count as failures in the summary, and leave the others' charts whole."""
+    rows = [r for r in fixture_rows(("tcp",), extra={"error": ""}) if r["cni"] == "flannel-vxlan"]
+    why = "bird on n1: config check failed: syntax error"
+    for repeat in (0, 1, 2):
+        for scenario in ("host-to-host", "pod-to-pod-cross-node"):
+            ctx = dataclasses.replace(context("calico-bgp", scenario, "tcp", repeat,
+                                              extra={"error": why}),
+                                      mtu=None, client="", server="", client_ip="", server_ip="")
+            rows += results.rows(ctx, "2026-11-25T00:00:00Z",
+                                 [measure.Sample(results.FAILED, 1, "count")])
+    df = results.load([write_csv(tmp_path / "r.csv", rows)])
+    fails = analysis.failures(df)
+    assert set(zip(fails["cni"], fails["scenario"], fails["failed"], fails["error"])) == {
+        ("calico-bgp", s, 3, why) for s in ("host-to-host", "pod-to-pod-cross-node")}
+    written = plots.plot_all(df, tmp_path / "plots")
+    assert tmp_path / "plots" / "tcp_throughput.png" in written
+    summary = pd.read_csv(tmp_path / "plots" / "summary.csv")
+    assert set(summary.loc[summary["cni"] == "flannel-vxlan", "repeats"]) == {3}
+    assert "3× bird on n1: config check failed" in (tmp_path / "plots" / "summary.md").read_text()
