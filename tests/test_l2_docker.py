@@ -135,7 +135,8 @@ def test_a_pod_ip_of_another_node_is_a_local_address(bridge: Cluster, tmp_path: 
     n1 = bridge.node("n1")
     with Capture(n1, n1.intf, tmp_path / "none.pcap", ["icmp"]) as cap:
         a.run(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", b.ip], check=False)
-    assert cap.packets == []
+        assert ping(a, bridge.node("n2"))  # the control: ICMP that does leave n1 is seen
+    assert cap.packets and not [p for p in cap.packets if str(b.ip) in (p.src, p.dst)]
     assert b.ip in ipaddress.IPv4Network("172.17.0.0/16")
     assert "pod-to-pod-cross-node" in not_measured(VARIANTS["docker-bridge"],
                                                    ("pod-to-pod-cross-node",), nodes=2)
