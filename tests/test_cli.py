@@ -52,7 +52,7 @@ def test_bad_input_exits_2_with_one_line_and_creates_nothing(args, message, tmp_
     assert len(lines) == 1 and message in lines[0], result.stderr
     new_links = set(runstate.root_links()) - links  # (other programs may add theirs meanwhile)
     assert not [l for l in new_links if l.startswith(runstate.PREFIX) or "-eth" in l]
-    assert run_dirs() == dirs
+    assert run_dirs() <= dirs  # none appeared (others may end meanwhile)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -123,4 +123,4 @@ def test_a_daemon_that_fails_to_start_is_one_line_and_exit_1(
     failed = [line for line in err if line.startswith("k8stopo: failed: ")]
     assert failed == err[-1:], err  # one line, the last
     assert "bird" in failed[0] and "bird.conf" in failed[0] and "syntax error" in failed[0]
-    assert run_dirs() == dirs
+    assert run_dirs() <= dirs
