@@ -12,7 +12,7 @@ OVERRIDES := $(if $(CNI),--cni $(CNI)) $(if $(SCENARIOS),--scenarios $(SCENARIOS
   $(if $(PODS),--pods-per-node $(PODS)) $(if $(DURATION),--duration $(DURATION)) \
   $(if $(REPEAT),--repeat $(REPEAT)) $(if $(OUT),--out $(OUT)) $(if $(PLOTS),--plots $(PLOTS))
 
-.PHONY: install test lint bench plots notebooks clean
+.PHONY: install test test-quick lint bench plots notebooks clean
 
 install:
 	@scripts/install.sh
@@ -23,6 +23,11 @@ $(STAMP): setup.py scripts/install.sh $(wildcard k8stopo/native/*.[ch])
 test: $(STAMP) lint
 	$(PY) -m pytest -v -p no:cacheprovider tests
 
+# The tests that build no namespace (parsers, statistics, manifests, specs, charts from
+# CSVs), as any user, no root; the notebooks' run (slow) left out (tests/conftest.py).
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not requires_root and not slow" tests
+
 # Lint and type check of the whole tree (config: ruff.toml, setup.cfg [mypy]).
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -31,12 +36,12 @@ lint: $(STAMP)
 bench: bench-default
 
 bench-%: experiments/%.yaml $(STAMP)
-	$(K8STOPO) bench --experiment $< $(OVERRIDES) $(COMPARE)
+	$(K8STOPO) bench --experiment $< $(OVERRIDES)
 
 # Charts of the newest default run (k8stopo plot takes several files too).
 plots: $(STAMP)
 	$(K8STOPO) plot $(lastword $(sort $(wildcard results/default/default-*.csv))) \
-	  --out $(or $(PLOTS),results/default/plots) $(COMPARE)
+	  --out $(or $(PLOTS),results/default/plots)
 
 # Execute every notebook headless over results/**/*.csv; executed copies, charts
 # included, go to results/notebooks/ (the notebooks in git stay without outputs).

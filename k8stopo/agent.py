@@ -66,7 +66,7 @@ class Agent:
         """``pod.ready`` changed (Cluster.set_ready): follow it (endpoints, DNS records)."""
 
     def wait_ready(self, timeout: float) -> None:
-        """Return once this agent's part has converged; raise TimeoutError otherwise."""
+        """Return once this agent's part has converged; raise errors.NotReady otherwise."""
 
     def stop(self) -> None:
         """Stop the agent's daemons (their pids are tracked in any case)."""

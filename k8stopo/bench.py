@@ -26,7 +26,10 @@ Only what is distinct is measured (docs/bench.md):
 
 Both are printed as one line each before the run starts, never written as rows:
 every row holds a value a tool measured, or says that a measurement that was tried
-failed (metric ``failed``, the reason in ``error``; the run goes on).
+failed (metric ``failed``, the reason in ``error``; the run goes on). A variant whose
+cluster fails to build (a :class:`~k8stopo.errors.RunError`: a tool, a plugin, a daemon)
+gets such a row for each of its planned measurements, with no client, server or path
+MTU, and the other variants are measured.
 
 With ``faults`` (k8stopo.faults), each repeat's regular steps are followed by the same
 scenarios and protocols measured again under each fault in turn, one measurement per
@@ -66,7 +69,7 @@ from .cni.base import Variant
 from .dns import ClusterDNS
 from .dns import perf as _dnsperf  # noqa: F401 (registers the dns protocol)
 from .environment import Environment
-from .errors import RunError
+from .errors import RunError, one_line
 from .kubeproxy.scenarios import SERVICE_SCENARIOS, service_ends
 from .node import Endpoint, Pod
 from .results import FAILED
@@ -296,32 +299,46 @@ def path_mtu(cluster: Cluster, client: Endpoint, server: Endpoint) -> int:
     return min(mtu(client), mtu(server))
 
 
+def raw_root(out: Path) -> Path:
+    """Where the raw outputs of the runs appending to ``out`` go, one directory per run."""
+    return out.parent / f"{out.stem}.raw"
+
+
 def _build(stack: contextlib.ExitStack, pending: dict[ClusterKey, Cluster]
-           ) -> tuple[dict[ClusterKey, Cluster], list[str]]:
-    """Build every cluster; one that fails is torn down, reported and left out."""
-    built, failed = {}, []
+           ) -> tuple[dict[ClusterKey, Cluster], dict[ClusterKey, RunError]]:
+    """Build every cluster. One that fails (a tool, a plugin, a daemon, BGP not converging)
+    has torn itself down; it is reported once and left out, its error kept so that its
+    steps are recorded as failed while the other variants are measured."""
+    built: dict[ClusterKey, Cluster] = {}
+    failed: dict[ClusterKey, RunError] = {}
     for key, cluster in pending.items():
         log.info("building %s", cluster.spec.cni)
         try:
             built[key] = stack.enter_context(cluster)
-        except (RunError, TimeoutError) as exc:  # a tool, a plugin, BGP not converging
-            failed.append(f"{cluster.spec.cni} (mtu {cluster.spec.mtu}, offloads "
-                          f"{cluster.spec.offloads}) failed to build: {exc}")
+        except RunError as exc:
+            failed[key] = exc
+            log.error("%s (mtu %s, offloads %s) failed to build: %s; its measurements are "
+                      "recorded as failed", cluster.spec.cni, cluster.spec.mtu,
+                      cluster.spec.offloads, one_line(exc))
     return built, failed
 
 
 def _context(run_id: str, spec: BenchSpec, step: Step, env: Environment, cluster: Cluster,
-             ends: tuple[Endpoint, str, Endpoint], raw_file: str, error: str = ""
+             ends: tuple[Endpoint, str, Endpoint] | None, raw_file: str, error: str = ""
              ) -> results.Context:
-    client, target, server = ends  # server_ip is the address dialled
+    """A step's row context; ``ends`` None for a cluster that failed to build (no client,
+    server or path MTU: nothing was built to have them)."""
+    client, target, server = ends if ends else (None, "", None)  # server_ip: the address dialled
     p = step.point
     return results.Context(
         run_id=run_id, cni=step.cni, scenario=step.scenario, protocol=step.protocol,
         repeat=step.repeat, nodes=p.nodes, pods_per_node=p.pods_per_node,
         streams=p.streams if step.protocol in ("tcp", "udp") else 1,
-        duration_s=p.duration, mtu=path_mtu(cluster, client, server), kernel=env.kernel,
-        k8stopo_version=__version__, client=client.name, server=server.name,
-        client_ip=str(client.ip), server_ip=target.split(":")[0], raw_file=raw_file,
+        duration_s=p.duration, kernel=env.kernel, k8stopo_version=__version__,
+        mtu=path_mtu(cluster, client, server) if client and server else None,
+        client=client.name if client else "", server=server.name if server else "",
+        client_ip=str(client.ip) if client else "", server_ip=target.split(":")[0],
+        raw_file=raw_file,
         extra={"udp_bandwidth": p.udp_bandwidth if step.protocol == "udp" else "",
                "udp_length": (p.udp_length or "") if step.protocol == "udp" else "",
                "msg_size": p.msg_size if step.protocol == "tcp_rr" else "",
@@ -366,15 +383,16 @@ def run(spec: BenchSpec, out: Path, pending: dict[ClusterKey, Cluster], env: Env
         print(f"k8stopo: {line}", file=progress_stream)
     with contextlib.ExitStack() as stack, results.CsvSink(out) as sink:
         built, failed = _build(stack, pending)
-        for line in failed:
-            log.error("%s; its measurements are skipped", line)
         steps = [s for s in todo if cluster_key(s.cni, s.point) in built]
-        raw_dir = out.parent / f"{out.stem}.raw" / run_id
+        raw_dir = raw_root(out) / run_id
         raw_dir.mkdir(parents=True, exist_ok=resume is not None)  # a new run id is never reused
         # numbering goes on after every file there, a crash's orphan without a row included
         numbers = (re.match(r"\d+", f.name) for f in raw_dir.iterdir())
         writer = _Writer(run_id, spec, env, sink, raw_dir, out.parent,
                          max((int(n.group()) for n in numbers if n), default=0))
+        for step in todo:  # a broken variant's steps: rows that say so, the others go on
+            if (key := cluster_key(step.cni, step.point)) in failed:
+                writer.unbuilt(pending[key], step, failed[key])
         bar = tqdm(total=len(steps), file=progress_stream, unit="measurement",
                    smoothing=0, dynamic_ncols=True, disable=not progress_stream.isatty())
 
@@ -521,30 +539,46 @@ class _Writer:
               m: measure.Measurement | measure.MeasurementError) -> None:
         """A measurement's rows, or one ``failed`` row with the reason; either way a raw
         file (a failure's holds the whole message), created exclusively."""
-        self.index += 1
-        fault = f"_{step.fault}" if step.fault else ""
-        stem = (f"{self.index:04d}_{step.cni}_{step.scenario}_{step.protocol}_r{step.repeat}"
-                f"{fault}")
+        ends = endpoints(cluster, step.scenario)
         if isinstance(m, measure.MeasurementError):
-            raw = self.raw_dir / f"{stem}.error.txt"
-            text, error = f"{m}\n", measure.reason(m)
-            samples = [measure.Sample(FAILED, 1, "count")]
             # under a fault a failure is the expected outcome, not a failure of the run
             self.failures += not step.fault
             log.log(logging.INFO if step.fault else logging.ERROR,
                     "%s %s %s repeat %d%s failed: %s", step.cni, step.scenario, step.protocol,
                     step.repeat, f" under {step.fault}" if step.fault else "", m)
-        else:
-            raw = self.raw_dir / (stem + m.suffix)
-            text, error, samples = m.raw, "", m.samples
-            if m.server_raw:  # the iperf3 server's own view of the same test
-                with (self.raw_dir / f"{stem}.server.json").open("x") as f:
-                    f.write(m.server_raw)
+            self._failed(cluster, step, started_at, ends, m)
+            return
+        stem = self._stem(step)
+        if m.server_raw:  # the iperf3 server's own view of the same test
+            with (self.raw_dir / f"{stem}.server.json").open("x") as f:
+                f.write(m.server_raw)
+        self._rows(cluster, step, started_at, ends, self.raw_dir / (stem + m.suffix), m.raw,
+                   "", m.samples)
+
+    def unbuilt(self, cluster: Cluster, step: Step, exc: RunError) -> None:
+        """One ``failed`` row for a step whose cluster failed to build (counted once per
+        cluster by :func:`run`, not per step)."""
+        self._failed(cluster, step, results.utc_now(), None, exc)
+
+    def _failed(self, cluster: Cluster, step: Step, started_at: str,
+                ends: tuple[Endpoint, str, Endpoint] | None, exc: RunError) -> None:
+        self._rows(cluster, step, started_at, ends, self.raw_dir / f"{self._stem(step)}.error.txt",
+                   f"{exc}\n", measure.reason(exc), [measure.Sample(FAILED, 1, "count")])
+
+    def _stem(self, step: Step) -> str:
+        """The next raw file's name without suffix (numbered in the order measured)."""
+        self.index += 1
+        fault = f"_{step.fault}" if step.fault else ""
+        return (f"{self.index:04d}_{step.cni}_{step.scenario}_{step.protocol}_r{step.repeat}"
+                f"{fault}")
+
+    def _rows(self, cluster: Cluster, step: Step, started_at: str,
+              ends: tuple[Endpoint, str, Endpoint] | None, raw: Path, text: str, error: str,
+              samples: Sequence[results.Sample]) -> None:
         with raw.open("x") as f:  # "x": never overwrite
             f.write(text)
-        ctx = _context(self.run_id, self.spec, step, self.env, cluster,
-                       endpoints(cluster, step.scenario), str(raw.relative_to(self.csv_dir)),
-                       error)
+        ctx = _context(self.run_id, self.spec, step, self.env, cluster, ends,
+                       str(raw.relative_to(self.csv_dir)), error)
         self.sink.write(results.rows(ctx, started_at, samples))
 
 

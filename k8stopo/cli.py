@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 from . import __version__
 from .cni import names as cni_names
 from .cni import variant as variant_class
-from .errors import RunError
+from .errors import RunError, one_line
 from .measure import REQUIRES
 from .spec import FAULTS, PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecError, pick
 
@@ -260,6 +260,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_cni(value: str, why: str) -> str:
+    """The one variant a command that builds one cluster at a time was given."""
+    names = cni_names(value)
+    if len(names) != 1 or value.strip() == "all":
+        raise SpecError(f"{why}: give exactly one --cni variant")
+    return names[0]
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise SpecError("k8stopo creates network namespaces and must run as root")
@@ -273,17 +281,6 @@ def _clean_dead_runs() -> None:
         print(f"k8stopo: removed leftover of a crashed run: {line}", file=sys.stderr)
     for line in left:
         print(f"k8stopo: could not remove leftover {line}", file=sys.stderr)
-
-
-def _check_output_dir(path: Path | None, what: str) -> None:
-    """An output directory is checked before a long run, not after it."""
-    if path is None:
-        return
-    if path.exists() and not path.is_dir():
-        raise SpecError(f"{what} {path} exists and is not a directory")
-    parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise SpecError(f"{what} {path}: {parent} is not writable")
 
 
 def _runnable(needs: dict[str, tuple[str, ...]], all_requested: bool) -> tuple[str, ...]:
@@ -318,20 +315,15 @@ def _say_caveats(cluster: Cluster) -> None:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
-    from .cni import NOT_BUILT, VARIANTS
+    from .cni import VARIANTS
     print(doctor.report(doctor.probe_all(), {n: c.requires for n, c in VARIANTS.items()}))
-    if NOT_BUILT:
-        print(f"Not built in this version: {', '.join(NOT_BUILT)}")
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .cluster import Cluster
     _require_root()
-    names = cni_names(args.cni)
-    if len(names) != 1 or args.cni.strip() == "all":
-        raise SpecError("up builds one cluster: give exactly one --cni variant")
-    cni = names[0]
+    cni = _one_cni(args.cni, "up builds one cluster")
     workload = _lb_pool(args, _workload(args), args.nodes)
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu, bgp=args.bgp,
@@ -451,7 +443,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out = Path("results", name, f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
     plots_dir = args.plots or (Path("results", name, "plots") if name else None)
     results.check_appendable(out)
-    _check_output_dir(plots_dir, "--plots")
+    results.check_output_dir(bench.raw_root(out), "raw output directory")
+    if plots_dir:
+        results.check_output_dir(plots_dir, "--plots")
     if args.published and not plots_dir:
         raise SpecError("--published needs --plots DIR (the comparison is written there)")
     pub = _published(args) if plots_dir else None
@@ -518,6 +512,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for path in args.csv:
         if not path.is_file():
             raise SpecError(f"no such CSV file: {path}")
+    results.check_output_dir(args.out, "--out")
     pub = _published(args)
     try:
         df = results.load(args.csv)
@@ -533,9 +528,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from . import probe
     from .cluster import Cluster
     _require_root()
-    names = cni_names(args.cni)
-    if len(names) != 1 or args.cni.strip() == "all":
-        raise SpecError("probe builds one cluster: give exactly one --cni variant")
+    cni = _one_cni(args.cni, "probe builds one cluster")
     if args.manifests is None:
         raise SpecError("probe needs --manifests PATH (the pods and Services to probe)")
     protocols = pick(args.protocols, ("tcp", "udp"), "protocol")
@@ -546,11 +539,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     workload = _lb_pool(args, _workload(args), args.nodes)
     if args.by_name and not (workload and workload.services):
         raise SpecError("--by-name needs Services in the manifests (their names are dialled)")
-    cluster = Cluster(ClusterSpec(cni=names[0], nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
+    cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
                                   workload=workload),
                       agents=[*_agents(args, workload, dns=True),
-                              *_policy_agents(names[0], workload)])
-    _runnable({names[0]: cluster.requires}, False)
+                              *_policy_agents(cni, workload)])
+    _runnable({cni: cluster.requires}, False)
     with cluster:
         started = time.monotonic()
         clients = probe.workload_pods(cluster)
@@ -578,20 +571,18 @@ def cmd_app(args: argparse.Namespace) -> int:
                            f"{exp.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
     plots_dir = args.plots or Path("results", exp.name, "plots")
     results.check_appendable(out)
-    _check_output_dir(plots_dir, "--plots")
+    results.check_output_dir(plots_dir, "--plots")
     probe_args = argparse.Namespace(proxy_mode=exp.proxy_modes[0])
 
     def agents(wl: Workload, mode: str) -> list[type[Agent]]:
         probe_args.proxy_mode = mode
         return [*_agents(probe_args, wl), *_policy_agents(exp.cni, wl)]
 
-    names = cni_names(exp.cni)
-    if len(names) != 1 or exp.cni.strip() == "all":
-        raise SpecError(f"{args.experiment}: cni must name one variant")
-    spec = ClusterSpec(cni=names[0], nodes=exp.nodes, pods_per_node=0, workload=workload)
+    cni = _one_cni(exp.cni, f"{args.experiment}: an app experiment builds one cluster")
+    spec = ClusterSpec(cni=cni, nodes=exp.nodes, pods_per_node=0, workload=workload)
     needs = [Cluster(spec, agents=agents(workload, mode)).requires  # each mode checked now
              for mode in exp.proxy_modes]
-    _runnable({names[0]: tuple(r for reqs in needs for r in reqs)}, False)
+    _runnable({cni: tuple(r for reqs in needs for r in reqs)}, False)
     _clean_dead_runs()
     run_id = apppaths.run(exp, workload, agents, out, args.command_line)
     print(f"run {run_id}: rows in {out}")
@@ -609,17 +600,16 @@ def _port_arg(value: str) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     from . import environment, plots, results, scale
     _require_root()
-    names = cni_names(args.cni)
-    if len(names) != 1 or args.cni.strip() == "all":
-        raise SpecError("scale measures one variant at a time: give exactly one --cni")
+    cni = _one_cni(args.cni, "scale measures one variant at a time")
     sizes = tuple(_count_arg(v, "--nodes") for v in args.nodes.split(",") if v.strip())
-    spec = scale.ScaleSpec(cni=names[0], nodes=sizes, pods_per_node=args.pods_per_node,
+    spec = scale.ScaleSpec(cni=cni, nodes=sizes, pods_per_node=args.pods_per_node,
                            modes=pick(args.bgp_modes, tuple(scale.MODES), "BGP mode"),
                            repeat=args.repeat)
     spec.check()
     results.check_appendable(args.out)
-    _check_output_dir(args.plots, "--plots")
-    _runnable({names[0]: variant_class(names[0]).requires}, False)
+    if args.plots:
+        results.check_output_dir(args.plots, "--plots")
+    _runnable({cni: variant_class(cni).requires}, False)
     _clean_dead_runs()
     run_id, failures = scale.run(spec, args.out, environment.Environment.here(args.command_line))
     print(f"run {run_id}: rows in {args.out}")
@@ -683,12 +673,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("k8stopo: interrupted; everything this run created was removed", file=sys.stderr)
         return 130
-    except (RunError, TimeoutError) as exc:
-        # The run failed (a tool, a plugin, BGP not converging); teardown has already run.
-        # Anything else is a bug: its traceback is shown.
+    except RunError as exc:
+        # The run failed (a tool, a plugin, a daemon, BGP not converging: errors.py);
+        # teardown has already run. Anything else is a bug: its traceback is shown.
         log.debug("failure", exc_info=True)
-        print(f"k8stopo: failed: {exc} (run with -vv for the commands and a traceback)",
-              file=sys.stderr)
+        print(f"k8stopo: failed: {one_line(exc)} (run with -vv for the commands and a "
+              "traceback)", file=sys.stderr)
         return 1
 
 

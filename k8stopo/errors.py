@@ -21,6 +21,13 @@ def tail(text: str, lines: int = 3) -> str:
     return " | ".join(kept[-lines:]) if kept else "no output"
 
 
+def one_line(exc: BaseException) -> str:
+    """A failure's whole message on one line (a daemon's status table joined by ``|``), so
+    the user reads one line per failure whatever the tool printed."""
+    return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip()) \
+        or type(exc).__name__
+
+
 class DaemonError(RunError):
     """A daemon failed its config check, exited, or never became ready; the message names
     it, where it ran, and its log file (kept for the user after a failed build)."""

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .cluster import Cluster
 from .dns.zone import DOMAIN
+from .errors import RunError
 from .kubeproxy.model import service_ports
 from .node import Endpoint, Pod
 from .servers import build
@@ -106,8 +107,8 @@ def parse(client: Endpoint, wanted: Sequence[Target], output: str) -> list[Resul
     """podprobe's lines, matched in order with the targets they answer."""
     lines = output.splitlines()
     if len(lines) != len(wanted):
-        raise RuntimeError(f"podprobe in {client.name} answered {len(lines)} of "
-                           f"{len(wanted)} probes")
+        raise RunError(f"podprobe in {client.name} answered {len(lines)} of "
+                       f"{len(wanted)} probes")
     out = []
     for t, line in zip(wanted, lines):
         _proto, _ip, _port, result, micros, answer, peer = line.split(" ")

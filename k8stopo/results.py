@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -75,7 +76,7 @@ class Context:
     pods_per_node: int
     streams: int
     duration_s: float
-    mtu: int
+    mtu: int | None  # the path MTU; None when no path was built (a failed build's rows)
     kernel: str
     k8stopo_version: str
     client: str
@@ -127,14 +128,36 @@ def _header(path: Path, line: bytes) -> list[str]:
     return found
 
 
+def check_output_dir(path: Path, what: str) -> None:
+    """Refuse (:class:`SpecError`), before a run creates anything, a directory it could
+    not create or write into: its nearest existing ancestor must be a directory that takes
+    a new entry. That is tried (a temporary directory, removed at once), because
+    permissions do not tell: root passes every access check, yet cannot write in /proc, on
+    a read-only mount or in an immutable directory."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise SpecError(f"{what} {path}: {existing} exists and is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".k8stopo-check-", dir=existing))
+    except OSError as exc:
+        raise SpecError(f"{what} {path}: cannot create anything in {existing} "
+                        f"({exc.strerror or exc})") from None
+
+
 def check_appendable(path: Path) -> None:
-    """Refuse, before a run creates anything, an output file that CsvSink would refuse."""
+    """Refuse, before a run creates anything, an output file that CsvSink would refuse or
+    could not create or append to."""
     path = Path(path)
     if path.is_dir():
         raise SpecError(f"{path} is a directory, not a CSV file")
+    check_output_dir(path.parent, f"{path}: directory")
     if path.is_file():
-        with path.open("rb") as f:
-            header = f.readline()
+        try:
+            with path.open("ab"), path.open("rb") as f:  # "ab": opened for appending, unchanged
+                header = f.readline()
+        except OSError as exc:
+            raise SpecError(f"{path}: cannot append to it ({exc.strerror or exc})") from None
         if header:
             _header(path, header)
 

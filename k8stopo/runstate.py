@@ -5,8 +5,9 @@ of that name exists) and a state directory ``/run/k8stopo/<prefix>/`` holding:
 
 * a journal (``manifest.jsonl``, append-only, one JSON object per line, so that
   recording the 10,000th process costs what the first did): the owner pid, every
-  process started (pid + start time, so a reused pid is never killed), every
-  root-namespace link and named netns;
+  process started (pid + start time, so a reused pid is never killed) and every
+  named netns (a run creates no link in the root namespace; any link there that bears
+  its prefix is removed all the same);
 * a cgroup (v2) of its own, ``<cgroup2 mount>/k8stopo/<prefix>``: every process of
   the run is in it from birth (Mininet shells are moved there as they start;
   spawned daemons join it before they exec), and so is everything those start,
@@ -139,7 +140,7 @@ class RunState:
                 "prefix": self.prefix, "kind": kind, "created": time.time(),
                 "owner": {"pid": me, "start": start_time(me)},
                 "cgroup": str(self.cgroup) if self.cgroup else None,
-                "pids": [], "links": [], "netns": []}
+                "pids": [], "netns": []}
             # The directory appears whole, journal included (a rename is atomic), so an
             # interrupt can never leave a run directory that does not say whose it is.
             self.dir = STATE_ROOT / f".{self.prefix}.new"
@@ -239,10 +240,6 @@ class RunState:
             self.data["pids"] = [p for p in self.data["pids"] if p["pid"] != pid]
         self._append({"op": "unpid", "pid": pid})
 
-    def track_link(self, name: str) -> None:
-        self.data["links"].append(name)
-        self._append({"op": "link", "name": name})
-
     def track_netns(self, name: str) -> None:
         self.data["netns"].append(name)
         self._append({"op": "netns", "name": name})
@@ -297,9 +294,7 @@ class RunState:
         _kill(victims)
         removed += [f"process {names[pid]} ({pid})" for pid in victims]
         left = [f"process {names.get(p, p)} ({p})" for p, s in victims.items() if alive(p, s)]
-        present = set(root_links())
-        mine = [l for l in self.data["links"] if l in present]
-        mine += [l for l in present if l.startswith(self.prefix) and l not in mine]
+        mine = [l for l in root_links() if l.startswith(self.prefix)]
         left_links = []
         for link in mine:
             if proc.run(["ip", "link", "del", link], check=False).returncode == 0:
@@ -330,7 +325,7 @@ class RunState:
                     pass
         left += [f"link {l}" for l in left_links] + [f"netns {n}" for n in left_netns]
         if left:
-            self.data["links"], self.data["netns"] = left_links, left_netns
+            self.data["netns"] = left_netns
             self.data["pids"] = [e for e in self.data["pids"] if alive(e["pid"], e["start"])]
             self._rewrite()
         else:
@@ -368,8 +363,8 @@ def _replay(text: str) -> dict[str, Any]:
             data["pids"].append(entry)
         elif op == "unpid":
             data["pids"] = [p for p in data["pids"] if p["pid"] != entry["pid"]]
-        elif op in ("link", "netns"):
-            data[f"{op}s" if op == "link" else op].append(entry["name"])
+        elif op == "netns":
+            data["netns"].append(entry["name"])
     return data
 
 

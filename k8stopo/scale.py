@@ -221,7 +221,7 @@ def run(spec: ScaleSpec, out: Path, env: Environment) -> tuple[str, int]:
             error = ""
             try:
                 found = measure_one(cluster_spec)
-            except (TimeoutError, RunError) as exc:
+            except RunError as exc:
                 failures += 1
                 log.error("%d nodes %s: %s", size, mode, exc)
                 # the failure is a result too (a mesh that does not converge): a row says so

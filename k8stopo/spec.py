@@ -13,7 +13,8 @@ from typing import Any
 
 from .workload import Workload
 
-#: every variant SPEC names, in its order (the registry in k8stopo.cni has those built so far)
+#: every variant, in SPEC's order: the names alone, for what must not import the variants
+#: (charts' order); k8stopo.cni.VARIANTS holds their classes in this order
 SPEC_VARIANTS = ("host", "flannel-vxlan", "flannel-host-gw", "flannel-udp", "calico-bgp",
                  "calico-ipip", "calico-vxlan", "weave-fastdp", "weave-sleeve", "macvlan",
                  "docker-bridge", "docker-overlay")

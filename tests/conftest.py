@@ -1,8 +1,10 @@
 """Shared fixtures: clusters are real (Mininet, netns, CNI plugins, BIRD) and need root.
 
-Every test is taken to build namespaces (marker ``requires_root``, skipped when not root)
-unless its module or itself is marked ``rootless``: results, charts, notebooks and specs
-are checked on any machine, even one without Mininet.
+A test runs anywhere, as any user, unless it (or its module) is marked ``requires_root``:
+it builds namespaces or runs a command that needs root (skipped when not root). Parsers,
+statistics, manifests, specs and charts from CSVs run on any machine (``make test-quick``).
+A test that creates a run or calls a root-only command without the mark fails, as root
+too, so the quick set never holds one by mistake.
 """
 from __future__ import annotations
 
@@ -26,19 +28,46 @@ else:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "rootless: needs no root, no namespace, no Mininet")
-    config.addinivalue_line("markers", "requires_root: builds network namespaces (root only)")
+    config.addinivalue_line("markers", "requires_root: builds network namespaces or runs a "
+                            "root-only k8stopo command (skipped when not root)")
+    config.addinivalue_line("markers", "slow: takes minutes without a cluster (executes the "
+                            "notebooks); left out of `make test-quick`")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
     skip = pytest.mark.skip(reason="builds network namespaces: run as root")
     for item in items:
-        if item.get_closest_marker("rootless") is None:
-            item.add_marker(pytest.mark.requires_root)
-            if os.geteuid() != 0:
-                item.add_marker(skip)
+        if item.get_closest_marker("requires_root") is not None:
+            item.add_marker(skip)
+
 
 REPO = Path(__file__).resolve().parent.parent
+#: the commands that refuse to run without root (cli._require_root)
+ROOT_COMMANDS = frozenset({"up", "bench", "probe", "scale", "clean"})
+_unmarked = False  # the running test lacks requires_root (see _root_needs_the_mark)
+
+
+@pytest.fixture(autouse=True)
+def _root_needs_the_mark(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Fail a test that would need root without saying so (requires_root), even as root:
+    otherwise a non-root `make test-quick` would fail on it, or pass it for the wrong
+    reason (a root-only command refusing "must run as root" with status 2)."""
+    global _unmarked
+    if request.node.get_closest_marker("requires_root") is not None:
+        yield
+        return
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        pytest.fail("this test creates a k8stopo run or calls a root-only command: "
+                    "mark it requires_root")
+    monkeypatch.setattr(runstate.RunState, "__init__", refuse)
+    if "k8stopo.cli" in sys.modules:  # imported by any test that calls it (it needs Mininet)
+        monkeypatch.setattr(sys.modules["k8stopo.cli"], "_require_root", refuse)
+    _unmarked = True
+    yield
+    _unmarked = False
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -64,6 +93,8 @@ def interruptible() -> None:
 
 def k8stopo(*args: str, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run the command line as a user would (same interpreter as the tests)."""
+    if _unmarked and next((a for a in args if not a.startswith("-")), "") in ROOT_COMMANDS:
+        pytest.fail(f"k8stopo {' '.join(args)} needs root: mark the test requires_root")
     kwargs.setdefault("cwd", REPO)
     return subprocess.run([sys.executable, "-m", "k8stopo", *args], capture_output=True,
                           text=True, timeout=timeout, **kwargs)
@@ -106,3 +137,15 @@ def assert_gone(prefix: str, pids: list[dict]) -> None:
     assert not (runstate.STATE_ROOT / prefix).exists(), "state directory left"
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [n for n in netns.split() if n.startswith(prefix)], f"named netns left: {netns}"
+
+
+@pytest.fixture
+def broken_bird_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BIRD's config template with a syntax error appended, so that BIRD's own parser
+    refuses every node's config: a daemon failing for real, as a user's edit could make it."""
+    from k8stopo import templates
+    broken = tmp_path / "templates"
+    broken.mkdir()
+    (broken / "bird.conf").write_text((templates.TEMPLATES / "bird.conf").read_text()
+                                      + "protocol nonsense {\n")
+    monkeypatch.setenv("K8STOPO_TEMPLATES", str(broken))  # this process and the CLI it runs

@@ -3,12 +3,13 @@ files, rows and raw outputs end to end, appending, interruption, a failed build.
 from __future__ import annotations
 
 import csv
-import io
 import json
+import logging
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,7 @@ def test_default_experiment_is_what_make_bench_promises() -> None:
     ("- a list\n", "YAML mapping"),
     ("cni: [host\n", "not valid YAML"),
 ])
+@pytest.mark.requires_root
 def test_bad_experiment_exits_2_before_anything_is_built(
         text: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,6 +193,7 @@ def test_bad_experiment_exits_2_before_anything_is_built(
     assert list(tmp_path.iterdir()) == [path]  # no CSV, no raw directory, no plots
 
 
+@pytest.mark.requires_root
 def test_flags_override_the_experiment_but_not_its_sweep(tmp_path: Path) -> None:
     result = k8stopo("bench", "--experiment", str(EXPERIMENTS / "mtu.yaml"), "--mtu", "9000",
                      cwd=tmp_path)
@@ -203,6 +206,7 @@ def test_flags_override_the_experiment_but_not_its_sweep(tmp_path: Path) -> None
 
 # --- end to end ---------------------------------------------------------------------------
 
+@pytest.mark.requires_root
 def test_bench_rows_raw_outputs_of_each_run_and_appending(tmp_path: Path) -> None:
     """Two runs append to one CSV; run 1's raw files still hold run 1's values."""
     out, plots = tmp_path / "runs" / "bench.csv", tmp_path / "plots"
@@ -245,7 +249,9 @@ def test_bench_rows_raw_outputs_of_each_run_and_appending(tmp_path: Path) -> Non
     again = read(out)
     assert again[:len(rows)] == rows  # never overwritten
     assert len({r["run_id"] for r in again}) == 2
-    # every raw file belongs to one run: run 1's still parses to run 1's values
+    # every raw file belongs to one run: run 1's still parses to run 1's values, each file
+    # to the values of its rows (the metrics its tool gives; CPU shares come from /proc)
+    compared: Counter[str] = Counter()
     for row in rows:
         raw = (out.parent / row["raw_file"]).read_text()
         parse = {"tcp": lambda t: measure.parse_iperf3(t, "tcp"), "icmp": measure.parse_ping,
@@ -253,9 +259,13 @@ def test_bench_rows_raw_outputs_of_each_run_and_appending(tmp_path: Path) -> Non
         values = {s.metric: s.value for s in parse(raw)}
         if row["metric"] in values:
             assert values[row["metric"]] == float(row["value"]), row
+            compared[row["raw_file"]] += 1
+    assert set(compared) == {r["raw_file"] for r in rows}  # no raw file went unchecked
+    assert min(compared.values()) >= 3  # e.g. ping's five RTTs, iperf3's throughput and more
     assert {r["raw_file"] for r in again[len(rows):]}.isdisjoint({r["raw_file"] for r in rows})
 
 
+@pytest.mark.requires_root
 def test_budget_rounds_measure_only_what_the_verdict_needs(tmp_path: Path) -> None:
     """After the repeats, verdict rounds add host-to-host and cross-node TCP only, as ordinary
     rows of the same run (repeat going on); the run ends with its few lines, no WARNING."""
@@ -281,6 +291,7 @@ def test_budget_rounds_measure_only_what_the_verdict_needs(tmp_path: Path) -> No
     assert {int(r["rounds"]) for r in tiers} == {rounds}
 
 
+@pytest.mark.requires_root
 def test_interrupted_bench_keeps_its_rows_and_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bench.csv"
     before = run_dirs()
@@ -302,28 +313,43 @@ def test_interrupted_bench_keeps_its_rows_and_leaves_nothing(tmp_path: Path) -> 
     assert not left_behind(before)
 
 
-class Broken(Cluster):
-    """A cluster whose build fails the way a real one does (a command exits non-zero)."""
-
-    def _build(self) -> None:
-        raise proc.CommandError(["flanneld"], 1, "", "flanneld: no such backend")
-
-
-def test_a_cluster_that_fails_to_build_is_reported_and_the_others_measured(
-        tmp_path: Path) -> None:
-    spec = BenchSpec(cnis=("flannel-vxlan", "host"), scenarios=("host-to-host",),
-                     protocols=("icmp",), duration=1, repeat=1)
-    pending = {("flannel-vxlan", 1500, "on"): Broken(ClusterSpec("flannel-vxlan")),
-               ("host", 1500, "on"): Cluster(ClusterSpec("host"))}
-    env = environment.Environment("k8stopo bench (test)", "k", "cpu", "nf_tables", "c")
+@pytest.mark.requires_root
+def test_a_variant_that_fails_to_build_is_recorded_failed_and_the_others_measured(
+        tmp_path: Path, broken_bird_conf: None, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """calico-bgp's BIRD config is refused by BIRD's own parser (a template with a syntax
+    error): that variant's planned measurements become ``failed`` rows, host is measured,
+    exit 1, and the user reads one line per failure."""
+    out = tmp_path / "b.csv"
     before = run_dirs()
-    run_id, failures = bench.run(spec, tmp_path / "b.csv", pending, env, io.StringIO())
-    assert failures == 1
-    rows = read(tmp_path / "b.csv")
-    assert {r["cni"] for r in rows} == {"host"} and {r["run_id"] for r in rows} == {run_id}
+    status = cli.main(["bench", "--cni", "calico-bgp,host", "--scenarios",
+                       "host-to-host,pod-to-pod-cross-node", "--protocols", "icmp,tcp",
+                       "--duration", "1", "--repeat", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 1, err
+    rows = read(out)
+    failed = [r for r in rows if r["cni"] == "calico-bgp"]
+    # every planned calico-bgp measurement, one row each, none of them a value
+    assert sorted((r["scenario"], r["protocol"]) for r in failed) == sorted(
+        (s, p) for s in ("host-to-host", "pod-to-pod-cross-node") for p in ("icmp", "tcp"))
+    assert {r["metric"] for r in failed} == {results.FAILED}
+    for row in failed:
+        assert "bird" in row["error"] and "syntax error" in row["error"], row["error"]
+        assert row["client"] == row["server"] == row["mtu"] == ""
+        assert "syntax error" in (tmp_path / row["raw_file"]).read_text()
+    measured = [r for r in rows if r["cni"] == "host"]
+    assert {r["metric"] for r in measured} == METRICS["icmp"] | METRICS["tcp"]
+    assert all(float(r["value"]) > 0 for r in measured if r["metric"] == "rtt_avg_ms")
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(said) == 1 and said[0].startswith("calico-bgp (mtu 1500, offloads on) failed "
+                                                 "to build: ") and "bird" in said[0], said
+    assert "\n" not in said[0]  # one line, whatever BIRD printed
+    assert err.rstrip().splitlines()[-1] == \
+        "k8stopo: 1 measurement(s) or build(s) failed; see the log above"
     assert not left_behind(before)
 
 
+@pytest.mark.requires_root
 def test_offloads_off_on_every_veth_of_the_wire() -> None:
     with Cluster(ClusterSpec("flannel-vxlan", offloads="off")) as cluster:
         assert cluster.net is not None

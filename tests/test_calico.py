@@ -38,6 +38,7 @@ def rule_packets(node: Node, table: str, chain: str, needle: str) -> int:
     return int(hits[0].split()[0])
 
 
+@pytest.mark.requires_root
 def test_felix_chains_exist_without_any_policy(cluster: Cluster) -> None:
     for node in cluster.nodes:
         saved = node.output(["iptables-save"])
@@ -61,6 +62,7 @@ def test_felix_chains_exist_without_any_policy(cluster: Cluster) -> None:
         assert len(dispatch) == len(node.pods) + 1 and "Unknown interface" in dispatch[-1]
 
 
+@pytest.mark.requires_root
 def test_pod_traffic_walks_the_workload_chains(cluster: Cluster) -> None:
     """A new connection from a pod to a pod on another node is accepted by the sender's
     cali-fw profile and the receiver's cali-tw profile (their accept-mark rules count it)."""
@@ -74,6 +76,7 @@ def test_pod_traffic_walks_the_workload_chains(cluster: Cluster) -> None:
     assert after[0] > before[0] and after[1] > before[1]
 
 
+@pytest.mark.requires_root
 def test_a_spoofed_source_from_a_pod_is_dropped(cluster: Cluster, tmp_path: Path) -> None:
     """Felix's strict rpfilter in raw cali-PREROUTING: a pod sending with its neighbour's IP
     never reaches the wire, while the same pod with its own IP does."""
@@ -117,6 +120,7 @@ def ipip():
         yield c
 
 
+@pytest.mark.requires_root
 def test_ipip_tunl0_routes_and_mtu(ipip: Cluster) -> None:
     n1, n2 = ipip.node("n1"), ipip.node("n2")
     assert ipip.variant.datapath in ("ipip", "tc-bpf")
@@ -130,6 +134,7 @@ def test_ipip_tunl0_routes_and_mtu(ipip: Cluster) -> None:
     assert not ping(a, b, "-M", "do", "-s", "1453")
 
 
+@pytest.mark.requires_root
 def test_ipip_tcp_crosses_as_protocol_4_between_node_ips(ipip: Cluster, tmp_path: Path) -> None:
     """Large TCP (GSO super-packets included) is carried in IP protocol 4 from node to node,
     with the pods' own addresses inside."""
@@ -145,6 +150,7 @@ def test_ipip_tcp_crosses_as_protocol_4_between_node_ips(ipip: Cluster, tmp_path
     assert not [p for p in cap.packets if p.proto == 6 and p.src == str(a.ip)]
 
 
+@pytest.mark.requires_root
 def test_ipip_cross_subnet_encapsulates_only_towards_other_subnets(monkeypatch) -> None:
     """confd's CrossSubnet choice, made by BIRD's kernel filter: a peer whose next hop is on
     the node's own subnet is routed directly, any other through tunl0. The underlay is one
@@ -170,6 +176,7 @@ def test_ipip_cross_subnet_encapsulates_only_towards_other_subnets(monkeypatch) 
         assert other and all(p.proto == 4 and p.src == str(n1.ip) for p in other)
 
 
+@pytest.mark.requires_root
 def test_ipip_cross_subnet_on_one_segment_does_not_encapsulate(tmp_path: Path) -> None:
     with Cluster(ClusterSpec(cni="calico-ipip", nodes=2, pods_per_node=1,
                              ipip_mode="cross-subnet")) as c:
@@ -185,6 +192,7 @@ def test_ipip_cross_subnet_on_one_segment_does_not_encapsulate(tmp_path: Path) -
 
 
 # -- VXLAN -----------------------------------------------------------------------------
+@pytest.mark.requires_root
 def test_vxlan_is_felixs_device_with_no_bird_and_untracked_outer_udp(cluster: Cluster) -> None:
     if cluster.spec.cni != "calico-vxlan":
         pytest.skip("calico-vxlan only")
@@ -206,6 +214,7 @@ def test_vxlan_is_felixs_device_with_no_bird_and_untracked_outer_udp(cluster: Cl
 
 
 # -- route reflectors ------------------------------------------------------------------
+@pytest.mark.requires_root
 @pytest.mark.parametrize("reflectors,sessions", [(1, [3, 1, 1, 1]), (2, [3, 3, 2, 2])])
 def test_route_reflectors_carry_every_block(reflectors: int, sessions: list[int]) -> None:
     spec = ClusterSpec(cni="calico-bgp", nodes=4, pods_per_node=1, bgp="rr",
@@ -299,6 +308,7 @@ def test_bench_gives_calicos_options_only_to_the_variants_that_honour_them() -> 
     (["bench", "--cni", "host", "--bgp", "rr", "--out", "x.csv"],
      "--bgp applies to none of the requested variants"),
 ])
+@pytest.mark.requires_root
 def test_calico_flags_refuse_bad_input_with_one_line(args: list[str], message: str,
                                                      tmp_path: Path) -> None:
     from conftest import k8stopo

@@ -206,6 +206,7 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         state.remove_all()
 
 
+@pytest.mark.requires_root
 def test_capture_sees_vxlan_encapsulation(pair, tmp_path: Path) -> None:
     a, b, veth_b = pair
     pcap = tmp_path / "live.pcap"
@@ -220,6 +221,7 @@ def test_capture_sees_vxlan_encapsulation(pair, tmp_path: Path) -> None:
     assert [e["what"] for e in b.state.data["pids"]] == ["sleep@" + a.name, "sleep@" + b.name]
 
 
+@pytest.mark.requires_root
 def test_capture_filter_and_plain_traffic(pair, tmp_path: Path) -> None:
     a, b, veth_b = pair
     with Capture(b, veth_b, tmp_path / "icmp.pcap", ["icmp"]) as cap:
@@ -229,6 +231,7 @@ def test_capture_filter_and_plain_traffic(pair, tmp_path: Path) -> None:
     assert all(p.proto == 1 and p.vni is None and p.inner_src is None for p in cap.packets)
 
 
+@pytest.mark.requires_root
 def test_capture_on_missing_interface_fails_cleanly(pair, tmp_path: Path) -> None:
     _, b, _ = pair
     pcap = tmp_path / "x.pcap"

@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
-from k8stopo import runstate
+from k8stopo import cli, runstate
 
 from conftest import REPO, assert_gone, k8stopo, run_dirs
+
+pytestmark = pytest.mark.requires_root  # clusters, or commands that need root
 
 
 @pytest.mark.parametrize("args, message", [
@@ -33,6 +35,14 @@ from conftest import REPO, assert_gone, k8stopo, run_dirs
     (["bench", "--cni", "flannel-vxlan", "--pods-per-node", "300", "--out", "x.csv"],
      "do not fit"),
     (["plot", "no-such.csv", "--out", "plots"], "no such CSV file"),
+    # an output path that cannot be created or written (root passes every access check)
+    (["bench", "--cni", "host", "--out", "/proc/x/y.csv"], "cannot create anything in /proc"),
+    (["bench", "--cni", "host", "--out", "b.csv", "--plots", "/sys/x"],
+     "--plots /sys/x: cannot create anything in /sys"),
+    (["scale", "--cni", "host", "--nodes", "2", "--out", "/sys/s.csv"],
+     "cannot create anything in /sys"),
+    (["plot", str(REPO / "tests" / "data" / "ping.txt"), "--out", "/proc/x"],
+     "--out /proc/x: cannot create anything in /proc"),
 ])
 def test_bad_input_exits_2_with_one_line_and_creates_nothing(args, message, tmp_path) -> None:
     links, dirs = set(runstate.root_links()), run_dirs()
@@ -42,7 +52,7 @@ def test_bad_input_exits_2_with_one_line_and_creates_nothing(args, message, tmp_
     assert len(lines) == 1 and message in lines[0], result.stderr
     new_links = set(runstate.root_links()) - links  # (other programs may add theirs meanwhile)
     assert not [l for l in new_links if l.startswith(runstate.PREFIX) or "-eth" in l]
-    assert run_dirs() == dirs
+    assert run_dirs() <= dirs  # none appeared (others may end meanwhile)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -101,3 +111,16 @@ def test_verbose_lets_our_info_lines_through(flags: list[str], shown: bool, tmp_
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=REPO, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == str(shown), out.stderr
+
+
+def test_a_daemon_that_fails_to_start_is_one_line_and_exit_1(
+        broken_bird_conf: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """BIRD refuses its config (a template with a syntax error): `up` tears the cluster down
+    and says so in one line that names BIRD and the file it refused; nothing is left."""
+    dirs = run_dirs()
+    assert cli.main(["up", "--cni", "calico-bgp", "--nodes", "2", "--pods-per-node", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    failed = [line for line in err if line.startswith("k8stopo: failed: ")]
+    assert failed == err[-1:], err  # one line, the last
+    assert "bird" in failed[0] and "bird.conf" in failed[0] and "syntax error" in failed[0]
+    assert run_dirs() <= dirs

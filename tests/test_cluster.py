@@ -5,6 +5,7 @@ import ipaddress
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from k8stopo.pods import plugin_confs
 from k8stopo.spec import ClusterSpec
 
 from conftest import assert_gone
+
+pytestmark = pytest.mark.requires_root  # clusters, or commands that need root
 
 ALL = list(VARIANTS)
 
@@ -43,7 +46,7 @@ def by_design(cluster: Cluster, src: Node | Pod, dst: Node | Pod) -> bool:
     if isinstance(dst, Node):  # a pod to a node (only pods are sources here)
         return dst is not src_node or v.reaches_own_node
     if dst.node is src_node:
-        return isinstance(src, Pod) or v.reaches_own_node
+        return isinstance(src, Pod) or (v.reaches_own_node and v.nodes_reach_pods)
     return v.pod_ip_routable and (isinstance(src, Pod) or v.nodes_reach_pods)
 
 
@@ -80,14 +83,16 @@ def test_pod_ips_are_unique_and_inside_their_node_range(cluster: Cluster) -> Non
 
 
 def test_every_pod_reaches_every_pod_and_node(cluster: Cluster) -> None:
-    """Every pair the real datapath allows (the next test tries the others)."""
-    a = cluster.pod("pod-n1-0")
-    for other in [*cluster.pods, *cluster.nodes]:
-        if other is not a and by_design(cluster, a, other):
-            assert ping(a, other), f"{a.name} -> {other.name} ({other.ip})"
-    n2, pod = cluster.node("n2"), cluster.pod("pod-n3-1")
-    if by_design(cluster, n2, pod):
-        assert ping(n2, pod)
+    """Every pair the real datapath allows, from every pod and node (the next test tries
+    the others); pinged eight at a time."""
+    pairs = [(src, dst) for src in [*cluster.pods, *cluster.nodes]
+             for dst in [*cluster.pods, *cluster.nodes]
+             if dst is not src and not (isinstance(src, Node) and isinstance(dst, Node))
+             and by_design(cluster, src, dst)]
+    assert len(pairs) >= len(cluster.pods)  # every pod reaches at least its own node's others
+    with ThreadPoolExecutor(8) as pool:
+        reached = list(pool.map(lambda pair: ping(*pair), pairs))
+    assert not [f"{s.name} -> {d.name} ({d.ip})" for (s, d), ok in zip(pairs, reached) if not ok]
 
 
 def test_what_the_datapath_rules_out_is_really_out_of_reach(cluster: Cluster) -> None:
@@ -100,7 +105,11 @@ def test_what_the_datapath_rules_out_is_really_out_of_reach(cluster: Cluster) ->
     ruled_out = [(s, d) for s, d in candidates if not by_design(cluster, s, d)]
     if not ruled_out:
         pytest.skip(f"{cluster.spec.cni} rules out no pair")
-    for src, dst in ruled_out[:3]:
+    # one pair of each kind ruled out (pod or node to a pod on its own or another node),
+    # not merely the first few, which could all be of one kind
+    kinds = {(type(s), (s if isinstance(s, Node) else s.node) is d.node): (s, d)
+             for s, d in reversed(ruled_out) if isinstance(d, Pod)}
+    for src, dst in [*kinds.values(), *(p for p in ruled_out if not isinstance(p[1], Pod))]:
         assert answered_by(src, dst) != dst.name, f"{src.name} reached {dst.name} ({dst.ip})"
     assert answered_by(a, cluster.pod("pod-n1-1")) == "pod-n1-1"
 

@@ -133,6 +133,7 @@ def cluster(request):
     assert Path("/etc/resolv.conf").read_text() == before  # the host's file never changed
 
 
+@pytest.mark.requires_root
 def test_every_record_type_through_dnsmasq(cluster: Cluster) -> None:
     client = cluster.pod("client")
     web = sorted(str(cluster.pod(n).ip) for n in ("web-0", "web-1"))
@@ -153,6 +154,7 @@ def test_every_record_type_through_dnsmasq(cluster: Cluster) -> None:
                  port=10053) == ("NOERROR", ["10.96.0.50"])
 
 
+@pytest.mark.requires_root
 def test_getent_in_a_pod_resolves_a_short_service_name(cluster: Cluster) -> None:
     client = cluster.pod("client")
     assert client.output(["cat", "/etc/resolv.conf"]).splitlines() == [
@@ -164,6 +166,7 @@ def test_getent_in_a_pod_resolves_a_short_service_name(cluster: Cluster) -> None
     assert "10.96.0.10" not in cluster.nodes[0].output(["cat", "/etc/resolv.conf"])
 
 
+@pytest.mark.requires_root
 def test_dnsmasq_never_forwards_outside_the_run(cluster: Cluster) -> None:
     client, dns_pod = cluster.pod("client"), cluster.pod("kube-dns")
     inside = [cluster.pod_cidr, cluster.underlay, ipaddress.IPv4Network(f"{SERVICE_IP}/32")]
@@ -190,6 +193,7 @@ def kubedns_answers(cluster: Cluster, name: str, want: int) -> list[str]:
         time.sleep(0.1)
 
 
+@pytest.mark.requires_root
 def test_records_follow_readiness_while_running(cluster: Cluster) -> None:
     agent = next(a for a in cluster.agents if isinstance(a, ClusterDNS))
     name = "web-hl.default.svc.cluster.local"
@@ -217,6 +221,7 @@ def test_dnsperf_parser_refuses_output_it_cannot_use() -> None:
         ("queries_per_s", 99.5), ("latency_avg_ms", 0.1), ("latency_p99_ms", 0.099)]
 
 
+@pytest.mark.requires_root
 def test_bench_pod_to_dns_measures_dnsperf_against_the_service(tmp_path: Path) -> None:
     out = tmp_path / "dns.csv"
     res = k8stopo("bench", "--cni", "flannel-host-gw", "--scenarios", "pod-to-dns",
@@ -234,12 +239,14 @@ def test_bench_pod_to_dns_measures_dnsperf_against_the_service(tmp_path: Path) -
     assert "Queries per second" in raw and "kube-dns.kube-system.svc.cluster.local A" in raw
 
 
+@pytest.mark.requires_root
 def test_bench_refuses_dns_without_its_scenario() -> None:
     res = k8stopo("bench", "--cni", "flannel-host-gw", "--scenarios", "pod-to-pod-cross-node",
                   "--protocols", "dns", "--out", "/nonexistent/x.csv")
     assert res.returncode == 2 and "go together" in res.stderr
 
 
+@pytest.mark.requires_root
 def test_ndots_search_expansion_costs_queries_a_trailing_dot_saves(cluster: Cluster) -> None:
     agent = next(a for a in cluster.agents if isinstance(a, ClusterDNS))
     seen = {}
@@ -266,6 +273,7 @@ def test_experiment_file_refuses_unknown_keys_and_bad_values(tmp_path: Path) -> 
     assert Params.load(shipped).services == 2000
 
 
+@pytest.mark.requires_root
 def test_health_endpoints_answer_and_fail_when_their_server_stops(cluster: Cluster) -> None:
     agent = next(a for a in cluster.agents if isinstance(a, ClusterDNS))
     assert agent.health("/readiness", 8081)[0] == 200

@@ -16,8 +16,6 @@ import pytest
 
 from k8stopo.spec import SCENARIOS, SPEC_VARIANTS
 
-pytestmark = pytest.mark.rootless
-
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))

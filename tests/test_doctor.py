@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from k8stopo import doctor, proc, runstate
+from k8stopo import doctor, native, proc, runstate
 from k8stopo.doctor import Probe, probe_all, report
 
 NAMES = {
@@ -86,11 +86,13 @@ def _kernel_has(option: str, module: str) -> bool:
     return proc.run(["modprobe", "-n", module], check=False).returncode == 0
 
 
+@pytest.mark.requires_root
 def test_all_probe_names(probes: dict[str, Probe]) -> None:
     assert set(probes) == NAMES
     assert all(p.name == name and p.detail for name, p in probes.items())
 
 
+@pytest.mark.requires_root
 def test_basic_features_work_here(probes: dict[str, Probe]) -> None:
     for name in ("netns", "veth", "bridge", "vxlan"):
         assert probes[name].ok, probes[name]
@@ -102,6 +104,7 @@ def test_basic_features_work_here(probes: dict[str, Probe]) -> None:
     ("esp", "CONFIG_INET_ESP", "esp4", "Requested type not found"),
     ("wireguard", "CONFIG_WIREGUARD", "wireguard", "Unknown device type"),
 ])
+@pytest.mark.requires_root
 def test_probe_matches_kernel_config(probes: dict[str, Probe], name: str, option: str,
                                      module: str, error: str) -> None:
     # On the reference machine (6.18 without modules) both are missing.
@@ -110,18 +113,34 @@ def test_probe_matches_kernel_config(probes: dict[str, Probe], name: str, option
         assert error in probes[name].detail  # the kernel's own error line
 
 
-def test_failed_probe_says_what_is_missing(probes: dict[str, Probe]) -> None:
-    for p in probes.values():
+@pytest.mark.requires_root
+def test_failed_probe_says_what_is_missing(probes: dict[str, Probe], watched, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every probe that fails here, and (so that some always do) the CNI plugins and our
+    forwarders probed where none is installed: each says what it lacks, where."""
+    monkeypatch.setattr(doctor, "CNI_BIN_DIR", tmp_path)
+    monkeypatch.setattr(native, "BUILD", tmp_path)
+    absent = doctor.probe([*(f"cni:{p}" for p in doctor.CNI_PLUGINS),
+                           *(f"native:{n}" for n in native.PROGRAMS)])
+    watched()
+    assert [p for p in absent.values() if p.ok] == [p for p in absent.values()
+                                                    if p.name == "netns"]
+    for p in absent.values():
+        if p.name != "netns":
+            assert str(tmp_path / p.name.split(":")[1]) in p.detail, p
+    for p in [*probes.values(), *absent.values()]:
         if not p.ok:
             assert not re.search(r": ok\b", p.detail) and len(p.detail) > 15, p
 
 
+@pytest.mark.requires_root
 def test_probe_all_leaves_nothing_behind(watched) -> None:
     result = probe_all()
     prefix = watched()
     assert f"{prefix}doctor" in result["netns"].detail  # the scratch netns really was used
 
 
+@pytest.mark.requires_root
 def test_a_raising_probe_leaves_nothing_behind(watched, monkeypatch: pytest.MonkeyPatch) -> None:
     real = doctor._run_steps
 
@@ -136,6 +155,7 @@ def test_a_raising_probe_leaves_nothing_behind(watched, monkeypatch: pytest.Monk
     watched()
 
 
+@pytest.mark.requires_root
 def test_a_broken_probe_fails_alone(watched, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(name: str, module: str) -> Probe:
         raise OSError(f"cannot read /sys/module/{module}")
@@ -147,6 +167,7 @@ def test_a_broken_probe_fails_alone(watched, monkeypatch: pytest.MonkeyPatch) ->
     assert result["veth"].ok
 
 
+@pytest.mark.requires_root
 def test_report_marks_variants(probes: dict[str, Probe]) -> None:
     fake = {
         "vxlan": Probe("vxlan", True, "ok"),
@@ -170,6 +191,7 @@ def test_report_marks_variants(probes: dict[str, Probe]) -> None:
     assert all(name in full for name in NAMES)
 
 
+@pytest.mark.requires_root
 def test_report_names_the_encrypted_overlays_and_what_they_lack(probes: dict[str, Probe]) -> None:
     text = report(probes, {})
     section = text.split("Encrypted overlays")[1]

@@ -15,8 +15,6 @@ from k8stopo.spec import FAULTS, BenchSpec, SpecError
 
 from synthetic import context, fixture_rows, write_csv
 
-pytestmark = pytest.mark.rootless
-
 FAULT: dict[str, object] = {"fault": "underlay-link-down"}
 
 

@@ -16,6 +16,8 @@ from k8stopo.spec import BenchSpec, ClusterSpec
 
 from conftest import k8stopo, run_dirs
 
+pytestmark = pytest.mark.requires_root  # clusters, or commands that need root
+
 ENV = environment.Environment("k8stopo bench (test)", "k", "cpu", "nf_tables", "c")
 
 

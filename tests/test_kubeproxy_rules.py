@@ -114,6 +114,7 @@ def test_nftables_maps_a_load_balancer_ip_to_its_external_chain() -> None:
     assert "external-ULMVA6XW-ns1/svc1/tcp/p80" in chains
 
 
+@pytest.mark.requires_root
 @pytest.mark.parametrize("cls", [IptablesProxy, NftablesProxy])
 def test_rule_sets_pass_their_loaders_own_check(cls, tmp_path) -> None:
     """iptables-restore --test / nft -c in a scratch namespace (checks touch nothing)."""

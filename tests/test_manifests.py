@@ -162,6 +162,7 @@ def test_the_busiest_node_must_hold_its_pods_before_anything_is_built(tmp_path: 
         Cluster(ClusterSpec(cni="flannel-vxlan", nodes=2, pods_per_node=0, workload=w))
 
 
+@pytest.mark.requires_root
 @pytest.mark.parametrize("case", ["kind", "pod field", "node port twice"])
 def test_cli_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, case: str) -> None:
     path = tmp_path / "bad.yaml"
@@ -184,6 +185,7 @@ def test_cli_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, case: str
             assert owner["pid"] != p.pid
 
 
+@pytest.mark.requires_root
 def test_cli_refuses_an_unknown_proxy_mode(tmp_path: Path) -> None:
     res = k8stopo("probe", "--cni", "flannel-vxlan", "--manifests", str(DATA / "services.yaml"),
                   "--proxy-mode", "ipvs")

@@ -379,6 +379,7 @@ def assert_nothing_left(state: runstate.RunState, *endpoints: Endpoint) -> None:
         assert pids_in_netns(netns_inode(ep.pid)) == {ep.pid}, f"stray process in {ep.name}"
 
 
+@pytest.mark.requires_root
 def test_measure_every_protocol_between_namespaces(state: runstate.RunState) -> None:
     with two_endpoints(state) as (a, b):
         results: dict[str, Measurement] = {}
@@ -411,6 +412,7 @@ def test_measure_every_protocol_between_namespaces(state: runstate.RunState) -> 
         assert_nothing_left(state, a, b)
 
 
+@pytest.mark.requires_root
 def test_rr_idle_time_hosts_a_measurement_and_overrun_is_caught(state: runstate.RunState) -> None:
     with two_endpoints(state) as (a, b):
         with TcpRR(a, str(b.ip), b, Params(duration=1)) as rr:
@@ -428,6 +430,7 @@ def test_rr_idle_time_hosts_a_measurement_and_overrun_is_caught(state: runstate.
         assert_nothing_left(state, a, b)
 
 
+@pytest.mark.requires_root
 def test_measure_failures_raise_and_leave_nothing(state: runstate.RunState) -> None:
     with two_endpoints(state) as (a, b):
         # an address the client has no route to: the client fails, the server is stopped

@@ -20,6 +20,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield endpoint
 
 
+@pytest.mark.requires_root
 @pytest.mark.parametrize("name", list(native.PROGRAMS))
 def test_bad_arguments_fail_in_one_line_with_the_usage_and_the_log(here: Endpoint,
                                                                    name: str) -> None:
@@ -33,6 +34,7 @@ def test_bad_arguments_fail_in_one_line_with_the_usage_and_the_log(here: Endpoin
     assert here.state.data["pids"] == []  # stopped and forgotten
 
 
+@pytest.mark.requires_root
 def test_an_unbuilt_forwarder_says_how_to_build_it(here: Endpoint, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "BUILD", tmp_path / "nowhere")

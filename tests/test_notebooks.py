@@ -14,7 +14,8 @@ import pytest
 
 from synthetic import fixture_rows, scale_rows, write_csv
 
-pytestmark = pytest.mark.rootless
+pytestmark = pytest.mark.slow  # executes every notebook
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "experiments" / "notebooks").glob("*.ipynb"))
 FAMILIES = {"default.ipynb", "streams.ipynb", "mtu.ipynb", "offloads.ipynb", "rr_latency.ipynb"}

@@ -33,6 +33,7 @@ def _diff(case_name: str, got: dict, want: dict) -> list[str]:
             for port, proto in PROBES if got[(port, proto)] != want[(port, proto)]]
 
 
+@pytest.mark.requires_root
 @pytest.mark.parametrize("cni", ENFORCING)
 def test_measured_tables_equal_the_api_semantics(cni):
     with e2e_cluster(cni) as cluster:
@@ -62,6 +63,7 @@ def test_measured_tables_equal_the_api_semantics(cni):
             assert chains == [], chains
 
 
+@pytest.mark.requires_root
 @pytest.mark.skipif("calico-bgp" not in VARIANTS, reason="calico-bgp not built")
 def test_felix_selector_ipset_holds_the_selected_pods():
     """Felix's way: a selector becomes a ``cali40s:`` ipset of exactly the matching pods."""
@@ -78,6 +80,7 @@ def test_felix_selector_ipset_holds_the_selected_pods():
         assert f"--match-set {sets[0]} src" in rules and ":cali-pi-_" in rules
 
 
+@pytest.mark.requires_root
 @pytest.mark.parametrize("cni", NOT_ENFORCING[:1])
 def test_variants_that_enforce_nothing_reach_every_pair_and_say_so(cni):
     deny = (netpol("deny-all", "x", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),)

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_properties import assert_refused
+from test_properties import assert_refused, run
 
 from k8stopo import cli, experiment
 from k8stopo.cluster import Cluster
@@ -303,7 +303,7 @@ def test_invalid_dns_experiments_exit_2_with_one_line_and_create_nothing(
         code = dns_experiment.main([str(path), "--out", str(out)])
     assert code == 2 and len(err.getvalue().strip().splitlines()) == 1, (text, err.getvalue())
     assert err.getvalue().startswith("k8stopo: "), err.getvalue()
-    assert run_dirs() == before and not out.exists()
+    assert run_dirs() <= before and not out.exists()
 
 
 # -- manifests -----------------------------------------------------------------------
@@ -553,4 +553,4 @@ def test_the_manifests_mutated_above_are_valid(name: str, command: list[str],
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump_all(MANIFESTS[name]))
     with pytest.raises(Accepted):
-        cli.main([*command, "--manifests", str(path)])
+        run([*command, "--manifests", str(path)])

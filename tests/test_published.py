@@ -40,7 +40,6 @@ PUB = pd.DataFrame([
 ])
 
 
-@pytest.mark.rootless
 def test_ratios_divide_by_same_source_and_streams() -> None:
     got = published.ratios(PUB)
     assert list(got.columns) == published.RATIO_COLUMNS
@@ -53,20 +52,17 @@ def test_ratios_divide_by_same_source_and_streams() -> None:
     assert set(got["value_bps"]) == {6e9, 30e9, 5e9}
 
 
-@pytest.mark.rootless
 def test_source_without_host_baseline_yields_no_rows() -> None:
     assert published.ratios(PUB[PUB["source"] == "Lab B"]).empty
     assert "Lab B" not in set(published.ratios(PUB)["source"])
 
 
-@pytest.mark.rootless
 def test_two_baselines_for_the_same_streams_are_refused() -> None:
     twice = pd.concat([PUB, pd.DataFrame([row("Lab A", "host", "host-to-host", 1, 9.0)])])
     with pytest.raises(ValueError, match=r"baseline given more than once.*Lab A"):
         published.ratios(twice)
 
 
-@pytest.mark.rootless
 @pytest.mark.parametrize("content, message", [
     (None, "cannot read published figures"),
     ("", "cannot read published figures"),
@@ -83,14 +79,12 @@ def test_load_refuses_bad_files_in_one_line(tmp_path: Path, content: str | None,
     assert "\n" not in str(err.value) and "pub.csv" in str(err.value)
 
 
-@pytest.mark.rootless
 def test_comparison_without_matching_cni_says_so(tmp_path: Path) -> None:
     ours = results.load([write_csv(tmp_path / "r.csv", fixture_rows(("tcp",)))])
     md = published.comparison_markdown(ours, PUB[PUB["cni"] != "flannel-vxlan"])
     assert md.startswith("No CNI of these results") and "|" not in md
 
 
-@pytest.mark.rootless
 def test_shipped_csv_is_the_default_and_keeps_sources() -> None:
     assert published.DEFAULT == SHIPPED and SHIPPED.is_file()
     pub = published.load_published(SHIPPED)
@@ -101,7 +95,6 @@ def test_shipped_csv_is_the_default_and_keeps_sources() -> None:
         assert url in listed  # every source is named with its address
 
 
-@pytest.mark.rootless
 def test_published_calico_pairs_with_calico_ipip(tmp_path: Path) -> None:
     pub = pd.DataFrame([row("Lab A", "host", "host-to-host", 1, 10.0),
                         row("Lab A", "calico", "pod-to-pod-cross-node", 1, 8.0)])
@@ -113,7 +106,6 @@ def test_published_calico_pairs_with_calico_ipip(tmp_path: Path) -> None:
     assert "0.80 (Lab 2000" in line
 
 
-@pytest.mark.rootless
 def test_real_csv_ratios_match_value_over_host_value() -> None:
     pub = published.load_published(SHIPPED)
     got = published.ratios(pub)
@@ -134,7 +126,6 @@ def test_real_csv_ratios_match_value_over_host_value() -> None:
         assert hit["ratio_to_host"].item() == pytest.approx(r.value / host_by_streams[r.streams])
 
 
-@pytest.mark.rootless
 def test_real_csv_comparison_names_our_cnis(tmp_path: Path) -> None:
     ours = results.load([write_csv(tmp_path / "r.csv", fixture_rows(("tcp",)))])
     md = published.comparison_markdown(ours, published.load_published(SHIPPED))
@@ -152,6 +143,7 @@ def test_real_csv_comparison_names_our_cnis(tmp_path: Path) -> None:
         assert (tmp_path / "with" / name).read_text() == (tmp_path / "without" / name).read_text()
 
 
+@pytest.mark.requires_root
 def test_bench_published_without_plots_is_bad_input(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "k8stopo", "bench", "--cni", "host",
                            "--published", str(SHIPPED), "--out", str(tmp_path / "r.csv")],

@@ -22,6 +22,8 @@ from k8stopo import proc, runstate
 
 from conftest import REPO, interruptible, k8stopo, run_dirs
 
+pytestmark = pytest.mark.requires_root  # clusters, or commands that need root
+
 
 def assert_run_gone(prefix: str, pids: list[dict]) -> None:
     """Nothing of run ``prefix`` is left: processes, cgroup, links, state directory."""

@@ -32,7 +32,6 @@ from synthetic import (
     write_csv,
 )
 
-pytestmark = pytest.mark.rootless
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -13,9 +13,12 @@ import pytest
 from k8stopo import environment, node, plots, proc, results, scale
 from k8stopo.cluster import Cluster
 from k8stopo.cni.calico import CalicoBird
+from k8stopo.errors import NotReady
 from k8stopo.spec import ClusterSpec
 
 from conftest import assert_gone
+
+pytestmark = pytest.mark.requires_root  # clusters, or commands that need root
 
 
 def test_scale_rows_of_a_reflected_cluster(tmp_path: Path) -> None:
@@ -56,7 +59,7 @@ def test_a_cluster_that_fails_is_a_failed_row(tmp_path: Path,
     and the sizes after it are still measured."""
     def measure_one(spec: ClusterSpec) -> list[tuple[str, str, scale.Sample]]:
         if spec.nodes == 300:
-            raise TimeoutError("BGP did not converge in 90s: 12 of 300 nodes\nstill lack")
+            raise NotReady("BGP did not converge in 90s: 12 of 300 nodes\nstill lack")
         return [("bring-up", "build_ms", scale.Sample("", 5.0, "ms"))]
 
     monkeypatch.setattr(scale, "measure_one", measure_one)
@@ -109,7 +112,6 @@ def test_teardown_kills_birds_and_leaves_nothing() -> None:
     assert_gone(prefix, pids)
 
 
-@pytest.mark.rootless
 def test_the_scale_table_has_phases_bird_accounts_and_netlink_drops() -> None:
     """The table says what the rows say: build and teardown phases, BIRD's CPU and memory
     per node, and how many BIRDs saw the kernel drop netlink messages."""

@@ -25,6 +25,8 @@ from k8stopo.spec import ClusterSpec
 
 from conftest import k8stopo
 
+pytestmark = pytest.mark.requires_root  # clusters, or commands that need root
+
 DATA = Path(__file__).parent / "data"
 CHI2_DF2_P1E6 = 27.631  # chi-square, 2 degrees of freedom: P(X > 27.631) = 1e-6
 

@@ -9,7 +9,7 @@ from k8stopo import ipam
 from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
 from k8stopo.cni.docker import SharedRange
-from k8stopo.spec import BenchSpec, ClusterSpec, SpecError, pick
+from k8stopo.spec import SPEC_VARIANTS, BenchSpec, ClusterSpec, SpecError, pick
 
 
 @pytest.mark.parametrize("cni", [n for n, c in VARIANTS.items() if not c.host_network])
@@ -62,3 +62,9 @@ def test_bench_spec_checks_scenarios_against_the_cluster_shape() -> None:
     with pytest.raises(SpecError, match="Service scenarios need --nodes 2"):
         BenchSpec(cnis=("host",), scenarios=("pod-to-service",), protocols=("tcp",),
                   nodes=1).check()
+
+
+def test_the_variant_names_are_the_registrys_in_its_order() -> None:
+    """Charts order variants by spec.SPEC_VARIANTS without importing them; it must be the
+    registry's names (a variant missing there would be charted last, alphabetically)."""
+    assert tuple(VARIANTS) == SPEC_VARIANTS

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import runpy
 
+import pytest
 from mininet.net import Mininet
 
 from k8stopo import runstate
 
 from conftest import REPO
+
+pytestmark = pytest.mark.requires_root  # Mininet builds namespaces
 
 
 def test_mn_custom_topology_builds_nodes_that_reach_each_other() -> None:

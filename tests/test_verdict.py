@@ -18,8 +18,6 @@ from k8stopo.spec import BenchSpec
 
 from synthetic import Sample, context, write_csv
 
-pytestmark = pytest.mark.rootless
-
 RUN = "20261204T000000Z-0000"
 HOST_GBPS = 20.0
 KERNEL = {"calico-bgp": 0.95, "flannel-host-gw": 0.95, "calico-ipip": 0.85,

@@ -56,8 +56,8 @@ class Variant(Agent):
     pod_ip_routable: ClassVar[bool] = True
     #: pod traffic to a node IP (outside the pod network) leaves masqueraded to the node's IP
     masquerades: ClassVar[bool] = True
-    #: a node reaches pods on other nodes by pod IP (docker-overlay's live in a namespace
-    #: of their own, which no node routes into)
+    #: a node reaches pods by pod IP, on other nodes and (given ``reaches_own_node``) its
+    #: own (docker-overlay's live in a namespace of their own, which no node routes into)
     nodes_reach_pods: ClassVar[bool] = True
     #: the real project enforces NetworkPolicy
     enforces_policy: ClassVar[bool] = False

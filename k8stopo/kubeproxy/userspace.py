@@ -14,6 +14,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+from ..errors import DaemonError, tail
 from ..templates import render
 from .base import KubeProxy
 from .model import ServicePortInfo, refuse_local
@@ -57,8 +58,10 @@ class UserspaceProxy(KubeProxy):
         ready, _, _ = select.select([p.stdout], [], [], SYNC_TIMEOUT)
         line = p.stdout.readline() if ready else ""
         if not line:
-            raise RuntimeError(f"userspace proxier on {node.name} did not answer "
-                               f"(exit {p.poll()}): {p.stderr.read() if p.poll() else ''}")
+            code = p.poll()
+            raise DaemonError("kube-proxy userspace", node.name,
+                              f"no answer in {SYNC_TIMEOUT}s" if code is None
+                              else f"exited {code}: {tail(p.stderr.read() if p.stderr else '')}")
         return json.loads(line)["ports"]
 
     def load(self, node: "Node", ports: list[ServicePortInfo]) -> float:
