@@ -1,9 +1,11 @@
 """The command line as users meet it: bad input, up with the Mininet CLI, clean after a crash."""
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -116,11 +118,14 @@ def test_verbose_lets_our_info_lines_through(flags: list[str], shown: bool, tmp_
 def test_a_daemon_that_fails_to_start_is_one_line_and_exit_1(
         broken_bird_conf: None, capsys: pytest.CaptureFixture[str]) -> None:
     """BIRD refuses its config (a template with a syntax error): `up` tears the cluster down
-    and says so in one line that names BIRD and the file it refused; nothing is left."""
+    and says so in one line that names BIRD, where, its complaint and its kept log; nothing
+    else is left."""
     dirs = run_dirs()
     assert cli.main(["up", "--cni", "calico-bgp", "--nodes", "2", "--pods-per-node", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     failed = [line for line in err if line.startswith("k8stopo: failed: ")]
     assert failed == err[-1:], err  # one line, the last
-    assert "bird" in failed[0] and "bird.conf" in failed[0] and "syntax error" in failed[0]
+    assert failed[0].startswith("k8stopo: failed: bird on n") and "syntax error" in failed[0]
+    log = Path(re.search(r"; log: (\S+)", failed[0]).group(1))  # type: ignore[union-attr]
+    assert log.is_file() and "syntax error" in log.read_text()
     assert run_dirs() <= dirs
