@@ -90,9 +90,10 @@ spec:
 BAD = {
     "kind": ("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i}\n",
              "kind 'Ingress' is not implemented"),
-    "pod field": (POD + "  hostNetwork: true\n", "field Pod.spec.hostNetwork is not implemented"),
-    "container field": (POD.replace("image: i,", "image: i, securityContext: {},"),
-                        "field Pod.spec.containers[0].securityContext is not implemented"),
+    "pod field": (POD + "  hostAliases: [{ip: 10.0.0.1, hostnames: [db]}]\n",
+                  "field Pod.spec.hostAliases is not implemented: "),
+    "unknown field": (POD.replace("image: i,", "image: i, colour: blue,"),
+                      "field Pod.spec.containers[0].colour is not implemented"),
     "sctp": (POD.replace("containerPort: 80", "containerPort: 80, protocol: SCTP"),
              "protocol 'SCTP' is not implemented"),
     "api version": (POD.replace("apiVersion: v1", "apiVersion: v2"), "must have apiVersion v1"),
@@ -106,13 +107,13 @@ BAD = {
         spec:
           selector: {matchLabels: {app: a}}
           template: {metadata: {labels: {app: b}}, spec: {containers: [{name: c}]}}
-        """, "must be non-empty and match the template's labels"),
+        """, "spec.selector must be non-empty and match the template's labels"),
     "service type": ("""
         apiVersion: v1
         kind: Service
         metadata: {name: s}
-        spec: {type: LoadBalancer, ports: [{port: 80}]}
-        """, "spec.type 'LoadBalancer' is not implemented"),
+        spec: {type: ExternalName, ports: [{port: 80}]}
+        """, "spec.type 'ExternalName' is not implemented"),
     "cluster ip": ("""
         apiVersion: v1
         kind: Service
