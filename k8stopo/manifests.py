@@ -202,11 +202,11 @@ def _kind(where: str, doc: dict[str, Any]) -> tuple[str, apifields.Kind]:
     """The document's kind, refused unless implemented or ignored, at its apiVersion."""
     kind = doc.get("kind")
     decided = apifields.KINDS.get(kind) if isinstance(kind, str) else None
-    if decided is None or decided.verdict == REFUSED:
+    if not isinstance(kind, str) or decided is None or decided.verdict == REFUSED:
         why = f": {decided.reason}" if decided else ""
+        emulated = ", ".join(k for k, d in apifields.KINDS.items() if d.verdict == EMULATED)
         raise SpecError(f"{where}: kind {kind!r} is not implemented{why} (implemented: "
-                        f"{', '.join(k for k, d in apifields.KINDS.items() if d.verdict == EMULATED)}"
-                        "; docs/services.md lists what is ignored)")
+                        f"{emulated}; docs/services.md lists what is ignored)")
     if doc.get("apiVersion") not in decided.api_versions:
         raise SpecError(f"{where}: {kind} must have apiVersion "
                         f"{' or '.join(decided.api_versions)}, not {doc.get('apiVersion')!r}")
