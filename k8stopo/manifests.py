@@ -220,6 +220,8 @@ def _check_shape(where: str, doc: dict[str, Any], kind: str,
     walk = _Walk()
     for key, value in doc.items():
         here = f"{kind}.{_field(key)}"
+        if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
+            raise SpecError(f"field {_field(key)} is not implemented in this version")
         if key in ("apiVersion", "kind") or value is None:
             continue
         if key == "metadata":
@@ -228,8 +230,6 @@ def _check_shape(where: str, doc: dict[str, Any], kind: str,
             walk.mapping(value, decided.spec, here, "spec")
         elif key == "status":
             walk.ignored.append(("status", f"{kind}.status", apifields.STATUS.reason, here))
-        elif key != "spec":
-            raise SpecError(f"field {_field(key)} is not implemented in this version")
     meta = doc.get("metadata") or {}
     name = _name(meta.get("name"), f"{kind} name")
     try:  # every kind's, though only Namespaces' and Pods' labels are selected
