@@ -312,8 +312,8 @@ class _Reader:
                             f"emulated ({decided.reason}); --strict refuses it")
         meta = doc.get("metadata")
         name = meta.get("name") if isinstance(meta, dict) else None
-        if not isinstance(name, str) or not name:
-            raise SpecError(f"{where}: {kind} needs metadata.name")
+        if not isinstance(name, str) or not re.fullmatch(r"[^\s/%]+", name):
+            raise SpecError(f"{where}: {kind} needs a metadata.name (no space, / or %)")
         namespace = meta.get("namespace") if isinstance(meta, dict) else None
         ref = f"{namespace}/{name}" if isinstance(namespace, str) else name
         self.ignored.append((f"{kind} {ref}", kind, decided.reason))
