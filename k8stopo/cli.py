@@ -117,19 +117,32 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifests", type=Path, metavar="PATH",
-                   help="Kubernetes YAML (file or directory): Namespaces, Pods, Deployments, "
-                   "Services, NetworkPolicies (see docs/services.md)")
+                   help="Kubernetes YAML (file, directory, or - for standard input): "
+                   "Namespaces, Pods, Deployments, ReplicaSets, StatefulSets, DaemonSets, "
+                   "Services, NetworkPolicies; what has no effect on the network is accepted "
+                   "and reported (see docs/services.md)")
+    p.add_argument("--strict", action="store_true",
+                   help="with --manifests: refuse also what would be ignored as having no "
+                   "effect on the network")
     p.add_argument("--proxy-mode", default="iptables",
                    help="kube-proxy mode: iptables (default), nftables or userspace")
 
 
-def _workload(args: argparse.Namespace) -> Workload | None:
+def _workload(args: argparse.Namespace, nodes: int | None = None) -> Workload | None:
     """The manifests' workload (checked, and the proxy mode with it, before anything is
-    built); None without manifests."""
+    built; standard input read here, once); None without manifests. ``nodes`` (default
+    --nodes) places a DaemonSet's pods. Says once what was accepted and ignored."""
     from . import manifests
     from .kubeproxy import proxy_class
     proxy_class(args.proxy_mode)
-    return manifests.load(args.manifests) if args.manifests else None
+    if not args.manifests:
+        return None
+    workload = manifests.load(args.manifests, nodes=args.nodes if nodes is None else nodes,
+                              strict=args.strict)
+    said = manifests.summary(workload)
+    if said:
+        print(f"k8stopo: {said}", file=sys.stderr, flush=True)
+    return workload
 
 
 def _agents(args: argparse.Namespace, workload: Workload | None,
@@ -428,7 +441,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = _bench_settings(args)
     spec = _bench_spec(settings)
     budget_s = bench.parse_budget(settings["budget"])
-    workload = _lb_pool(args, _workload(args), spec.nodes)
+    workload = _lb_pool(args, _workload(args, spec.nodes), spec.nodes)
     if workload is not None or {"pod-to-service", "pod-to-nodeport"} & set(spec.scenarios):
         from .kubeproxy.scenarios import bench_workload
         workload = bench_workload(spec.nodes, spec.pods_per_node, workload)
@@ -565,7 +578,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     from .cluster import Cluster
     _require_root()
     exp = apppaths.load(args.experiment)
-    workload = manifests.load(exp.manifests)
+    workload = manifests.load(exp.manifests, nodes=exp.nodes)
     apppaths.client_of(workload, exp.client)
     out = args.out or Path("results", exp.name,
                            f"{exp.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")

@@ -88,8 +88,10 @@ class Workload:
     pods: tuple[PodSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     network_policies: tuple[dict[str, Any], ...] = ()
-    #: what was accepted and ignored as having no effect on the network: one entry per
-    #: kind or field path ("ServiceAccount", "Deployment spec.template.spec.containers[].env")
+    #: what was accepted and ignored as having no effect on the network, one entry per
+    #: occurrence: an object ("ServiceAccount shop/cart"; "ClusterRole agent" without a
+    #: namespace) or a field of one ("Deployment shop/cart spec.template.spec.containers[].env");
+    #: k8stopo.apifields says why, k8stopo.manifests.summary counts them
     ignored: tuple[str, ...] = ()
 
 

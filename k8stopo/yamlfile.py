@@ -8,6 +8,7 @@ a traceback.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,28 @@ class _StrictLoader(yaml.SafeLoader):
 def documents(path: Path, what: str) -> list[Any]:
     """Every document of the YAML file ``path`` (a ``what``, for the message)."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    return parse(data, str(path))
+
+
+def read_stdin() -> bytes:
+    """Standard input, whole (read once: it cannot be read again)."""
+    return sys.stdin.buffer.read()
+
+
+def parse(data: bytes, name: str) -> list[Any]:
+    """Every document of YAML ``data`` read from ``name`` (a file, ``<stdin>``)."""
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise SpecError(f"{name}: not UTF-8 text (byte {exc.start})") from None
     try:
         return list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or exc
-        raise SpecError(f"{path}: not valid YAML{at}: {' '.join(str(problem).split())}") \
+        raise SpecError(f"{name}: not valid YAML{at}: {' '.join(str(problem).split())}") \
             from None

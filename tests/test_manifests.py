@@ -13,6 +13,7 @@ import pytest
 from k8stopo import manifests, runstate
 from k8stopo.cluster import Cluster
 from k8stopo.spec import ClusterSpec, SpecError
+from k8stopo.workload import Probe
 
 from conftest import REPO, k8stopo, run_dirs
 
@@ -90,9 +91,10 @@ spec:
 BAD = {
     "kind": ("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i}\n",
              "kind 'Ingress' is not implemented"),
-    "pod field": (POD + "  hostNetwork: true\n", "field Pod.spec.hostNetwork is not implemented"),
-    "container field": (POD.replace("image: i,", "image: i, securityContext: {},"),
-                        "field Pod.spec.containers[0].securityContext is not implemented"),
+    "pod field": (POD + "  hostAliases: [{ip: 10.0.0.1, hostnames: [db]}]\n",
+                  "field Pod.spec.hostAliases is not implemented: "),
+    "unknown field": (POD.replace("image: i,", "image: i, colour: blue,"),
+                      "field Pod.spec.containers[0].colour is not implemented"),
     "sctp": (POD.replace("containerPort: 80", "containerPort: 80, protocol: SCTP"),
              "protocol 'SCTP' is not implemented"),
     "api version": (POD.replace("apiVersion: v1", "apiVersion: v2"), "must have apiVersion v1"),
@@ -106,13 +108,13 @@ BAD = {
         spec:
           selector: {matchLabels: {app: a}}
           template: {metadata: {labels: {app: b}}, spec: {containers: [{name: c}]}}
-        """, "must be non-empty and match the template's labels"),
+        """, "spec.selector must be non-empty and match the template's labels"),
     "service type": ("""
         apiVersion: v1
         kind: Service
         metadata: {name: s}
-        spec: {type: LoadBalancer, ports: [{port: 80}]}
-        """, "spec.type 'LoadBalancer' is not implemented"),
+        spec: {type: ExternalName, ports: [{port: 80}]}
+        """, "spec.type 'ExternalName' is not implemented"),
     "cluster ip": ("""
         apiVersion: v1
         kind: Service
@@ -130,6 +132,30 @@ BAD = {
                    "must have apiVersion networking.k8s.io/v1"),
     "yaml": ("kind: [", "not valid YAML"),
 }
+
+
+_SERVICE = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  type: LoadBalancer\n"
+BAD.update({f"load balancer: {case}": ((_SERVICE.replace("  type: LoadBalancer\n", "")
+                                        if extra.startswith("type:") else _SERVICE)
+                                       + f"  {extra}\n  ports: [{{port: 80}}]\n", message)
+            for case, (extra, message) in {
+    "dual stack": ("clusterIPs: [10.96.0.50, 'fd00::1']", "dual-stack is not implemented"),
+    "policy on ClusterIP": ("type: ClusterIP\n  externalTrafficPolicy: Local",
+                            "spec.externalTrafficPolicy does not apply to type ClusterIP"),
+    "source ranges": ("loadBalancerSourceRanges: [10.0.0.0/8]",
+                      "field Service.spec.loadBalancerSourceRanges is not implemented"),
+    "require dual stack": ("ipFamilyPolicy: RequireDualStack",
+                           "field Service.spec.ipFamilyPolicy is not implemented"),
+    "headless lb": ("clusterIP: None", "a LoadBalancer Service cannot be headless"),
+}.items()})
+BAD.update({f"readiness probe: {case}": (POD.replace(
+    "containerPort: 80}]", f"containerPort: 80}}], readinessProbe: {probe}"), message)
+    for case, (probe, message) in {
+    "two handlers": ("{tcpSocket: {port: 80}, exec: {command: [true]}}", "exactly one of"),
+    "unknown name": ("{tcpSocket: {port: web}}", "'web' names no port of the container"),
+    "https": ("{httpGet: {port: 80, scheme: HTTPS}}", "httpGet.scheme is not implemented"),
+    "period": ("{exec: {command: [true]}, periodSeconds: 0}", "periodSeconds 0 must be"),
+}.items()})
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -199,3 +225,167 @@ def test_a_directory_of_multi_document_files_is_one_workload(tmp_path: Path) -> 
     (tmp_path / "notes.txt").write_text("not a manifest")
     w = manifests.load(tmp_path)
     assert [(p.namespace, p.name) for p in w.pods] == [("x", "p"), ("default", "q")]
+
+
+CONTROLLERS = """
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web-peers
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      hostname: ignored-by-the-controller
+      containers:
+      - name: c
+        ports: [{containerPort: 6379, name: redis}]
+        readinessProbe: {tcpSocket: {port: redis}, periodSeconds: 5}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchExpressions: [{key: app, operator: In, values: [agent, probe]}]}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      hostNetwork: true
+      containers: [{name: c, ports: [{containerPort: 9100, name: metrics}]}]
+---
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: rs}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: rs}}
+  template:
+    metadata: {labels: {app: rs}}
+    spec:
+      dnsPolicy: Default
+      containers:
+      - name: c
+        ports: [{containerPort: 80, hostPort: 8080, name: http}]
+        readinessProbe: {httpGet: {path: /healthz, port: http}, initialDelaySeconds: 2}
+      initContainers:
+      - {name: mesh, restartPolicy: Always, ports: [{containerPort: 15090, name: mesh}]}
+      - {name: setup, ports: [{containerPort: 7, name: gone}]}
+"""
+
+
+def test_controllers_make_their_pods_as_theirs_do(tmp_path: Path) -> None:
+    w = manifests.load(_write(tmp_path, CONTROLLERS), nodes=2)
+    pods = {p.name: p for p in w.pods}
+    assert list(pods) == ["web-0", "web-1", "web-2", "agent-n1", "agent-n2", "rs-0", "rs-1"]
+    web = pods["web-1"]
+    assert (web.hostname, web.subdomain, web.owner) == ("web-1", "web-peers", "StatefulSet/web")
+    assert web.readiness == Probe("tcpSocket", 6379, period_s=5)  # the name resolved
+    agent = pods["agent-n2"]
+    assert (agent.node_name, agent.host_network, agent.owner) == ("n2", True, "DaemonSet/agent")
+    assert agent.ports[0].host_port == 9100  # the API defaults hostPort with hostNetwork
+    assert agent.dns_policy == "ClusterFirst"  # as given (absent): apprun interprets
+    rs = pods["rs-0"]
+    assert rs.dns_policy == "Default" and rs.owner == "ReplicaSet/rs"
+    assert rs.readiness == Probe("httpGet", 80, "/healthz", initial_delay_s=2)
+    # the sidecar's port is served; a finished init container's is not
+    assert [(p.name, p.host_port) for p in rs.ports] == [("http", 8080), ("mesh", None)]
+    with pytest.raises(SpecError, match="a DaemonSet needs the node count"):
+        manifests.load(_write(tmp_path, CONTROLLERS))
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "m.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_statefulset_ordinals_and_pod_hostname_and_subdomain(tmp_path: Path) -> None:
+    w = load(tmp_path, CONTROLLERS.split("---")[0].replace("serviceName: web-peers",
+                                                           "ordinals: {start: 5}")
+             + "---\n" + POD.replace("containers:", "hostname: db\n  subdomain: dbs\n  containers:"))
+    assert [p.name for p in w.pods] == ["web-5", "web-6", "web-7", "p"]
+    assert w.pods[0].subdomain is None and (w.pods[3].hostname, w.pods[3].subdomain) == ("db", "dbs")
+
+
+def test_load_balancer_builds_on_node_port(tmp_path: Path) -> None:
+    w = load(tmp_path, """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: front}
+        spec:
+          type: LoadBalancer
+          loadBalancerIP: 192.168.1.240
+          externalTrafficPolicy: Local
+          ipFamilyPolicy: PreferDualStack
+          ipFamilies: [IPv4]
+          ports: [{name: http, port: 80, targetPort: http}, {name: https, port: 443}]
+        status: {loadBalancer: {ingress: [{ip: 1.2.3.4}]}}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: bare}
+        spec:
+          type: LoadBalancer
+          allocateLoadBalancerNodePorts: false
+          clusterIPs: [10.96.0.50]
+          publishNotReadyAddresses: true
+          ports: [{name: a, port: 80}, {name: b, port: 81, nodePort: 31000}]
+        """)
+    front, bare = w.services
+    assert front.type == "LoadBalancer" and [p.node_port for p in front.ports] == [30000, 30001]
+    assert front.load_balancer_ip == ipaddress.IPv4Address("192.168.1.240")
+    assert front.external_traffic_policy == "Local" and w.ignored == ("Service default/front status",)
+    assert bare.cluster_ip == ipaddress.IPv4Address("10.96.0.50") and bare.publish_not_ready
+    assert [p.node_port for p in bare.ports] == [None, 31000]  # given ones are respected
+
+
+def test_ignored_fields_are_counted_once_and_listed_with_v(tmp_path: Path, caplog,
+                                                         capsys) -> None:
+    import argparse
+    import logging
+
+    from k8stopo import cli
+    text = (CONTROLLERS + textwrap.dedent("""
+        ---
+        apiVersion: v1
+        kind: ServiceAccount
+        metadata: {name: web}
+        ---
+        apiVersion: v1
+        kind: ServiceAccount
+        metadata: {name: agent}
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: settings}
+        """)).replace("- name: c\n", "- name: c\n        env: [{name: A, value: b}]\n", 1)
+    args = argparse.Namespace(manifests=_write(tmp_path, text), nodes=2, strict=False,
+                              proxy_mode="iptables")
+    with caplog.at_level(logging.INFO, logger="k8stopo.manifests"):
+        w = cli._workload(args)
+    assert w is not None and "StatefulSet default/web spec.template.spec.containers[].env" \
+        in w.ignored
+    assert capsys.readouterr().err == ("k8stopo: accepted 2 ServiceAccounts, 1 ConfigMap and "
+                                       "1 field that do not change the network (-v lists "
+                                       "them)\n")
+    assert any("ignored Container.env ×1: 'list of environment variables" in r.message
+               for r in caplog.records)
+
+
+def test_stdin_is_read_once_and_named_in_errors(tmp_path: Path) -> None:
+    good = (DATA / "services.yaml").read_text()
+    res = subprocess.run([sys.executable, "-m", "k8stopo", "probe", "--cni", "flannel-vxlan",
+                          "--manifests", "-"], input=good + "---\n" + BAD["name"][0],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 2
+    bad = len(good.split("\n---\n")) + 1  # the first after the good ones
+    assert res.stderr.startswith(f"k8stopo: error: <stdin>: document {bad}: Pod name 'P_1'")
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_documents_from_stdin(monkeypatch) -> None:
+    import io
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(POD.encode())))
+    assert [p.name for p in manifests.load("-").pods] == ["p"]
