@@ -126,6 +126,6 @@ def test_a_daemon_that_fails_to_start_is_one_line_and_exit_1(
     failed = [line for line in err if line.startswith("k8stopo: failed: ")]
     assert failed == err[-1:], err  # one line, the last
     assert failed[0].startswith("k8stopo: failed: bird on n") and "syntax error" in failed[0]
-    log = Path(re.search(r"; log: (\S+)", failed[0]).group(1))  # type: ignore[union-attr]
+    log = Path(re.search(r"; log: (\S+)", failed[0]).group(1))
     assert log.is_file() and "syntax error" in log.read_text()
     assert run_dirs() <= dirs
