@@ -128,17 +128,23 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
                    help="kube-proxy mode: iptables (default), nftables or userspace")
 
 
-def _workload(args: argparse.Namespace, nodes: int | None = None) -> Workload | None:
-    """The manifests' workload (checked, and the proxy mode with it, before anything is
-    built; standard input read here, once); None without manifests. ``nodes`` (default
-    --nodes) places a DaemonSet's pods. Says once what was accepted and ignored."""
-    from . import manifests
+def _workload(args: argparse.Namespace, nodes: int) -> Workload | None:
+    """The manifests' workload (checked, and the proxy mode and ``--lb-pool`` with it, before
+    anything is built; standard input read here, once); None without manifests. ``nodes``
+    places a DaemonSet's pods and bounds the pool. Says once what was accepted and ignored,
+    after every check passed (bad input is one line)."""
+    from . import loadbalancer, manifests
     from .kubeproxy import proxy_class
     proxy_class(args.proxy_mode)
+    pool = getattr(args, "lb_pool", None)
+    pool = loadbalancer.parse_pool(pool, nodes) if pool is not None else None
     if not args.manifests:
+        if pool is not None:
+            raise SpecError("--lb-pool needs --manifests with a Service of type LoadBalancer")
         return None
-    workload = manifests.load(args.manifests, nodes=args.nodes if nodes is None else nodes,
-                              strict=args.strict)
+    workload = manifests.load(args.manifests, nodes=nodes, strict=args.strict)
+    if pool is not None:  # MetalLB's controller (k8stopo.loadbalancer.assign)
+        workload = loadbalancer.assign(workload, pool)
     said = manifests.summary(workload)
     if said:
         print(f"k8stopo: {said}", file=sys.stderr, flush=True)
@@ -171,18 +177,6 @@ def _agents(args: argparse.Namespace, workload: Workload | None,
     if any(c.host_port for p in workload.pods for c in p.ports):
         agents.append(HostPorts)
     return agents
-
-
-def _lb_pool(args: argparse.Namespace, workload: Workload | None, nodes: int) -> Workload | None:
-    """``--lb-pool``: checked before anything is built; the LoadBalancer Services get their
-    IPs from it (MetalLB's controller, :func:`k8stopo.loadbalancer.assign`)."""
-    from . import loadbalancer
-    if args.lb_pool is None:
-        return workload
-    pool = loadbalancer.parse_pool(args.lb_pool, nodes)
-    if workload is None:
-        raise SpecError("--lb-pool needs --manifests with a Service of type LoadBalancer")
-    return loadbalancer.assign(workload, pool)
 
 
 def _lb_pool_arg(p: argparse.ArgumentParser) -> None:
@@ -337,7 +331,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .cluster import Cluster
     _require_root()
     cni = _one_cni(args.cni, "up builds one cluster")
-    workload = _lb_pool(args, _workload(args), args.nodes)
+    workload = _workload(args, args.nodes)
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu, bgp=args.bgp,
                                   route_reflectors=args.route_reflectors,
@@ -441,7 +435,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = _bench_settings(args)
     spec = _bench_spec(settings)
     budget_s = bench.parse_budget(settings["budget"])
-    workload = _lb_pool(args, _workload(args, spec.nodes), spec.nodes)
+    workload = _workload(args, spec.nodes)
     if workload is not None or {"pod-to-service", "pod-to-nodeport"} & set(spec.scenarios):
         from .kubeproxy.scenarios import bench_workload
         workload = bench_workload(spec.nodes, spec.pods_per_node, workload)
@@ -549,7 +543,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.ports else None
     if not 1 <= args.count <= 100:
         raise SpecError(f"--count must be between 1 and 100, not {args.count}")
-    workload = _lb_pool(args, _workload(args), args.nodes)
+    workload = _workload(args, args.nodes)
     if args.by_name and not (workload and workload.services):
         raise SpecError("--by-name needs Services in the manifests (their names are dialled)")
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=0, mtu=args.mtu,

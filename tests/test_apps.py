@@ -77,6 +77,7 @@ def test_election_is_metallbs_hash_order() -> None:
     assert loadbalancer.elect(ip, []) is None
 
 
+@pytest.mark.requires_root
 def test_bad_lb_pool_exits_2_before_building() -> None:
     res = k8stopo("up", "--cni", "flannel-vxlan", "--manifests", "tests/data/services.yaml",
                   "--lb-pool", "10.1.0.0/24")
@@ -85,6 +86,9 @@ def test_bad_lb_pool_exits_2_before_building() -> None:
 
 
 # -- on a cluster ---------------------------------------------------------------------------
+
+
+@pytest.mark.requires_root
 def test_parallel_probe_gives_the_serial_table(cluster: Cluster) -> None:
     clients = [pod(cluster, n) for n in ("loadgen", "frontend-0", "cart-0")]
     wanted = probe.targets(cluster, [7070, 6379], ["tcp"])
@@ -100,6 +104,7 @@ def test_parallel_probe_gives_the_serial_table(cluster: Cluster) -> None:
     assert seen[("shop/frontend-0", "svc:shop/cart", 7070)]  # the Service: cart-0 only
 
 
+@pytest.mark.requires_root
 def test_readiness_keeps_a_pod_with_an_unserved_probe_port_out(cluster: Cluster) -> None:
     ports = {s.service: s for s in service_ports(cluster.spec.workload, cluster.pods)}
     assert [e.pod for e in ports["cart"].endpoints] == [pod_handle("cart-0", NS)]
@@ -112,6 +117,7 @@ def test_readiness_keeps_a_pod_with_an_unserved_probe_port_out(cluster: Cluster)
     assert states[pod_handle("broken-0", NS)].failures >= 1
 
 
+@pytest.mark.requires_root
 def test_service_and_statefulset_names_resolve_in_a_pod(cluster: Cluster) -> None:
     loadgen = pod(cluster, "loadgen")
     assert f"search {NS}.svc.cluster.local" in loadgen.output(["cat", "/etc/resolv.conf"])
@@ -126,6 +132,7 @@ def test_service_and_statefulset_names_resolve_in_a_pod(cluster: Cluster) -> Non
     assert hosts(f"store-0.store.{NS}.svc.cluster.local") == {str(pod(cluster, "store-0").ip)}
 
 
+@pytest.mark.requires_root
 def test_a_service_by_name_answers_http(cluster: Cluster) -> None:
     out = pod(cluster, "loadgen").output(["curl", "-s", "-i", "-m", "5",
                                           f"http://frontend.{NS}.svc.cluster.local/"])
@@ -133,6 +140,7 @@ def test_a_service_by_name_answers_http(cluster: Cluster) -> None:
     assert out.rstrip().splitlines()[-1] in {f"{NS}/frontend-0", f"{NS}/frontend-1"}
 
 
+@pytest.mark.requires_root
 def test_probe_by_name_puts_dns_in_the_path(cluster: Cluster) -> None:
     wanted = [t for t in probe.targets(cluster, [80], ["tcp"], by_name=True)
               if t.to == f"svc:{NS}/frontend" and not t.column]
@@ -141,6 +149,7 @@ def test_probe_by_name_puts_dns_in_the_path(cluster: Cluster) -> None:
     assert all(r.connected for r in results), results
 
 
+@pytest.mark.requires_root
 def test_load_balancer_ip_from_outside_the_cluster(cluster: Cluster) -> None:
     lb = agent(cluster, L2Announcer)
     ip = POOL[1]
@@ -178,6 +187,7 @@ def hosts():
         yield c
 
 
+@pytest.mark.requires_root
 def test_a_host_port_answers_on_its_nodes_ip(hosts: Cluster) -> None:
     n1, n2 = hosts.node("n1"), hosts.node("n2")
     target = [probe.Target("hp", str(n2.ip), 30888, "tcp")]
@@ -187,6 +197,7 @@ def test_a_host_port_answers_on_its_nodes_ip(hosts: Cluster) -> None:
     assert "CNI-HOSTPORT-DNAT" in n2.output(["iptables-save", "-t", "nat"])  # portmap's chain
 
 
+@pytest.mark.requires_root
 def test_host_network_pods_share_their_nodes_stack_and_keep_its_dns(hosts: Cluster) -> None:
     hn, hnd = hosts.pod("hn.default"), hosts.pod("hnd.default")
     assert hn.host_network and hn.ip == hosts.node("n1").ip
@@ -200,6 +211,9 @@ def test_host_network_pods_share_their_nodes_stack_and_keep_its_dns(hosts: Clust
 
 
 # -- the load-balancer IP in every proxy mode -----------------------------------------------
+
+
+@pytest.mark.requires_root
 @pytest.mark.parametrize("mode", list(MODES))
 def test_every_proxy_mode_serves_the_load_balancer_ip(mode: str) -> None:
     workload = loadbalancer.assign(shop(policies=False), POOL)
@@ -214,6 +228,7 @@ def test_every_proxy_mode_serves_the_load_balancer_ip(mode: str) -> None:
     assert {r.answered_by for r in results} <= {f"{NS}/frontend-0", f"{NS}/frontend-1"}
 
 
+@pytest.mark.requires_root
 def test_external_traffic_policy_local_keeps_the_clients_address() -> None:
     """iptables mode: KUBE-EXT sends outside traffic to KUBE-SVL (this node's endpoints),
     unmasqueraded; MetalLB elects only a node that holds one."""
@@ -283,7 +298,7 @@ def test_app_experiment_file_is_checked(tmp_path) -> None:
 
     from k8stopo import apppaths
     exp = apppaths.load(Path("experiments/apps/app.yaml"))
-    assert exp.manifests.is_file() and exp.proxy_modes == tuple(MODES)
+    assert exp.manifests.is_dir() and exp.proxy_modes == tuple(MODES)
     good = f"manifests: {exp.manifests}\nclient: shop/frontend-0\n"
     for bad, why in ((good + "colour: red\n", "unknown key"), ("client: a/b\n", "manifests"),
                      (good + "proxy_modes: [ipvs]\n", "proxy-mode"),

@@ -99,7 +99,6 @@ def load() -> Workload:
 
 # -- rootless -----------------------------------------------------------------------
 
-@pytest.mark.rootless
 def test_the_application_loads_unchanged_with_its_split() -> None:
     w = load()
     assert [p.name for p in w.pods] == [
@@ -142,7 +141,6 @@ def _hosts(w: Workload) -> list[Host]:
                  p.labels, p.ports, p.name) for i, p in enumerate(w.pods)]
 
 
-@pytest.mark.rootless
 def test_the_reference_evaluator_agrees_with_the_hand_written_table() -> None:
     w = load()
     policies = parse_all(w.network_policies)
@@ -189,7 +187,6 @@ def expected(w: Workload, line: dict[str, object], node_ips: set[str]) -> bool:
     return outcomes.pop()
 
 
-@pytest.mark.rootless
 def test_no_backend_reaches_its_own_service() -> None:
     """A backend probing its own Service may be sent to itself (hairpin, masqueraded: the
     API leaves policy on rewritten traffic undefined). Each backend's own egress policy
@@ -207,6 +204,7 @@ def test_no_backend_reaches_its_own_service() -> None:
 
 # -- a real cluster -----------------------------------------------------------------
 
+@pytest.mark.requires_root
 @pytest.mark.xfail(strict=True, reason=(
     "the emulated FORWARD chain runs kube-proxy's KUBE-FORWARD (which accepts every packet "
     "marked for masquerade) before Felix's cali-FORWARD, so NodePort and hairpin traffic "

@@ -364,7 +364,7 @@ def test_ignored_fields_are_counted_once_and_listed_with_v(tmp_path: Path, caplo
     args = argparse.Namespace(manifests=_write(tmp_path, text), nodes=2, strict=False,
                               proxy_mode="iptables")
     with caplog.at_level(logging.INFO, logger="k8stopo.manifests"):
-        w = cli._workload(args)
+        w = cli._workload(args, args.nodes)
     assert w is not None and "StatefulSet default/web spec.template.spec.containers[].env" \
         in w.ignored
     assert capsys.readouterr().err == ("k8stopo: accepted 2 ServiceAccounts, 1 ConfigMap and "
