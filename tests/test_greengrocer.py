@@ -205,12 +205,6 @@ def test_no_backend_reaches_its_own_service() -> None:
 # -- a real cluster -----------------------------------------------------------------
 
 @pytest.mark.requires_root
-@pytest.mark.xfail(strict=True, reason=(
-    "the emulated FORWARD chain runs kube-proxy's KUBE-FORWARD (which accepts every packet "
-    "marked for masquerade) before Felix's cali-FORWARD, so NodePort and hairpin traffic "
-    "bypass NetworkPolicy; a real node has cali-FORWARD first (Felix's ChainInsertMode "
-    "insert keeps it on top). With KUBE-FORWARD after cali-FORWARD all 962 probes equal "
-    "the table. Remove this mark with that fix."))
 def test_every_probe_on_calico_bgp_equals_the_table() -> None:
     """Needs: root, calico-bgp. Every pod is Ready (its readinessProbe targets a served
     port, or is exec), so the table holds once the cluster is up."""

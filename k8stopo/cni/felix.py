@@ -106,6 +106,22 @@ def host_ipset(tunnel_device: str | None) -> str | None:
     return {IPIP_DEVICE: IPSET_ALL_HOSTS, VXLAN_DEVICE: IPSET_ALL_VXLAN}.get(tunnel_device or "")
 
 
+#: the jumps from the filter table's kernel chains into Felix's (ChainInsertMode "insert")
+FILTER_JUMPS = (
+    'INPUT -m comment --comment "cali: Calico filter input" -j cali-INPUT',
+    'FORWARD -m comment --comment "cali: Calico filter forward" -j cali-FORWARD',
+    'OUTPUT -m comment --comment "cali: Calico filter output" -j cali-OUTPUT',
+)
+
+
+def jumps_on_top() -> list[str]:
+    """Felix's filter jumps moved back to the top of their chains, as its refresh does when
+    another agent (kube-proxy's EnsureRule prepends KUBE-FORWARD) inserted above them: else
+    KUBE-FORWARD's ACCEPT of masquerade-marked packets would let NodePort and hairpin
+    traffic past NetworkPolicy. For a batch after the static one (the jumps exist)."""
+    return [line for jump in FILTER_JUMPS for line in (f"-D {jump}", f"-I {jump}")]
+
+
 def static_rules(node: "Node", pool: object, tunnel_device: str | None = None) -> str:
     """Felix's static chains in raw, mangle, filter and nat for one node, as one
     iptables-restore ``--noflush`` batch (loaded once, when the node starts);
@@ -116,7 +132,7 @@ def static_rules(node: "Node", pool: object, tunnel_device: str | None = None) -
                   pass_=MARK_PASS, from_workload=MARK_SCRATCH0,
                   forward_clear=ALL_MARKS & ~MARK_ACCEPT, vxlan_port=VXLAN_PORT,
                   all_hosts=IPSET_ALL_HOSTS, all_vxlan=IPSET_ALL_VXLAN,
-                  masq_ports=f"{VXLAN_PORT + 1}-65535")
+                  masq_ports=f"{VXLAN_PORT + 1}-65535", filter_jumps=FILTER_JUMPS)
 
 
 def table(name: str, lines: Iterable[str]) -> str:

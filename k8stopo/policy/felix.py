@@ -209,6 +209,8 @@ class FelixPolicy(PolicyAgent):
         stale = self.chains.get(node.name, set()) - chains
         # Felix empties a policy chain no workload jumps to any more, then deletes it.
         lines = [f":{c} - [0:0]" for c in sorted(stale)] + lines
+        # kube-proxy's first sync (its wait_ready, before ours) prepended KUBE-FORWARD
+        lines += dataplane.jumps_on_top()
         self.load(node, sets, dataplane.table("filter", lines), "felix-policy.rules")
         for chain in sorted(stale):
             node.run(["iptables", "-X", chain])
