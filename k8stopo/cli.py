@@ -328,14 +328,25 @@ def _published(args: argparse.Namespace) -> pandas.DataFrame | None:
 def _bench_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults, then the experiment file, then the flags given on the command line."""
     from . import experiment
-    settings: dict[str, Any] = {**BENCH_DEFAULTS, "sweep": None, "experiment": ""}
+    settings: dict[str, Any] = {**BENCH_DEFAULTS, "sweep": None, "experiment": "",
+                                "kind": "bench"}
     if args.experiment:
         settings.update(experiment.load(args.experiment))
-    given = {k: getattr(args, k) for k in BENCH_DEFAULTS if getattr(args, k) is not None}
+    given = _given(args)
     swept = settings["sweep"][0] if settings["sweep"] else None
     if swept in given:
         raise SpecError(f"--{swept.replace('_', '-')} conflicts with the experiment's sweep over it")
     return {**settings, **given}
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """bench's settings given as flags (they override the experiment file's)."""
+    return {k: getattr(args, k) for k in BENCH_DEFAULTS if getattr(args, k) is not None}
+
+
+def _experiment_out(name: str) -> Path:
+    """Where an experiment's rows go without --out: a new file per run."""
+    return Path("results", name, f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
 
 
 def _bench_spec(s: dict[str, Any]) -> BenchSpec:
@@ -366,6 +377,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench, environment, plots, results
     _require_root()
     settings = _bench_settings(args)
+    if settings["kind"] != "bench":
+        return _bench_control_plane(args, settings)
     spec = _bench_spec(settings)
     workload = _workload(args)
     if workload is not None or {"pod-to-service", "pod-to-nodeport"} & set(spec.scenarios):
@@ -379,7 +392,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if out is None:
         if not name:
             raise SpecError("--out FILE.csv is required without --experiment")
-        out = Path("results", name, f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
+        out = _experiment_out(name)
     plots_dir = args.plots or (Path("results", name, "plots") if name else None)
     results.check_appendable(out)
     _check_output_dir(plots_dir, "--plots")
@@ -417,6 +430,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_control_plane(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    """bench of a control-plane kind (k8stopo.controlplane): the kind's own loop, with the
+    network bench's checks, cleanup, output, environment columns and charts."""
+    from . import controlplane, controlplane_plots, environment, results
+    k = controlplane.kind(settings["kind"])
+    for flag, value in (("--resume", args.resume), ("--faults", args.faults),
+                        ("--manifests", args.manifests), ("--published", args.published)):
+        if value:
+            raise SpecError(f"{flag} does not apply to a {k.name} experiment")
+    params = controlplane.with_flags(k, settings["params"], _given(args))
+    needs = k.needs(params)  # every cluster's shape checked, none built
+    name = settings["experiment"]
+    out = args.out or _experiment_out(name)
+    plots_dir = args.plots or Path("results", name, "plots")
+    results.check_appendable(out)
+    _check_output_dir(plots_dir, "--plots")
+    _runnable(needs, False)
+    _clean_dead_runs()
+    run_id = controlplane.run(k, params, name, out,
+                              environment.Environment.here(args.command_line))
+    print(f"run {run_id}: rows in {out}")
+    df = results.load([out])
+    for path in controlplane_plots.charts(df[df.run_id == run_id], plots_dir):
+        print(f"  {path}")
+    return 0
+
+
 def _resume(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> bench.Resume:
     """The last run of ``out``, refused unless its recorded command asks for what this one
     does: the same settings (experiment file, flags, defaults) and workload; where the rows
@@ -442,14 +482,17 @@ def _resume(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> be
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from . import plots, results
+    from . import controlplane_plots, plots, results
     for path in args.csv:
         if not path.is_file():
             raise SpecError(f"no such CSV file: {path}")
     pub = _published(args)
     try:
         df = results.load(args.csv)
-        written = plots.plot_all(df, args.out, pub)
+        control = controlplane_plots.control_rows(df)  # control-plane kinds draw their own
+        written = controlplane_plots.charts(control, args.out) if not control.empty else []
+        if len(control) < len(df):
+            written += plots.plot_all(df.drop(control.index), args.out, pub)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     for path in written:
