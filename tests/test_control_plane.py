@@ -1,0 +1,177 @@
+"""The control-plane kinds of ``k8stopo bench``: kube-proxy rule scaling and no-retry, DNS,
+policy cost. Their files are checked before anything is built; a run appends rows with the
+environment columns to a CSV another run already wrote; SIGTERM in the middle of a run
+keeps every row measured before it and leaves nothing behind."""
+from __future__ import annotations
+
+import csv
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from test_reliability import assert_run_gone, runs_of, start
+
+from k8stopo import controlplane, experiment, measure, runstate
+from k8stopo.spec import SpecError
+
+from conftest import REPO, k8stopo
+
+SHIPPED = sorted((REPO / "experiments" / "control-plane").glob("*.yaml"))
+#: per kind: a complete small run, and a longer one that is interrupted after its first row
+SMALL = {
+    "kube-proxy-rules": ("kind: kube-proxy-rules\nmodes: [iptables, nftables]\n"
+                         "services: [2, 5]\nconnections: 20\nresyncs: 1\n",
+                         "kind: kube-proxy-rules\nservices: [2, 5, 10, 20, 40]\n"
+                         "connections: 50\nresyncs: 2\n"),
+    "kube-proxy-no-retry": ("kind: kube-proxy-no-retry\nmodes: [iptables]\nattempts: 6\n"
+                            "hung_attempts: 3\n",
+                            "kind: kube-proxy-no-retry\nattempts: 30\nhung_attempts: 10\n"),
+    "dns": ("kind: dns\nservices: 20\nhit_names: 10\nduration: 1\nrepeat: 1\n"
+            "outstanding: [1]\nlookup_count: 5\nnames: [web, example.com]\n",
+            "kind: dns\nservices: 20\nhit_names: 10\nduration: 2\nrepeat: 5\n"
+            "outstanding: [1, 10]\nlookup_count: 20\n"),
+    "policy-cost": ("kind: policy-cost\ncni: [calico-bgp]\npolicies: [0, 3]\nduration: 1\n"
+                    "repeat: 1\n",
+                    "kind: policy-cost\ncni: [calico-bgp, weave-fastdp]\n"
+                    "policies: [0, 1, 2, 3]\nduration: 1\nrepeat: 2\n"),
+}
+ENVIRONMENT = ("kernel", "k8stopo_version", "cpu_model", "iptables_mode", "commit", "command")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- the files (no root, nothing built) ------------------------------------------------
+
+@pytest.mark.rootless
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_control_plane_experiments_load_as_their_kind(path: Path) -> None:
+    loaded = experiment.load(path)
+    assert loaded["kind"] in controlplane.KINDS and loaded["experiment"] == path.stem
+    assert isinstance(loaded["params"], controlplane.kind(loaded["kind"]).params)
+    assert {p.stem for p in SHIPPED} >= set(controlplane.KINDS)  # one file per kind
+
+
+@pytest.mark.rootless
+@pytest.mark.parametrize(("text", "needle"), [
+    ("kind: bogus\n", "unknown kind 'bogus' (known: bench, kube-proxy-rules"),
+    ("kind: [dns]\n", "kind must be a string"),
+    ("kind: dns\nservice: 10\n", "unknown key 'service' for kind dns"),
+    ("kind: dns\nrepeat: '3'\n", "repeat must be int, not '3'"),
+    ("kind: dns\nrepeat: true\n", "repeat must be int, not True"),
+    ("kind: kube-proxy-rules\nservices: []\n", "services must be a non-empty list of int"),
+    ("kind: kube-proxy-rules\nmodes: [ipvs]\n", "unknown --proxy-mode 'ipvs'"),
+    ("kind: kube-proxy-no-retry\ncni: all\n", "cni: one variant, not 'all'"),
+    ("kind: kube-proxy-no-retry\nattempts: 0\n", "attempts must be 1 to 10000"),
+    ("kind: policy-cost\ncni: [flannel-vxlan]\n", "flannel-vxlan does not enforce"),
+    ("kind: policy-cost\npolicies: [-1]\n", "policies must be 0 to 5000"),
+    ("kind: policy-cost\nsweep: {streams: [1, 2]}\n", "unknown key 'sweep' for kind policy-cost"),
+])
+def test_bad_kind_or_parameter_is_one_line_naming_the_file(tmp_path: Path, text: str,
+                                                          needle: str) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        experiment.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and needle in message and "\n" not in message
+
+
+@pytest.mark.rootless
+def test_flags_override_parameters_the_kind_has_and_refuse_the_others() -> None:
+    rules = controlplane.kind("kube-proxy-rules")
+    p = rules.params()
+    changed = controlplane.with_flags(rules, p, {"repeat": 2, "cni": "calico-bgp"})
+    assert (changed.repeat, changed.cni, changed.services) == (2, "calico-bgp", p.services)
+    with pytest.raises(SpecError, match="--nodes does not apply to a kube-proxy-rules"):
+        controlplane.with_flags(rules, p, {"nodes": 3})
+    with pytest.raises(SpecError, match="takes one value"):
+        controlplane.with_flags(rules, p, {"cni": "calico-bgp,flannel-vxlan"})
+    cost = controlplane.kind("policy-cost")
+    assert controlplane.with_flags(cost, cost.params(), {"cni": "weave-fastdp,calico-bgp"}
+                                   ).cni == ("weave-fastdp", "calico-bgp")
+    with pytest.raises(SpecError, match="does not enforce"):
+        controlplane.with_flags(cost, cost.params(), {"cni": "flannel-vxlan"})
+
+
+@pytest.mark.rootless
+def test_percentile_is_the_nearest_observed_rank() -> None:
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]  # unsorted on purpose
+    assert [measure.percentile(values, p) for p in (1, 20, 21, 50, 99, 100)] == \
+        [1.0, 1.0, 2.0, 3.0, 5.0, 5.0]
+    assert measure.percentile(range(1, 201), 99) == 198
+    with pytest.raises(ValueError):
+        measure.percentile([], 50)
+
+
+def test_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("kind: dns\nnodes: 0\n")
+    out = tmp_path / "out" / "rows.csv"
+    res = k8stopo("bench", "--experiment", str(path), "--out", str(out))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith("k8stopo: error: ") and not out.parent.exists()
+    path.write_text(SMALL["dns"][0])
+    for flags, needle in ((["--scenarios", "host-to-host"], "--scenarios does not apply"),
+                          (["--resume"], "--resume does not apply")):
+        res = k8stopo("bench", "--experiment", str(path), "--out", str(out), *flags)
+        assert res.returncode == 2 and needle in res.stderr, res.stderr
+        assert not out.parent.exists()
+
+
+# -- real runs -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_a_run_appends_and_sigterm_keeps_every_row_and_leaves_nothing(kind: str,
+                                                                       tmp_path: Path) -> None:
+    small, longer = (tmp_path / "small.yaml", tmp_path / "longer.yaml")
+    small.write_text(SMALL[kind][0])
+    longer.write_text(SMALL[kind][1])
+    out, plots = tmp_path / "rows.csv", tmp_path / "plots"
+    first = k8stopo("bench", "--experiment", str(small), "--out", str(out), "--plots",
+                    str(plots), timeout=600)
+    assert first.returncode == 0, first.stderr
+    rows = _rows(out)
+    assert rows and {r["kind"] for r in rows} == {kind} and len({r["run_id"] for r in rows}) == 1
+    for column in ENVIRONMENT:
+        assert all(r[column] and r[column] != "unknown" for r in rows), column
+    assert all(r["command"].startswith("k8stopo bench --experiment") for r in rows)
+    assert all(r["experiment"] == "small" for r in rows)
+    drawn = [line.strip() for line in first.stdout.splitlines()[1:]]
+    assert drawn and all(Path(p).is_file() and Path(p).parent == plots for p in drawn)
+
+    # the second run appends to the same CSV and is stopped after its first row
+    p = start("bench", "--experiment", str(longer), "--out", str(out))
+    seen: dict[str, list[dict]] = {}  # every cluster run of the command, with its processes
+    second: list[dict[str, str]] = []
+    deadline = time.monotonic() + 300
+    try:
+        while not second and time.monotonic() < deadline and p.poll() is None:
+            for prefix in runs_of(p.pid):
+                try:
+                    seen[prefix] = runstate.RunState.open(prefix).data["pids"]
+                except (FileNotFoundError, KeyError):
+                    continue
+            second = _rows(out)[len(rows):]
+            time.sleep(0.1)
+        assert second and p.poll() is None, "the second run ended before its first row"
+        before = out.read_bytes()
+        p.send_signal(signal.SIGTERM)
+        _out, err = p.communicate(timeout=180)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err[-2000:]
+    after = out.read_bytes()
+    assert after.startswith(before), "a row measured before the signal was lost or changed"
+    final = _rows(out)
+    assert final[:len(rows)] == rows and len({r["run_id"] for r in final}) == 2
+    with out.open(newline="") as f:
+        lines = list(csv.reader(f))
+    assert all(len(line) == len(lines[0]) for line in lines)  # whole rows only
+    assert seen, "no cluster of the second run was seen"
+    for prefix, pids in seen.items():
+        assert_run_gone(prefix, pids)
