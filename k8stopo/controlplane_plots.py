@@ -52,7 +52,7 @@ def charts(df: pd.DataFrame, out_dir: Path) -> list[Path]:
 def _selected(rows: pd.DataFrame, panel: Panel) -> pd.DataFrame:
     sel = rows[rows["metric"] == panel.metric]
     for column, value in panel.where:
-        sel = sel[sel[column].astype(str) == value]
+        sel = sel[sel[column].map(_text) == value]
     return sel
 
 
@@ -60,9 +60,13 @@ def figure(rows: pd.DataFrame, chart: Chart) -> Figure | None:
     """The chart's panels side by side; None when none of them has rows."""
     if all(_selected(rows, p).empty for p in chart.panels):
         return None
-    fig = Figure(figsize=(4.4 * len(chart.panels), 4.2), layout="constrained")
+    cols = min(3, len(chart.panels))
+    rows_of_panels = -(-len(chart.panels) // cols)
+    fig = Figure(figsize=(4.6 * cols, 3.8 * rows_of_panels + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(chart.panels), squeeze=False)[0]
+    axes = fig.subplots(rows_of_panels, cols, squeeze=False).ravel()
+    for ax in axes[len(chart.panels):]:
+        ax.set_visible(False)
     for ax, panel in zip(axes, chart.panels):
         sel = _selected(rows, panel)
         (_bars if panel.style == "bars" else _lines)(ax, sel, panel)
@@ -77,8 +81,13 @@ def figure(rows: pd.DataFrame, chart: Chart) -> Figure | None:
     return fig
 
 
+def _text(value: object) -> str:
+    """A cell as its label: 1, not the 1.0 a column with empty cells is read as."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def _series(sel: pd.DataFrame, panel: Panel) -> list[tuple[str, pd.DataFrame]]:
-    return [(str(k), g) for k, g in sel.groupby(sel[panel.by].astype(str), sort=False)]
+    return [(k, g) for k, g in sel.groupby(sel[panel.by].map(_text), sort=False)]
 
 
 def _lines(ax: Axes, sel: pd.DataFrame, panel: Panel) -> None:
@@ -90,19 +99,22 @@ def _lines(ax: Axes, sel: pd.DataFrame, panel: Panel) -> None:
         ax.plot(x, y, ".", color=DOT_COLOR, ms=3)
     if panel.log:
         ax.set(xscale="log", yscale="log")
-    else:
+    else:  # counts from 0 to thousands: linear near 0, logarithmic above 10
         ax.set_xscale("symlog", linthresh=10)
         ax.set_ylim(bottom=0)
+    xs = sorted(pd.to_numeric(sel[panel.x]).unique())
+    ax.set_xticks(xs, [_text(float(x)) for x in xs], fontsize=7)
+    ax.minorticks_off()
     ax.set_xlabel(panel.x)
 
 
 def _bars(ax: Axes, sel: pd.DataFrame, panel: Panel) -> None:
-    categories = list(dict.fromkeys(sel[panel.x].astype(str)))
+    categories = list(dict.fromkeys(sel[panel.x].map(_text)))
     series = _series(sel, panel)
     width = 0.8 / max(len(series), 1)
     for i, (color, (label, group)) in enumerate(zip(COLORS * 4, series)):
         y = group["value"].astype(float) * panel.scale
-        at = group[panel.x].astype(str).map(categories.index) + i * width
+        at = group[panel.x].map(_text).map(categories.index) + i * width
         medians = y.groupby(at).median()
         bars = ax.bar(medians.index, medians.values, width, color=color, alpha=0.85, label=label)
         ax.bar_label(bars, fmt="%.3g", fontsize=6)

@@ -142,6 +142,10 @@ def test_a_run_appends_and_sigterm_keeps_every_row_and_leaves_nothing(kind: str,
     assert all(r["experiment"] == "small" for r in rows)
     drawn = [line.strip() for line in first.stdout.splitlines()[1:]]
     assert drawn and all(Path(p).is_file() and Path(p).parent == plots for p in drawn)
+    again = k8stopo("plot", str(out), "--out", str(tmp_path / "again"))  # the kind's charts
+    assert again.returncode == 0, again.stderr
+    assert sorted(Path(p).name for p in again.stdout.split()) == sorted(Path(p).name
+                                                                        for p in drawn)
 
     # the second run appends to the same CSV and is stopped after its first row
     p = start("bench", "--experiment", str(longer), "--out", str(out))

@@ -103,8 +103,8 @@ def _names(p: Params) -> dict[str, list[str]]:
                          for _ in range(p.services)]}
 
 
-def lookup(cluster: Cluster, name: str, count: int) -> dict[str, Any]:
-    client = _client(cluster)
+def lookup(client: Pod, name: str, count: int) -> dict[str, Any]:
+    """``count`` getaddrinfo calls of ``name`` in ``client``: the address and each's ns."""
     return json.loads(client.output([sys.executable, "-m", "k8stopo.dns.lookup", name, count],
                                     env={"PYTHONPATH": str(PACKAGE_ROOT)}))
 
@@ -152,9 +152,9 @@ def run_ndots(cluster: Cluster, agent: ClusterDNS, p: Params, rec: Recorder,
     for name in p.names:
         agent.clear_cache()
         before = agent.queries_answered("A")
-        lookup(cluster, name, 1)
+        lookup(client, name, 1)
         queries = agent.queries_answered("A") - before
-        got = lookup(cluster, name, p.lookup_count + 1)
+        got = lookup(client, name, p.lookup_count + 1)
         times = [ns / 1e6 for ns in got["ns"][1:]]  # the first refills the cache
         rec.write([Sample("a_queries_to_kubedns", queries, "count"),
                    Sample("latency_p50_ms", statistics.median(times), "ms"),
@@ -167,7 +167,10 @@ def run_ndots(cluster: Cluster, agent: ClusterDNS, p: Params, rec: Recorder,
 
 
 def _bars(title: str, metric: str, x: str, by: str, log: bool = False) -> Panel:
-    return Panel(title, metric, x=x, by=by, style="bars", log=log)
+    """A panel of one part: dnsperf's rows (x: condition) or getaddrinfo's (x: name)."""
+    protocol = "dns" if x == "condition" else "getaddrinfo"
+    return Panel(title, metric, x=x, by=by, where=(("protocol", protocol),), style="bars",
+                 log=log)
 
 
 EXPERIMENTS = {"dns": Kind(
