@@ -434,9 +434,11 @@ def _bench_control_plane(args: argparse.Namespace, settings: dict[str, Any]) -> 
     """bench of a control-plane kind (k8stopo.controlplane): the kind's own loop, with the
     network bench's checks, cleanup, output, environment columns and charts."""
     from . import controlplane, controlplane_plots, environment, results
+    from .kubeproxy import DEFAULT_MODE
     k = controlplane.kind(settings["kind"])
     for flag, value in (("--resume", args.resume), ("--faults", args.faults),
-                        ("--manifests", args.manifests), ("--published", args.published)):
+                        ("--manifests", args.manifests), ("--published", args.published),
+                        ("--proxy-mode", args.proxy_mode != DEFAULT_MODE)):
         if value:
             raise SpecError(f"{flag} does not apply to a {k.name} experiment")
     params = controlplane.with_flags(k, settings["params"], _given(args))
@@ -448,12 +450,15 @@ def _bench_control_plane(args: argparse.Namespace, settings: dict[str, Any]) -> 
     _check_output_dir(plots_dir, "--plots")
     _runnable(needs, False)
     _clean_dead_runs()
-    run_id = controlplane.run(k, params, name, out,
-                              environment.Environment.here(args.command_line))
+    run_id, failures = controlplane.run(k, params, name, out,
+                                        environment.Environment.here(args.command_line))
     print(f"run {run_id}: rows in {out}")
     df = results.load([out])
     for path in controlplane_plots.charts(df[df.run_id == run_id], plots_dir):
         print(f"  {path}")
+    if failures:
+        print(f"k8stopo: {failures} cluster(s) failed; see the log above", file=sys.stderr)
+        return 1
     return 0
 
 

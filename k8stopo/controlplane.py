@@ -22,7 +22,7 @@ import gzip
 import importlib
 import logging
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,7 +32,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__, results
 from .environment import Environment
-from .measure import Sample
+from .errors import RunError
+from .measure import Sample, reason
 from .node import Endpoint
 from .spec import SpecError
 
@@ -164,18 +165,32 @@ def needs_of(*pairs: tuple[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
 class Recorder:
     """The rows of one run: every row gets results.COLUMNS, the kind's own columns, the
     environment's (cpu_model, iptables_mode, commit, command), ``experiment`` (the
-    file's name) and ``kind``, and is on disk before the next value is measured."""
+    file's name), ``kind`` and ``error``, and is on disk before the next value is measured."""
 
     def __init__(self, k: Kind, experiment: str, run_id: str, env: Environment,
                  sink: results.CsvSink, raw_dir: Path, bar: tqdm[Any]) -> None:
         self.kind, self.experiment, self.run_id, self.env = k, experiment, run_id, env
         self.sink, self.raw_dir, self.bar = sink, raw_dir, bar
+        self.failures = 0
+
+    @contextlib.contextmanager
+    def attempt(self, what: str, **row: Any) -> Iterator[None]:
+        """One cluster's build and measurements: a failure of a tool, a daemon or a
+        convergence (RunError, TimeoutError; the cluster has been torn down by then) is one
+        ``failed`` row with ``row``'s columns and the reason in ``error``, and the run goes
+        on with the next cluster, as bench goes on past a broken variant."""
+        try:
+            yield
+        except (RunError, TimeoutError) as exc:
+            self.failures += 1
+            log.error("%s: %s failed: %s", self.kind.name, what, exc)
+            self.write([Sample(results.FAILED, 1, "count")], error=reason(exc), **row)
 
     def write(self, samples: Iterable[Sample], *, cni: str, scenario: str, protocol: str,
               nodes: int, repeat: int = 0, pods_per_node: int = 0, duration_s: float = 0,
               mtu: int = 1500, client: Endpoint | None = None, server: Endpoint | None = None,
               server_ip: str = "", raw_file: str = "", started_at: str | None = None,
-              **own: object) -> None:
+              error: str = "", **own: object) -> None:
         """Append one row per sample; ``own`` holds the kind's columns (missing ones empty)."""
         stray = [c for c in own if c not in self.kind.columns]
         if stray:
@@ -188,7 +203,7 @@ class Recorder:
             client_ip=str(client.ip) if client else "",
             server_ip=server_ip or (str(server.ip) if server else ""), raw_file=raw_file,
             extra={**{c: own.get(c, "") for c in self.kind.columns}, **self.env.columns(),
-                   "experiment": self.experiment, "kind": self.kind.name})
+                   "experiment": self.experiment, "kind": self.kind.name, "error": error})
         self.sink.write(results.rows(ctx, started_at or results.utc_now(), samples))
 
     def raw(self, name: str, text: str) -> str:
@@ -208,13 +223,15 @@ class Recorder:
 
 
 def run(k: Kind, p: Any, experiment: str, out: Path, env: Environment,
-        progress_stream: TextIO = sys.stderr) -> str:
-    """Measure kind ``k`` with parameters ``p``, appending to ``out``; the run id."""
+        progress_stream: TextIO = sys.stderr) -> tuple[str, int]:
+    """Measure kind ``k`` with parameters ``p``, appending to ``out``; the run id and the
+    number of clusters that failed (:meth:`Recorder.attempt`)."""
     run_id = results.new_run_id()
     raw_dir = out.parent / f"{out.stem}.raw" / run_id
     with results.CsvSink(out) as sink:
         bar = tqdm(total=k.steps(p), file=progress_stream, unit="step", smoothing=0,
                    dynamic_ncols=True, disable=not progress_stream.isatty())
         with bar, (logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()):
-            k.run(p, Recorder(k, experiment, run_id, env, sink, raw_dir, bar))
-    return run_id
+            rec = Recorder(k, experiment, run_id, env, sink, raw_dir, bar)
+            k.run(p, rec)
+    return run_id, rec.failures

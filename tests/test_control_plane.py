@@ -13,9 +13,12 @@ import pytest
 from test_reliability import assert_run_gone, runs_of, start
 
 from k8stopo import controlplane, experiment, measure, runstate
+from k8stopo.environment import Environment
+from k8stopo.errors import RunError
+from k8stopo.kubeproxy.nftables import NftablesProxy
 from k8stopo.spec import SpecError
 
-from conftest import REPO, k8stopo
+from conftest import REPO, k8stopo, run_dirs
 
 SHIPPED = sorted((REPO / "experiments" / "control-plane").glob("*.yaml"))
 #: per kind: a complete small run, and a longer one that is interrupted after its first row
@@ -116,7 +119,8 @@ def test_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path: Path) -> N
     assert res.stderr.startswith("k8stopo: error: ") and not out.parent.exists()
     path.write_text(SMALL["dns"][0])
     for flags, needle in ((["--scenarios", "host-to-host"], "--scenarios does not apply"),
-                          (["--resume"], "--resume does not apply")):
+                          (["--resume"], "--resume does not apply"),
+                          (["--proxy-mode", "nftables"], "--proxy-mode does not apply")):
         res = k8stopo("bench", "--experiment", str(path), "--out", str(out), *flags)
         assert res.returncode == 2 and needle in res.stderr, res.stderr
         assert not out.parent.exists()
@@ -179,3 +183,27 @@ def test_a_run_appends_and_sigterm_keeps_every_row_and_leaves_nothing(kind: str,
     assert seen, "no cluster of the second run was seen"
     for prefix, pids in seen.items():
         assert_run_gone(prefix, pids)
+
+
+def test_a_broken_cluster_is_a_failed_row_and_the_others_are_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: NftablesProxy, node: object, ports: object) -> float:
+        raise RunError("nft -f: broken on purpose by the test")
+    monkeypatch.setattr(NftablesProxy, "load", broken)
+    rules = controlplane.kind("kube-proxy-rules")
+    p = rules.params(modes=("nftables", "iptables"), services=(2, 3), connections=10,
+                     resyncs=1)
+    out = tmp_path / "rows.csv"
+    before = run_dirs()
+    run_id, failures = controlplane.run(rules, p, "broken", out, Environment.here("test"))
+    assert failures == 2 and run_dirs() == before
+    rows = _rows(out)
+    failed = [r for r in rows if r["metric"] == "failed"]
+    assert [(r["proxy_mode"], r["services"]) for r in failed] == [("nftables", "2"),
+                                                                   ("nftables", "3")]
+    assert all("broken on purpose" in r["error"] and r["value"] == "1" for r in failed)
+    measured = {(r["services"], r["metric"]) for r in rows if r["proxy_mode"] == "iptables"}
+    assert measured == {(n, m) for n in ("2", "3") for m in
+                        ("cluster_build_s", "sync_s", "connect_p50_us", "connect_p99_us")}
+    assert all(r["error"] == "" for r in rows if r["proxy_mode"] == "iptables")
+    assert {r["run_id"] for r in rows} == {run_id}

@@ -116,7 +116,8 @@ def _cluster(p: Params) -> Cluster:
 
 
 def run(p: Params, rec: Recorder) -> None:
-    with _cluster(p) as cluster:
+    with rec.attempt("the cluster", cni=p.cni, scenario=SCENARIO, protocol="dns",
+                     nodes=p.nodes), _cluster(p) as cluster:
         agent = next(a for a in cluster.agents if isinstance(a, ClusterDNS))
         for repeat in range(p.repeat):
             run_perf(cluster, agent, p, rec, repeat)

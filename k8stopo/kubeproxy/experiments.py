@@ -115,11 +115,12 @@ def no_retry(p: NoRetryParams, rec: Recorder) -> None:
     """Per repeat and mode, one cluster through the four phases."""
     for repeat in range(p.repeat):
         for mode in p.modes:
-            with _no_retry_cluster(p, mode) as cluster:
+            common = {"cni": p.cni, "scenario": SCENARIO, "protocol": "tcp", "repeat": repeat,
+                      "nodes": 3, "proxy_mode": mode, "services": 1, "endpoints_per_service": 3}
+            with rec.attempt(f"{mode} r{repeat}", **common), \
+                    _no_retry_cluster(p, mode) as cluster:
                 _phases(cluster, rec, functools.partial(
-                    rec.write, cni=p.cni, scenario=SCENARIO, protocol="tcp", repeat=repeat,
-                    nodes=3, client=cluster.pod(pod_handle("client", "default")),
-                    proxy_mode=mode, services=1, endpoints_per_service=3),
+                    rec.write, client=cluster.pod(pod_handle("client", "default")), **common),
                     mode, p.attempts, p.hung_attempts)
 
 
@@ -178,9 +179,13 @@ def rule_scaling(p: RulesParams, rec: Recorder) -> None:
     for repeat in range(p.repeat):
         for mode in p.modes:
             for n in p.services:
-                started = time.monotonic()
-                with _rules_cluster(p, mode, n) as cluster:
-                    _measure_rules(p, rec, cluster, mode, n, repeat, time.monotonic() - started)
+                with rec.attempt(f"{mode} {n} services r{repeat}", cni=p.cni,
+                                 scenario=SCENARIO, protocol="control", repeat=repeat, nodes=2,
+                                 proxy_mode=mode, services=n, endpoints_per_service=2):
+                    started = time.monotonic()
+                    with _rules_cluster(p, mode, n) as cluster:
+                        _measure_rules(p, rec, cluster, mode, n, repeat,
+                                       time.monotonic() - started)
                 rec.step(f"{mode} {n} services r{repeat}")
 
 
