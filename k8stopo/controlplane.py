@@ -141,13 +141,13 @@ def with_flags(k: Kind, current: Any, given: Mapping[str, Any]) -> Any:
             raise SpecError(f"{flag} does not apply to a {k.name} experiment (its "
                             f"parameters: {', '.join(sorted(fields))})")
         default = getattr(k.params, key)
-        if isinstance(default, tuple) and isinstance(value, str):
-            value = [type(default[0])(v.strip()) for v in value.split(",") if v.strip()]
-        elif isinstance(default, str) and isinstance(value, str) and "," in value:
+        if isinstance(default, str) and isinstance(value, str) and "," in value:
             raise SpecError(f"{flag}: a {k.name} experiment takes one value, not {value!r}")
         try:
+            if isinstance(default, tuple) and isinstance(value, str):  # a comma list
+                value = [type(default[0])(v.strip()) for v in value.split(",") if v.strip()]
             changes[key] = _typed(flag, value, default)
-        except ValueError as exc:  # int("x") of a comma list
+        except ValueError as exc:  # int("x")
             raise SpecError(f"{flag}: {exc}") from None
     found = dataclasses.replace(current, **changes)
     found.check()
