@@ -27,7 +27,7 @@ from .spec import FAULTS, PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecErro
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
     import pandas
 
-    from . import bench
+    from . import bench, controlplane
     from .agent import Agent
     from .cluster import Cluster
     from .workload import Workload
@@ -436,22 +436,26 @@ def _bench_control_plane(args: argparse.Namespace, settings: dict[str, Any]) -> 
     from . import controlplane, controlplane_plots, environment, results
     from .kubeproxy import DEFAULT_MODE
     k = controlplane.kind(settings["kind"])
-    for flag, value in (("--resume", args.resume), ("--faults", args.faults),
-                        ("--manifests", args.manifests), ("--published", args.published),
+    for flag, value in (("--faults", args.faults), ("--manifests", args.manifests),
+                        ("--published", args.published),
                         ("--proxy-mode", args.proxy_mode != DEFAULT_MODE)):
         if value:
             raise SpecError(f"{flag} does not apply to a {k.name} experiment")
     params = controlplane.with_flags(k, settings["params"], _given(args))
     needs = k.needs(params)  # every cluster's shape checked, none built
     name = settings["experiment"]
+    if args.resume and args.out is None:
+        raise SpecError("--resume needs --out: the CSV of the run to continue")
     out = args.out or _experiment_out(name)
     plots_dir = args.plots or Path("results", name, "plots")
     results.check_appendable(out)
     _check_output_dir(plots_dir, "--plots")
+    resume = _resume_control_plane(k, params, out) if args.resume else None
     _runnable(needs, False)
     _clean_dead_runs()
+    command = resume.command if resume else args.command_line
     run_id, failures = controlplane.run(k, params, name, out,
-                                        environment.Environment.here(args.command_line))
+                                        environment.Environment.here(command), resume)
     print(f"run {run_id}: rows in {out}")
     df = results.load([out])
     for path in controlplane_plots.charts(df[df.run_id == run_id], plots_dir):
@@ -460,6 +464,26 @@ def _bench_control_plane(args: argparse.Namespace, settings: dict[str, Any]) -> 
         print(f"k8stopo: {failures} cluster(s) failed; see the log above", file=sys.stderr)
         return 1
     return 0
+
+
+def _resume_control_plane(k: controlplane.Kind, params: object, out: Path
+                          ) -> controlplane.Resume:
+    """The last run of ``out``, refused unless its recorded command measures the same kind
+    with the same parameters (file and flags)."""
+    from . import controlplane
+    resume = controlplane.last_run(k, out)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # its usage error is not ours
+            recorded = parser().parse_args(shlex.split(resume.command)[1:])
+        settings = _bench_settings(recorded)
+        same = settings["kind"] == k.name and controlplane.with_flags(
+            k, settings["params"], _given(recorded)) == params
+    except (SpecError, SystemExit, ValueError, AttributeError):
+        same = False  # not a bench command line of this version, or its file moved
+    if not same:
+        raise SpecError(f"--resume: the last run in {out} ({resume.run_id}) was "
+                        f"{resume.command!r}, which measures something else; refusing to mix")
+    return resume
 
 
 def _resume(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> bench.Resume:

@@ -17,9 +17,11 @@ Kinds (docs/SPEC.md, "Commands"): ``kube-proxy-rules`` and ``kube-proxy-no-retry
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import gzip
 import importlib
+import io
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -162,23 +164,71 @@ def needs_of(*pairs: tuple[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
     return merged
 
 
+def _identity(k: Kind, row: Mapping[str, object]) -> tuple[str, ...]:
+    """What a row is a value of, whatever its value and time: a resumed run does not
+    write a row its interrupted part already holds."""
+    return tuple(str(row[c]) for c in ("part", "scenario", "protocol", "metric", "repeat",
+                                        *k.columns))
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The last run of a CSV: its id and command, the clusters (parts) it finished, and
+    the rows of the one it was in when it stopped (that one is measured again, and only
+    what it lacked is written); a part is one :meth:`Recorder.attempt`, named in the rows'
+    ``part`` column."""
+
+    run_id: str
+    command: str
+    done: frozenset[str]
+    last: str
+    written: frozenset[tuple[str, ...]]
+
+
+def last_run(k: Kind, out: Path) -> Resume:
+    """The last run recorded in ``out``; SpecError when there is none of kind ``k``."""
+    rows = [r for r in csv.DictReader(io.StringIO(results.complete_text(out)))
+            if r.get("run_id")] if out.is_file() else []
+    if not rows or rows[-1].get("kind") != k.name:
+        raise SpecError(f"--resume: {out} holds no {k.name} run to resume")
+    run_id = rows[-1]["run_id"]
+    mine = [r for r in rows if r["run_id"] == run_id]
+    parts = list(dict.fromkeys(r["part"] for r in mine))
+    failed = {r["part"] for r in mine if r["metric"] == results.FAILED}
+    last = "" if parts[-1] in failed else parts[-1]
+    return Resume(run_id, mine[-1]["command"], frozenset(parts) - {last}, last,
+                  frozenset(_identity(k, r) for r in mine if r["part"] == last))
+
+
 class Recorder:
     """The rows of one run: every row gets results.COLUMNS, the kind's own columns, the
     environment's (cpu_model, iptables_mode, commit, command), ``experiment`` (the
-    file's name), ``kind`` and ``error``, and is on disk before the next value is measured."""
+    file's name), ``kind``, ``part`` (its cluster) and ``error``, and is on disk before the
+    next value is measured."""
 
     def __init__(self, k: Kind, experiment: str, run_id: str, env: Environment,
-                 sink: results.CsvSink, raw_dir: Path, bar: tqdm[Any]) -> None:
+                 sink: results.CsvSink, raw_dir: Path, bar: tqdm[Any],
+                 resume: Resume | None = None) -> None:
         self.kind, self.experiment, self.run_id, self.env = k, experiment, run_id, env
-        self.sink, self.raw_dir, self.bar = sink, raw_dir, bar
+        self.sink, self.raw_dir, self.bar, self.resume = sink, raw_dir, bar, resume
         self.failures = 0
+        self.part = ""
+
+    def todo(self, what: str, steps: int) -> bool:
+        """Whether cluster ``what`` is to be measured: not when the resumed run finished
+        it (its ``steps`` of the progress bar are then done)."""
+        if self.resume is None or what not in self.resume.done:
+            return True
+        self.bar.update(steps)
+        return False
 
     @contextlib.contextmanager
     def attempt(self, what: str, **row: Any) -> Iterator[None]:
-        """One cluster's build and measurements: a failure of a tool, a daemon or a
-        convergence (RunError, TimeoutError; the cluster has been torn down by then) is one
-        ``failed`` row with ``row``'s columns and the reason in ``error``, and the run goes
-        on with the next cluster, as bench goes on past a broken variant."""
+        """One cluster's build and measurements (part ``what`` of the run): a failure of a tool, a
+        daemon or a convergence (RunError, TimeoutError; the cluster has been torn down by
+        then) is one ``failed`` row with ``row``'s columns and the reason in ``error``, and
+        the run goes on with the next cluster, as bench goes on past a broken variant."""
+        self.part = what
         try:
             yield
         except (RunError, TimeoutError) as exc:
@@ -203,14 +253,22 @@ class Recorder:
             client_ip=str(client.ip) if client else "",
             server_ip=server_ip or (str(server.ip) if server else ""), raw_file=raw_file,
             extra={**{c: own.get(c, "") for c in self.kind.columns}, **self.env.columns(),
-                   "experiment": self.experiment, "kind": self.kind.name, "error": error})
-        self.sink.write(results.rows(ctx, started_at or results.utc_now(), samples))
+                   "experiment": self.experiment, "kind": self.kind.name, "part": self.part,
+                   "error": error})
+        rows = results.rows(ctx, started_at or results.utc_now(), samples)
+        if self.resume is not None and self.part == self.resume.last:
+            rows = [r for r in rows if _identity(self.kind, r) not in self.resume.written]
+        self.sink.write(rows)
 
     def raw(self, name: str, text: str) -> str:
         """Keep a tool's whole output (gzipped) in this run's raw directory, never
         overwriting; the path to put in ``raw_file`` (relative to the CSV's directory)."""
         self.raw_dir.mkdir(parents=True, exist_ok=True)
         path = self.raw_dir / f"{name}.gz"
+        again = 1
+        while path.exists():  # the interrupted part of a resumed run wrote this one
+            again += 1
+            path = self.raw_dir / f"{name}.{again}.gz"
         with path.open("xb") as f:
             f.write(gzip.compress(text.encode()))
         return str(path.relative_to(self.sink.path.parent))
@@ -223,15 +281,16 @@ class Recorder:
 
 
 def run(k: Kind, p: Any, experiment: str, out: Path, env: Environment,
-        progress_stream: TextIO = sys.stderr) -> tuple[str, int]:
-    """Measure kind ``k`` with parameters ``p``, appending to ``out``; the run id and the
-    number of clusters that failed (:meth:`Recorder.attempt`)."""
-    run_id = results.new_run_id()
+        resume: Resume | None = None, progress_stream: TextIO = sys.stderr) -> tuple[str, int]:
+    """Measure kind ``k`` with parameters ``p``, appending to ``out`` (with ``resume``: what
+    the last run lacks, under its id); the run id and the number of clusters that failed
+    (:meth:`Recorder.attempt`)."""
+    run_id = resume.run_id if resume else results.new_run_id()
     raw_dir = out.parent / f"{out.stem}.raw" / run_id
     with results.CsvSink(out) as sink:
         bar = tqdm(total=k.steps(p), file=progress_stream, unit="step", smoothing=0,
                    dynamic_ncols=True, disable=not progress_stream.isatty())
         with bar, (logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()):
-            rec = Recorder(k, experiment, run_id, env, sink, raw_dir, bar)
+            rec = Recorder(k, experiment, run_id, env, sink, raw_dir, bar, resume)
             k.run(p, rec)
     return run_id, rec.failures

@@ -39,6 +39,20 @@ SMALL = {
                     "kind: policy-cost\ncni: [calico-bgp, weave-fastdp]\n"
                     "policies: [0, 1, 2, 3]\nduration: 1\nrepeat: 2\n"),
 }
+#: per kind: the clusters (parts) of the longer run, and whether its rows are all there
+COMPLETE = {
+    # 3 modes × 5 counts × (build, 2 resyncs, 2 connect figures to 2 Services)
+    "kube-proxy-rules": (15, lambda rows: len(rows) == 15 * (1 + 2 + 4)),
+    "kube-proxy-no-retry": (3, lambda rows: len(rows) == 3 * 4),  # 3 modes × 4 phases
+    # 5 repeats × (2 in flight × 3 conditions × 3 dnsperf metrics + 2 names × 3)
+    "dns": (1, lambda rows: len(rows) == 5 * (2 * 3 * 3 + 2 * 3)),
+    # 2 variants × 4 counts: the programming rows, then 2 repeats of 3 protocols
+    "policy-cost": (2, lambda rows: {(r["cni"], r["policies"], r["repeat"], r["protocol"])
+                                     for r in rows} == {
+        (c, str(n), str(r), proto) for c in ("calico-bgp", "weave-fastdp") for n in range(4)
+        for r, proto in [(0, "control"), *((r, x) for r in (0, 1)
+                                           for x in ("tcp_syn", "tcp", "tcp_rr"))]}),
+}
 ENVIRONMENT = ("kernel", "k8stopo_version", "cpu_model", "iptables_mode", "commit", "command")
 
 
@@ -119,7 +133,7 @@ def test_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path: Path) -> N
     assert res.stderr.startswith("k8stopo: error: ") and not out.parent.exists()
     path.write_text(SMALL["dns"][0])
     for flags, needle in ((["--scenarios", "host-to-host"], "--scenarios does not apply"),
-                          (["--resume"], "--resume does not apply"),
+                          (["--resume"], "holds no dns run to resume"),
                           (["--proxy-mode", "nftables"], "--proxy-mode does not apply")):
         res = k8stopo("bench", "--experiment", str(path), "--out", str(out), *flags)
         assert res.returncode == 2 and needle in res.stderr, res.stderr
@@ -129,8 +143,8 @@ def test_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path: Path) -> N
 # -- real runs -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", SMALL)
-def test_a_run_appends_and_sigterm_keeps_every_row_and_leaves_nothing(kind: str,
-                                                                       tmp_path: Path) -> None:
+def test_a_run_appends_sigterm_keeps_every_row_leaves_nothing_and_resume_completes(
+        kind: str, tmp_path: Path) -> None:
     small, longer = (tmp_path / "small.yaml", tmp_path / "longer.yaml")
     small.write_text(SMALL[kind][0])
     longer.write_text(SMALL[kind][1])
@@ -175,14 +189,32 @@ def test_a_run_appends_and_sigterm_keeps_every_row_and_leaves_nothing(kind: str,
     assert p.returncode == 143, err[-2000:]
     after = out.read_bytes()
     assert after.startswith(before), "a row measured before the signal was lost or changed"
-    final = _rows(out)
-    assert final[:len(rows)] == rows and len({r["run_id"] for r in final}) == 2
+    interrupted = _rows(out)
+    assert interrupted[:len(rows)] == rows and len({r["run_id"] for r in interrupted}) == 2
     with out.open(newline="") as f:
         lines = list(csv.reader(f))
     assert all(len(line) == len(lines[0]) for line in lines)  # whole rows only
     assert seen, "no cluster of the second run was seen"
     for prefix, pids in seen.items():
         assert_run_gone(prefix, pids)
+
+    # --resume measures what the interrupted run lacks, under its id, and nothing twice
+    resumed = k8stopo("bench", "--experiment", str(longer), "--out", str(out), "--resume",
+                      timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    final = _rows(out)
+    assert final[:len(interrupted)] == interrupted
+    run2 = [r for r in final if r["run_id"] == second[0]["run_id"]]
+    assert len(final) == len(rows) + len(run2)  # no third run id
+    own = controlplane.kind(kind).columns
+    identities = [tuple(r[c] for c in ("part", "scenario", "protocol", "metric", "repeat", *own))
+                  for r in run2]
+    assert len(identities) == len(set(identities)), "a value was written twice"
+    assert all(r["command"] == run2[0]["command"] and "--resume" not in r["command"]
+               for r in run2)
+    parts, count = COMPLETE[kind]
+    assert len({r["part"] for r in run2}) == parts
+    assert count(run2), sorted(identities)
 
 
 def test_a_broken_cluster_is_a_failed_row_and_the_others_are_measured(

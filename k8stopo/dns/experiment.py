@@ -115,8 +115,15 @@ def _cluster(p: Params) -> Cluster:
                    agents=[ClusterDNS])
 
 
+def _steps(p: Params) -> int:
+    return p.repeat * (len(p.outstanding) * len(CONDITIONS) + len(p.names))
+
+
 def run(p: Params, rec: Recorder) -> None:
-    with rec.attempt("the cluster", cni=p.cni, scenario=SCENARIO, protocol="dns",
+    """One cluster (one unit: a resumed run measures it again, writing what it lacked)."""
+    if not rec.todo(p.cni, _steps(p)):
+        return
+    with rec.attempt(p.cni, cni=p.cni, scenario=SCENARIO, protocol="dns",
                      nodes=p.nodes), _cluster(p) as cluster:
         agent = next(a for a in cluster.agents if isinstance(a, ClusterDNS))
         for repeat in range(p.repeat):
@@ -177,7 +184,7 @@ def _bars(title: str, metric: str, x: str, by: str, log: bool = False) -> Panel:
 EXPERIMENTS = {"dns": Kind(
     name="dns", params=Params, columns=COLUMNS, run=run,
     needs=lambda p: {p.cni: (*_cluster(p).requires, "dnsperf")},
-    steps=lambda p: p.repeat * (len(p.outstanding) * len(CONDITIONS) + len(p.names)),
+    steps=_steps,
     charts=(Chart("dns", "Cluster DNS (kube-dns: dnsmasq + kubedns): dnsperf per cache "
                   "condition and queries in flight",
                   (_bars("dnsperf average latency, ms", "latency_avg_ms", "condition",

@@ -88,6 +88,8 @@ def _attempts(cluster: Cluster, service: str, count: int) -> tuple[str, list[pro
 
 # -- 1. no retry in iptables mode ----------------------------------------------------
 
+PHASES = ("all-answer", "one-refuses-still-ready", "one-hangs-still-ready", "one-hangs-not-ready")
+
 @dataclass(frozen=True)
 class NoRetryParams:
     """``experiments/control-plane/kube-proxy-no-retry.yaml``'s keys."""
@@ -115,10 +117,12 @@ def no_retry(p: NoRetryParams, rec: Recorder) -> None:
     """Per repeat and mode, one cluster through the four phases."""
     for repeat in range(p.repeat):
         for mode in p.modes:
+            what = f"{mode} r{repeat}"
+            if not rec.todo(what, len(PHASES)):
+                continue
             common = {"cni": p.cni, "scenario": SCENARIO, "protocol": "tcp", "repeat": repeat,
                       "nodes": 3, "proxy_mode": mode, "services": 1, "endpoints_per_service": 3}
-            with rec.attempt(f"{mode} r{repeat}", **common), \
-                    _no_retry_cluster(p, mode) as cluster:
+            with rec.attempt(what, **common), _no_retry_cluster(p, mode) as cluster:
                 _phases(cluster, rec, functools.partial(
                     rec.write, client=cluster.pod(pod_handle("client", "default")), **common),
                     mode, p.attempts, p.hung_attempts)
@@ -137,14 +141,14 @@ def _phases(cluster: Cluster, rec: Recorder, write: Callable[..., None], mode: s
               phase=phase, attempts=count)
         rec.step(f"{mode} {phase}: {failed}/{count} failed")
 
-    failures("all-answer", attempts)
+    failures(PHASES[0], attempts)
     servers.stop_server(victim)  # refuses (RST) while ready and listed
-    failures("one-refuses-still-ready", attempts)
+    failures(PHASES[1], attempts)
     servers.start(victim)
     victim.run(["iptables", "-I", "INPUT", "-p", "tcp", "--dport", str(WEB_PORT), "-j", "DROP"])
-    failures("one-hangs-still-ready", hung_attempts)  # SYNs vanish, while ready and listed
+    failures(PHASES[2], hung_attempts)  # SYNs vanish, while ready and listed
     cluster.set_ready(victim, False)
-    failures("one-hangs-not-ready", attempts)
+    failures(PHASES[3], attempts)
 
 
 # -- 2. rule scaling -------------------------------------------------------------------
@@ -179,14 +183,17 @@ def rule_scaling(p: RulesParams, rec: Recorder) -> None:
     for repeat in range(p.repeat):
         for mode in p.modes:
             for n in p.services:
-                with rec.attempt(f"{mode} {n} services r{repeat}", cni=p.cni,
-                                 scenario=SCENARIO, protocol="control", repeat=repeat, nodes=2,
-                                 proxy_mode=mode, services=n, endpoints_per_service=2):
+                what = f"{mode} {n} services r{repeat}"
+                if not rec.todo(what, 1):
+                    continue
+                with rec.attempt(what, cni=p.cni, scenario=SCENARIO, protocol="control",
+                                 repeat=repeat, nodes=2, proxy_mode=mode, services=n,
+                                 endpoints_per_service=2):
                     started = time.monotonic()
                     with _rules_cluster(p, mode, n) as cluster:
                         _measure_rules(p, rec, cluster, mode, n, repeat,
                                        time.monotonic() - started)
-                rec.step(f"{mode} {n} services r{repeat}")
+                rec.step(what)
 
 
 def _measure_rules(p: RulesParams, rec: Recorder, cluster: Cluster, mode: str, n: int,
@@ -221,7 +228,7 @@ def _needs(clusters: Sequence[Cluster]) -> dict[str, tuple[str, ...]]:
 EXPERIMENTS = {k.name: k for k in (
     Kind(name="kube-proxy-no-retry", params=NoRetryParams, columns=COLUMNS, run=no_retry,
          needs=lambda p: _needs([_no_retry_cluster(p, m) for m in p.modes]),
-         steps=lambda p: p.repeat * len(p.modes) * 4,
+         steps=lambda p: p.repeat * len(p.modes) * len(PHASES),
          charts=(Chart("no_retry", "A backend that stops answering, 3 endpoints, per "
                        "kube-proxy mode (fraction of new connections that failed)",
                        (Panel("failed connections (fraction)", "failed_fraction", x="phase",

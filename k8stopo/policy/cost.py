@@ -132,6 +132,8 @@ def run(p: Params, rec: Recorder) -> None:
     """Per variant one cluster; per policy count its agent updated, then measured."""
     params = measure.Params(duration=p.duration)
     for cni in p.cni:
+        if not rec.todo(cni, len(p.policies) * p.repeat):
+            continue
         with rec.attempt(cni, cni=cni, scenario=SCENARIO, protocol="control", nodes=2,
                          pods_per_node=1), _cluster(cni) as cluster:
             agent = cluster.agents[-1]
