@@ -6,7 +6,8 @@ Service count, one per proxy mode, one updated in between), so each kind brings 
 loop. What they share with bench is everything around that loop, and it lives here: the
 parameters read from the file and overridden by bench's flags, the rows (results.CsvSink:
 appended, flushed and fsynced as each value is measured, with the environment columns
-and a run id), the raw outputs' directory of the run, and the progress bar. The command
+and a run id), a failed cluster as a ``failed`` row while the run goes on, ``--resume``
+by cluster (:class:`Resume`), the raw outputs' directory of the run, and the progress bar. The command
 line around it (root check, doctor's check of what the clusters need, cleanup of dead
 runs, SIGTERM unwinding through every cluster's ``with``) is bench's own (cli.py).
 

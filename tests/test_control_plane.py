@@ -1,7 +1,8 @@
 """The control-plane kinds of ``k8stopo bench``: kube-proxy rule scaling and no-retry, DNS,
 policy cost. Their files are checked before anything is built; a run appends rows with the
 environment columns to a CSV another run already wrote; SIGTERM in the middle of a run
-keeps every row measured before it and leaves nothing behind."""
+keeps every row measured before it and leaves nothing behind, and --resume completes it
+without writing a value twice; a broken cluster is a failed row and the others go on."""
 from __future__ import annotations
 
 import csv
