@@ -167,7 +167,7 @@ def test_a_run_appends_sigterm_keeps_every_row_leaves_nothing_and_resume_complet
                                                                         for p in drawn)
 
     # the second run appends to the same CSV and is stopped after its first row
-    p = start("bench", "--experiment", str(longer), "--out", str(out))
+    p = start("bench", "--experiment", str(longer), "--out", str(out), "--plots", str(plots))
     seen: dict[str, list[dict]] = {}  # every cluster run of the command, with its processes
     second: list[dict[str, str]] = []
     deadline = time.monotonic() + 300
@@ -201,7 +201,7 @@ def test_a_run_appends_sigterm_keeps_every_row_leaves_nothing_and_resume_complet
 
     # --resume measures what the interrupted run lacks, under its id, and nothing twice
     resumed = k8stopo("bench", "--experiment", str(longer), "--out", str(out), "--resume",
-                      timeout=900)
+                      "--plots", str(plots), timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     final = _rows(out)
     assert final[:len(interrupted)] == interrupted
