@@ -38,6 +38,11 @@ bench: bench-default
 bench-%: experiments/%.yaml $(STAMP)
 	$(K8STOPO) bench --experiment $< $(OVERRIDES)
 
+# The control-plane kinds: make bench-control-plane/dns runs experiments/control-plane/dns.yaml
+# (a pattern with a slash: bench-% alone would not match a target with a directory).
+bench-control-plane/%: experiments/control-plane/%.yaml $(STAMP)
+	$(K8STOPO) bench --experiment $< $(OVERRIDES)
+
 # Charts of the newest default run (k8stopo plot takes several files too).
 plots: $(STAMP)
 	$(K8STOPO) plot $(lastword $(sort $(wildcard results/default/default-*.csv))) \

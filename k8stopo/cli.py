@@ -28,7 +28,7 @@ from .spec import FAULTS, PROTOCOLS, SCENARIOS, BenchSpec, ClusterSpec, SpecErro
 if TYPE_CHECKING:  # pandas is imported only by the commands that read results
     import pandas
 
-    from . import bench
+    from . import bench, controlplane
     from .agent import Agent
     from .cluster import Cluster
     from .workload import Workload
@@ -394,14 +394,25 @@ def _published(args: argparse.Namespace) -> pandas.DataFrame | None:
 def _bench_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults, then the experiment file, then the flags given on the command line."""
     from . import experiment
-    settings: dict[str, Any] = {**BENCH_DEFAULTS, "sweep": None, "experiment": ""}
+    settings: dict[str, Any] = {**BENCH_DEFAULTS, "sweep": None, "experiment": "",
+                                "kind": "bench"}
     if args.experiment:
         settings.update(experiment.load(args.experiment))
-    given = {k: getattr(args, k) for k in BENCH_DEFAULTS if getattr(args, k) is not None}
+    given = _given(args)
     swept = settings["sweep"][0] if settings["sweep"] else None
     if swept in given:
         raise SpecError(f"--{swept.replace('_', '-')} conflicts with the experiment's sweep over it")
     return {**settings, **given}
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """bench's settings given as flags (they override the experiment file's)."""
+    return {k: getattr(args, k) for k in BENCH_DEFAULTS if getattr(args, k) is not None}
+
+
+def _experiment_out(name: str) -> Path:
+    """Where an experiment's rows go without --out: a new file per run."""
+    return Path("results", name, f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
 
 
 def _bench_spec(s: dict[str, Any]) -> BenchSpec:
@@ -433,6 +444,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench, environment, plots, results
     _require_root()
     settings = _bench_settings(args)
+    if settings["kind"] != "bench":
+        return _bench_control_plane(args, settings)
     spec = _bench_spec(settings)
     budget_s = bench.parse_budget(settings["budget"])
     workload = _workload(args, spec.nodes)
@@ -447,7 +460,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if out is None:
         if not name:
             raise SpecError("--out FILE.csv is required without --experiment")
-        out = Path("results", name, f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv")
+        out = _experiment_out(name)
     plots_dir = args.plots or (Path("results", name, "plots") if name else None)
     results.check_appendable(out)
     results.check_output_dir(bench.raw_root(out), "raw output directory")
@@ -490,6 +503,62 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_control_plane(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    """bench of a control-plane kind (k8stopo.controlplane): the kind's own loop, with the
+    network bench's checks, cleanup, output, environment columns and charts."""
+    from . import controlplane, controlplane_plots, environment, results
+    from .kubeproxy import DEFAULT_MODE
+    k = controlplane.kind(settings["kind"])
+    for flag, value in (("--faults", args.faults), ("--manifests", args.manifests),
+                        ("--published", args.published),
+                        ("--proxy-mode", args.proxy_mode != DEFAULT_MODE)):
+        if value:
+            raise SpecError(f"{flag} does not apply to a {k.name} experiment")
+    params = controlplane.with_flags(k, settings["params"], _given(args))
+    needs = k.needs(params)  # every cluster's shape checked, none built
+    name = settings["experiment"]
+    if args.resume and args.out is None:
+        raise SpecError("--resume needs --out: the CSV of the run to continue")
+    out = args.out or _experiment_out(name)
+    plots_dir = args.plots or Path("results", name, "plots")
+    results.check_appendable(out)
+    _check_output_dir(plots_dir, "--plots")
+    resume = _resume_control_plane(k, params, out) if args.resume else None
+    _runnable(needs, False)
+    _clean_dead_runs()
+    command = resume.command if resume else args.command_line
+    run_id, failures = controlplane.run(k, params, name, out,
+                                        environment.Environment.here(command), resume)
+    print(f"run {run_id}: rows in {out}")
+    df = results.load([out])
+    for path in controlplane_plots.charts(df[df.run_id == run_id], plots_dir):
+        print(f"  {path}")
+    if failures:
+        print(f"k8stopo: {failures} cluster(s) failed; see the log above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _resume_control_plane(k: controlplane.Kind, params: object, out: Path
+                          ) -> controlplane.Resume:
+    """The last run of ``out``, refused unless its recorded command measures the same kind
+    with the same parameters (file and flags)."""
+    from . import controlplane
+    resume = controlplane.last_run(k, out)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # its usage error is not ours
+            recorded = parser().parse_args(shlex.split(resume.command)[1:])
+        settings = _bench_settings(recorded)
+        same = settings["kind"] == k.name and controlplane.with_flags(
+            k, settings["params"], _given(recorded)) == params
+    except (SpecError, SystemExit, ValueError, AttributeError):
+        same = False  # not a bench command line of this version, or its file moved
+    if not same:
+        raise SpecError(f"--resume: the last run in {out} ({resume.run_id}) was "
+                        f"{resume.command!r}, which measures something else; refusing to mix")
+    return resume
+
+
 def _resume(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> bench.Resume:
     """The last run of ``out``, refused unless its recorded command asks for what this one
     does: the same settings (experiment file, flags, defaults) and workload; where the rows
@@ -515,7 +584,7 @@ def _resume(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> be
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from . import plots, results
+    from . import controlplane_plots, plots, results
     for path in args.csv:
         if not path.is_file():
             raise SpecError(f"no such CSV file: {path}")
@@ -523,7 +592,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     pub = _published(args)
     try:
         df = results.load(args.csv)
-        written = plots.plot_all(df, args.out, pub)
+        control = controlplane_plots.control_rows(df)  # control-plane kinds draw their own
+        written = controlplane_plots.charts(control, args.out) if not control.empty else []
+        if len(control) < len(df):
+            written += plots.plot_all(df.drop(control.index), args.out, pub)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     for path in written:

@@ -21,7 +21,11 @@ command line's default (docs/bench.md lists them)::
     faults: [underlay-link-down, server-stopped, node-stopped]   # docs/bench.md, "Faults"
     budget: 8m               # extra rounds while verdict pairs stay undecided
 
-The file is checked completely before anything is built: an unknown key, a value
+A file with ``kind:`` other than ``bench`` is a control-plane experiment
+(:mod:`k8stopo.controlplane`: ``kube-proxy-rules``, ``kube-proxy-no-retry``, ``dns``,
+``policy-cost``); its other keys are that kind's parameters (docs/SPEC.md, "Commands").
+
+The file is checked completely before anything is built: an unknown key or kind, a value
 of the wrong type, an unknown variant, scenario or protocol is a
 :class:`~k8stopo.spec.SpecError` naming the file (one line, exit status 2).
 """
@@ -30,7 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from . import yamlfile
+from . import controlplane, yamlfile
 from .cni import names as cni_names
 from .spec import FAULTS, PROTOCOLS, SCENARIOS, SWEEPABLE, SpecError, pick
 
@@ -103,14 +107,33 @@ def _sweep(path: Path, sweep: Any, settings: dict[str, Any]) -> tuple[str, tuple
     return name, tuple(_value(path, name, v) for v in values)
 
 
+def _control_plane(path: Path, data: dict[Any, Any]) -> dict[str, Any]:
+    """A control-plane experiment: its ``kind`` and checked ``params``."""
+    if "description" in data:
+        _value(path, "description", data["description"])
+    try:
+        if not isinstance(data["kind"], str):
+            raise SpecError(f"kind must be a string, not {data['kind']!r}")
+        k = controlplane.kind(data["kind"])
+        params = controlplane.params(k, {key: value for key, value in data.items()
+                                         if key not in ("kind", "description")})
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+    return {"kind": k.name, "params": params, "experiment": path.stem}
+
+
 def load(path: Path) -> dict[str, Any]:
     """The experiment's settings in the command line's form, plus ``experiment`` (its name:
-    the file's stem) and ``sweep`` (None or (parameter, values)); checked, nothing built."""
+    the file's stem) and ``sweep`` (None or (parameter, values)); checked, nothing built.
+    For a control-plane kind: ``kind``, ``params`` and ``experiment`` (:func:`_control_plane`)."""
     path = Path(path)
     docs = yamlfile.documents(path, "experiment")
     data = docs[0] if len(docs) == 1 else None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: an experiment is a YAML mapping of settings")
+    if data.get("kind", controlplane.BENCH) != controlplane.BENCH:
+        return _control_plane(path, data)
+    data = {k: v for k, v in data.items() if k != "kind"}  # an explicit `kind: bench`
     unknown = [k for k in data if k not in KEYS and k != "sweep"]
     if unknown:
         raise SpecError(f"{path}: unknown key {unknown[0]!r} (known: "

@@ -46,7 +46,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator, NoReturn, Self
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Self
 
 from . import proc
 from .errors import RunError
@@ -258,10 +258,14 @@ _PING_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) received")
 _PING_RTT = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/[\d.]+ ms")
 
 
-def _nearest_rank(sorted_values: list[float], pct: int) -> float:
-    """Nearest-rank percentile: always a value that was actually observed."""
-    rank = -(-pct * len(sorted_values) // 100)  # ceil(pct/100 * n) in integers
-    return sorted_values[max(rank, 1) - 1]
+def percentile(values: Iterable[float], pct: int) -> float:
+    """Nearest-rank percentile: always a value that was actually observed (the one
+    percentile of every k8stopo figure: ping, dnsperf, podprobe, hping3, getaddrinfo)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values to take a percentile of")
+    rank = -(-pct * len(ordered) // 100)  # ceil(pct/100 * n) in integers
+    return ordered[max(rank, 1) - 1]
 
 
 def parse_ping(text: str) -> list[Sample]:
@@ -284,8 +288,8 @@ def parse_ping(text: str) -> list[Sample]:
         Sample("rtt_avg_ms", rtt_avg, "ms"),
         Sample("rtt_min_ms", rtt_min, "ms"),
         Sample("rtt_max_ms", rtt_max, "ms"),
-        Sample("rtt_p50_ms", _nearest_rank(times, 50), "ms"),
-        Sample("rtt_p99_ms", _nearest_rank(times, 99), "ms"),
+        Sample("rtt_p50_ms", percentile(times, 50), "ms"),
+        Sample("rtt_p99_ms", percentile(times, 99), "ms"),
     ]
 
 

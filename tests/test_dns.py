@@ -14,12 +14,12 @@ import dns.message
 import dns.rcode
 import pytest
 
-from k8stopo import proc
+from k8stopo import experiment, proc
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.dns import SERVICE_IP, ClusterDNS
 from k8stopo.dns.agent import PACKAGE_ROOT, dnsmasq_conf
-from k8stopo.dns.experiment import Params, lookup
+from k8stopo.dns.experiment import lookup
 from k8stopo.dns.perf import parse_dnsperf
 from k8stopo.dns.zone import Zone, records
 from k8stopo.measure import MeasurementError
@@ -254,23 +254,25 @@ def test_ndots_search_expansion_costs_queries_a_trailing_dot_saves(cluster: Clus
                  "web.default.svc.cluster.local."):
         agent.clear_cache()
         before = agent.queries_answered("A")
-        assert lookup(cluster, name, 1)["address"] == "10.96.0.50"
+        assert lookup(cluster.nodes[0].pods[0], name, 1)["address"] == "10.96.0.50"
         seen[name] = agent.queries_answered("A") - before
     # search list: default.svc.cluster.local, svc.cluster.local, cluster.local; ndots:5
     assert seen == {"web": 1, "web.default": 2, "web.default.svc.cluster.local": 4,
                     "web.default.svc.cluster.local.": 1}
 
 
+@pytest.mark.rootless
 def test_experiment_file_refuses_unknown_keys_and_bad_values(tmp_path: Path) -> None:
     bad = tmp_path / "dns.yaml"
-    bad.write_text("cni: flannel-vxlan\nservice: 10\n")
-    with pytest.raises(SpecError, match=r"unknown key.*service"):
-        Params.load(bad)
-    bad.write_text("duration: 60\n")
+    bad.write_text("kind: dns\ncni: flannel-vxlan\nservice: 10\n")
+    with pytest.raises(SpecError, match=r"dns.yaml: unknown key 'service' for kind dns"):
+        experiment.load(bad)
+    bad.write_text("kind: dns\nduration: 60\n")
     with pytest.raises(SpecError, match="30 s TTL"):
-        Params.load(bad)
+        experiment.load(bad)
     shipped = Path(__file__).parent.parent / "experiments" / "control-plane" / "dns.yaml"
-    assert Params.load(shipped).services == 2000
+    loaded = experiment.load(shipped)
+    assert loaded["kind"] == "dns" and loaded["params"].services == 2000
 
 
 @pytest.mark.requires_root

@@ -22,7 +22,7 @@ from ..measure import (
     Params,
     Run,
     Sample,
-    _nearest_rank,
+    percentile,
     read_cpu,
 )
 from ..node import Endpoint
@@ -54,7 +54,7 @@ def parse_dnsperf(text: str) -> list[Sample]:
                                "the per-query latencies (-v)")
     return [Sample("queries_per_s", float(qps.group(1)), "1/s"),
             Sample("latency_avg_ms", float(avg.group(1)) * 1000, "ms"),
-            Sample("latency_p99_ms", _nearest_rank(latencies, 99) * 1000, "ms")]
+            Sample("latency_p99_ms", percentile(latencies, 99) * 1000, "ms")]
 
 
 def service_names(client: Endpoint) -> list[str]:

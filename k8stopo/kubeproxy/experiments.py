@@ -1,46 +1,46 @@
-"""The two kube-proxy experiments (docs/services.md), each writing a tidy CSV and a chart.
+"""The two kube-proxy experiments (docs/services.md), kinds of ``k8stopo bench``.
 
-1. ``no-retry``: a Service with 3 backends; one backend's server stops (it refuses:
-   the pod's kernel answers RST) or is blackholed (its packets are dropped: it
+1. ``kube-proxy-no-retry``: a Service with 3 backends; one backend's server stops (it
+   refuses: the pod's kernel answers RST) or is blackholed (its packets are dropped: it
    hangs), while the pod stays ready and listed; then readiness removes it. The
    fraction of connections that fail, per proxy mode. The seed's claim: iptables
    mode picks a backend once per connection and cannot retry, so about 1/3 fail
    until readiness removes the backend; the userspace proxier retries another.
-2. ``rule-scaling``: 10, 100, 1000, ... Services with 2 endpoints each, per mode:
+2. ``kube-proxy-rules``: 10, 100, 1000, ... Services with 2 endpoints each, per mode:
    the seconds one node's rule load takes (kube-proxy's sync), and the first-packet
    latency (TCP connect, SYN to SYN-ACK, measured by podprobe) to the first and to
    the last Service of the list, median and p99 over many new connections.
 
-Run as ``python -m k8stopo.kubeproxy.experiments no-retry|rule-scaling [options]``;
-every value is measured in that run, nothing is copied.
+``k8stopo bench --experiment experiments/control-plane/kube-proxy-rules.yaml`` (or
+``…/kube-proxy-no-retry.yaml``); every value is measured in that run, nothing is copied.
 """
 from __future__ import annotations
 
-import argparse
-import csv
+import functools
 import ipaddress
-import platform
-import signal
 import statistics
-import sys
 import time
-from pathlib import Path
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-from .. import __version__, probe
+from .. import probe
 from ..cluster import Cluster
-from ..results import new_run_id, utc_now
+from ..cni import names as cni_names
+from ..controlplane import Chart, Kind, Panel, Recorder, needs_of
+from ..measure import MeasurementError, Sample, percentile
 from ..servers import PodServers
 from ..spec import ClusterSpec, SpecError
 from ..workload import ContainerPort, PodSpec, ServicePort, ServiceSpec, Workload, pod_handle
 from . import MODES, proxy_class
+from .base import KubeProxy
 from .model import service_ports
 
-COLUMNS = ("run_id", "started_at", "experiment", "cni", "proxy_mode", "phase", "services",
-           "endpoints_per_service", "metric", "value", "unit", "repeat", "attempts",
-           "kernel", "k8stopo_version")
 WEB_PORT = 8080
 SERVICE_IPS = ipaddress.IPv4Network("10.96.0.0/12")
+SCENARIO = "pod-to-service"
+COLUMNS = ("proxy_mode", "phase", "services", "endpoints_per_service", "attempts", "resync")
+#: the most Services one cluster gets (ClusterIPs from 10.96.1.0 on stay in 10.96.0.0/12)
+MAX_SERVICES = 100_000
 
 
 def workload(services: int, backends: int, backend_nodes: Sequence[str]) -> Workload:
@@ -59,211 +59,190 @@ def workload(services: int, backends: int, backend_nodes: Sequence[str]) -> Work
     return Workload(pods=tuple(pods), services=tuple(svcs))
 
 
-class Sink:
-    """Rows of one experiment run into its CSV (appended, with the header once)."""
-
-    def __init__(self, path: Path, experiment: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists() or path.stat().st_size == 0
-        self.file = path.open("a", newline="")
-        self.out = csv.DictWriter(self.file, COLUMNS)
-        if new:
-            self.out.writeheader()
-        self.common = {"run_id": new_run_id(), "experiment": experiment,
-                       "kernel": platform.release(), "k8stopo_version": __version__}
-
-    def row(self, **values: object) -> None:
-        self.out.writerow({**self.common, "started_at": utc_now(), **values})
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _build(cni: str, mode: str, wl: Workload, nodes: int) -> Cluster:
+def _cluster(cni: str, mode: str, wl: Workload, nodes: int) -> Cluster:
+    """Validated, not built."""
     return Cluster(ClusterSpec(cni=cni, nodes=nodes, pods_per_node=0, workload=wl),
                    agents=[PodServers, proxy_class(mode)])
 
 
-def _attempts(cluster: Cluster, service: str, count: int) -> list[probe.Result]:
+def _one_cni(cni: str) -> None:
+    found = cni_names(cni)
+    if len(found) != 1 or cni.strip() == "all":
+        raise SpecError(f"cni: one variant, not {cni!r}")
+
+
+def _check_modes(modes: Sequence[str]) -> None:
+    for mode in modes:
+        proxy_class(mode)
+
+
+def _attempts(cluster: Cluster, service: str, count: int) -> tuple[str, list[probe.Result]]:
+    """``count`` new TCP connections from the client pod to ``service``: its ClusterIP
+    and what podprobe saw of each."""
     s = next(p for p in service_ports(cluster.spec.workload, cluster.pods)
              if p.service == service)
     t = probe.Target(f"svc:default/{service}", str(s.cluster_ip), s.port, "tcp")
-    return probe.probe_from(cluster, cluster.pod(pod_handle("client", "default")), [t], count)
+    client = cluster.pod(pod_handle("client", "default"))
+    return str(s.cluster_ip), probe.probe_from(cluster, client, [t], count)
 
 
 # -- 1. no retry in iptables mode ----------------------------------------------------
 
-def no_retry(sink: Sink, cni: str, modes: Sequence[str], attempts: int,
-             hung_attempts: int) -> None:
-    for mode in modes:
-        with _build(cni, mode, workload(1, 3, ["n2", "n3"]), 3) as cluster:
-            servers = next(a for a in cluster.agents if isinstance(a, PodServers))
-            victim = cluster.pod(pod_handle("web-1", "default"))
-            drop = ["iptables", "-I", "INPUT", "-p", "tcp", "--dport", str(WEB_PORT), "-j", "DROP"]
-            _failures(sink, cluster, mode, "all-answer", attempts)
-            servers.stop_server(victim)  # refuses (RST) while ready and listed
-            _failures(sink, cluster, mode, "one-refuses-still-ready", attempts)
-            servers.start(victim)
-            victim.run(drop)  # hangs: SYNs vanish, while ready and listed
-            _failures(sink, cluster, mode, "one-hangs-still-ready", hung_attempts)
-            cluster.set_ready(victim, False)
-            _failures(sink, cluster, mode, "one-hangs-not-ready", attempts)
+PHASES = ("all-answer", "one-refuses-still-ready", "one-hangs-still-ready", "one-hangs-not-ready")
+
+@dataclass(frozen=True)
+class NoRetryParams:
+    """``experiments/control-plane/kube-proxy-no-retry.yaml``'s keys."""
+
+    cni: str = "flannel-vxlan"
+    modes: tuple[str, ...] = tuple(MODES)
+    attempts: int = 300  # connections per phase
+    hung_attempts: int = 90  # while a backend hangs (each failure waits podprobe's 1 s)
+    repeat: int = 1
+
+    def check(self) -> None:
+        _one_cni(self.cni)
+        _check_modes(self.modes)
+        if not (1 <= self.attempts <= 10_000 and 1 <= self.hung_attempts <= 1000
+                and 1 <= self.repeat <= 20):
+            raise SpecError("attempts must be 1 to 10000, hung_attempts 1 to 1000, "
+                            "repeat 1 to 20")
 
 
-def _failures(sink: Sink, cluster: Cluster, mode: str, phase: str, count: int) -> None:
-    """``count`` new connections to the Service: the fraction that got no answer."""
-    failed = sum(not r.connected for r in _attempts(cluster, "svc-0", count))
-    sink.row(cni=cluster.spec.cni, proxy_mode=mode, phase=phase, services=1,
-             endpoints_per_service=3, metric="failed_fraction", value=failed / count,
-             unit="ratio", repeat=0, attempts=count)
-    print(f"{cluster.spec.cni} {mode} {phase}: {failed}/{count} failed", file=sys.stderr)
+def _no_retry_cluster(p: NoRetryParams, mode: str) -> Cluster:
+    return _cluster(p.cni, mode, workload(1, 3, ["n2", "n3"]), 3)
+
+
+def no_retry(p: NoRetryParams, rec: Recorder) -> None:
+    """Per repeat and mode, one cluster through the four phases."""
+    for repeat in range(p.repeat):
+        for mode in p.modes:
+            what = f"{mode} r{repeat}"
+            if not rec.todo(what, len(PHASES)):
+                continue
+            common = {"cni": p.cni, "scenario": SCENARIO, "protocol": "tcp", "repeat": repeat,
+                      "nodes": 3, "proxy_mode": mode, "services": 1, "endpoints_per_service": 3}
+            with rec.attempt(what, **common), _no_retry_cluster(p, mode) as cluster:
+                _phases(cluster, rec, functools.partial(
+                    rec.write, client=cluster.pod(pod_handle("client", "default")), **common),
+                    mode, p.attempts, p.hung_attempts)
+
+
+def _phases(cluster: Cluster, rec: Recorder, write: Callable[..., None], mode: str,
+            attempts: int, hung_attempts: int) -> None:
+    servers = next(a for a in cluster.agents if isinstance(a, PodServers))
+    victim = cluster.pod(pod_handle("web-1", "default"))
+
+    def failures(phase: str, count: int) -> None:
+        """``count`` new connections to the Service: the fraction that got no answer."""
+        address, got = _attempts(cluster, "svc-0", count)
+        failed = sum(not r.connected for r in got)
+        write([Sample("failed_fraction", failed / count, "ratio")], server_ip=address,
+              phase=phase, attempts=count)
+        rec.step(f"{mode} {phase}: {failed}/{count} failed")
+
+    failures(PHASES[0], attempts)
+    servers.stop_server(victim)  # refuses (RST) while ready and listed
+    failures(PHASES[1], attempts)
+    servers.start(victim)
+    victim.run(["iptables", "-I", "INPUT", "-p", "tcp", "--dport", str(WEB_PORT), "-j", "DROP"])
+    failures(PHASES[2], hung_attempts)  # SYNs vanish, while ready and listed
+    cluster.set_ready(victim, False)
+    failures(PHASES[3], attempts)
 
 
 # -- 2. rule scaling -------------------------------------------------------------------
 
-def _percentile(values: list[float], pct: int) -> float:
-    ordered = sorted(values)
-    rank = -(-pct * len(ordered) // 100)
-    return ordered[max(rank, 1) - 1]
+@dataclass(frozen=True)
+class RulesParams:
+    """``experiments/control-plane/kube-proxy-rules.yaml``'s keys."""
+
+    cni: str = "flannel-vxlan"
+    modes: tuple[str, ...] = tuple(MODES)
+    services: tuple[int, ...] = (10, 100, 1000)  # Service counts, one cluster each
+    connections: int = 200  # per latency figure
+    resyncs: int = 3  # timed syncs after the build's first
+    repeat: int = 1
+
+    def check(self) -> None:
+        _one_cni(self.cni)
+        _check_modes(self.modes)
+        if not all(1 <= n <= MAX_SERVICES for n in self.services):
+            raise SpecError(f"services must each be 1 to {MAX_SERVICES}")
+        if not (1 <= self.connections <= 10_000 and 1 <= self.resyncs <= 20
+                and 1 <= self.repeat <= 20):
+            raise SpecError("connections must be 1 to 10000, resyncs and repeat 1 to 20")
 
 
-def rule_scaling(sink: Sink, cni: str, modes: Sequence[str], counts: Sequence[int],
-                 connections: int, resyncs: int) -> None:
-    for mode in modes:
-        for n in counts:
-            started = time.monotonic()
-            with _build(cni, mode, workload(n, 2, ["n2"]), 2) as cluster:
-                built = time.monotonic() - started
-                proxy = cluster.agents[-1]
-                common = {"cni": cni, "proxy_mode": mode, "services": n,
-                          "endpoints_per_service": 2}
-                sink.row(**common, phase="build", metric="cluster_build_s", value=built,
-                         unit="s", repeat=0, attempts=1)
-                for r in range(resyncs):  # the first load happened in the build; time resyncs
-                    proxy.sync()  # type: ignore[attr-defined]
-                    sink.row(**common, phase="sync", metric="sync_s",
-                             value=proxy.sync_seconds["n1"], unit="s",  # type: ignore[attr-defined]
-                             repeat=r, attempts=1)
-                for phase, service in (("first-service", "svc-0"),
-                                       ("last-service", f"svc-{n - 1}")):
-                    results = _attempts(cluster, service, connections)
-                    ok = [r.connect_us for r in results if r.connected]
-                    if len(ok) < connections:
-                        raise RuntimeError(f"{mode} {n}: {connections - len(ok)} connections "
-                                           f"to {service} failed")
-                    for metric, value in (("connect_p50_us", statistics.median(ok)),
-                                          ("connect_p99_us", _percentile(ok, 99))):
-                        sink.row(**common, phase=phase, metric=metric, value=value, unit="us",
-                                 repeat=0, attempts=connections)
-                print(f"{cni} {mode} {n} services: built in {built:.1f}s, sync "
-                      f"{proxy.sync_seconds['n1']:.3f}s", file=sys.stderr)  # type: ignore[attr-defined]
+def _rules_cluster(p: RulesParams, mode: str, services: int) -> Cluster:
+    return _cluster(p.cni, mode, workload(services, 2, ["n2"]), 2)
 
 
-# -- charts -----------------------------------------------------------------------------
-
-def _rows(path: Path) -> Iterator[dict[str, str]]:
-    with path.open() as f:
-        yield from csv.DictReader(f)
-
-
-def chart_no_retry(path: Path, out: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [r for r in _rows(path) if r["metric"] == "failed_fraction"]
-    phases = list(dict.fromkeys(r["phase"] for r in rows))
-    modes = list(dict.fromkeys(r["proxy_mode"] for r in rows))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(modes)
-    for i, mode in enumerate(modes):
-        values = [statistics.mean([float(r["value"]) for r in rows
-                                   if r["proxy_mode"] == m and r["phase"] == ph] or [0])
-                  for m in (mode,) for ph in phases]
-        bars = ax.bar([p + i * width for p in range(len(phases))], values, width, label=mode)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.axhline(1 / 3, color="grey", linestyle=":", label="1/3 (one of 3 backends)")
-    ax.set_xticks([p + width * (len(modes) - 1) / 2 for p in range(len(phases))], phases,
-                  fontsize=8)
-    ax.set_ylabel("failed connections (fraction)")
-    ax.set_title("A backend that stops answering, 3 endpoints, per kube-proxy mode")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    target = out / "no_retry.png"
-    fig.savefig(target, dpi=120)
-    return target
+def rule_scaling(p: RulesParams, rec: Recorder) -> None:
+    """Per repeat, mode and Service count, one cluster: its build, resyncs, connects."""
+    for repeat in range(p.repeat):
+        for mode in p.modes:
+            for n in p.services:
+                what = f"{mode} {n} services r{repeat}"
+                if not rec.todo(what, 1):
+                    continue
+                with rec.attempt(what, cni=p.cni, scenario=SCENARIO, protocol="control",
+                                 repeat=repeat, nodes=2, proxy_mode=mode, services=n,
+                                 endpoints_per_service=2):
+                    started = time.monotonic()
+                    with _rules_cluster(p, mode, n) as cluster:
+                        _measure_rules(p, rec, cluster, mode, n, repeat,
+                                       time.monotonic() - started)
+                rec.step(what)
 
 
-def chart_rule_scaling(path: Path, out: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = list(_rows(path))
-    modes = list(dict.fromkeys(r["proxy_mode"] for r in rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for color, mode in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), modes):
-        def series(metric: str, phase: str, mode: str = mode) -> tuple[list[int], list[float]]:
-            pts: dict[int, list[float]] = {}
-            for r in rows:
-                if r["proxy_mode"] == mode and r["metric"] == metric and r["phase"] == phase:
-                    pts.setdefault(int(r["services"]), []).append(float(r["value"]))
-            xs = sorted(pts)
-            return xs, [statistics.median(pts[x]) for x in xs]
-        left.plot(*series("sync_s", "sync"), marker="o", color=color, label=mode)
-        for metric, style in (("connect_p50_us", "-"), ("connect_p99_us", ":")):
-            xs, ys = series(metric, "last-service")
-            right.plot(xs, ys, style, marker="o", color=color, label=f"{mode} {metric[8:11]}")
-    left.set(xscale="log", yscale="log", xlabel="Services (2 endpoints each)",
-             ylabel="seconds", title="Rule load (resync) time on one node")
-    right.set(xscale="log", yscale="log", xlabel="Services (2 endpoints each)",
-              ylabel="microseconds", title="TCP connect time to the last Service")
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    target = out / "rule_scaling.png"
-    fig.savefig(target, dpi=120)
-    return target
+def _measure_rules(p: RulesParams, rec: Recorder, cluster: Cluster, mode: str, n: int,
+                   repeat: int, built: float) -> None:
+    proxy = next(a for a in cluster.agents if isinstance(a, KubeProxy))
+    client = cluster.pod(pod_handle("client", "default"))
+    write = functools.partial(rec.write, cni=p.cni, scenario=SCENARIO, repeat=repeat, nodes=2,
+                              proxy_mode=mode, services=n, endpoints_per_service=2)
+    write([Sample("cluster_build_s", built, "s")], protocol="control", phase="build",
+          attempts=1)
+    for r in range(p.resyncs):  # the first load happened in the build; time resyncs
+        proxy.sync()
+        write([Sample("sync_s", proxy.sync_seconds["n1"], "s")], protocol="control",
+              phase="sync", attempts=1, resync=r)
+    for phase, service in (("first-service", "svc-0"), ("last-service", f"svc-{n - 1}")):
+        address, got = _attempts(cluster, service, p.connections)
+        ok = [r.connect_us for r in got if r.connected]
+        if len(ok) < p.connections:
+            raise MeasurementError(f"{mode} {n} services: {p.connections - len(ok)} of "
+                                   f"{p.connections} connections to {service} failed")
+        write([Sample("connect_p50_us", statistics.median(ok), "us"),
+               Sample("connect_p99_us", percentile(ok, 99), "us")], protocol="tcp",
+              client=client, server_ip=address, phase=phase, attempts=p.connections)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m k8stopo.kubeproxy.experiments")
-    p.add_argument("experiment", choices=("no-retry", "rule-scaling"))
-    p.add_argument("--cni", default="flannel-vxlan")
-    p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--out", type=Path, default=Path("results"),
-                   help="results directory (the CSV and chart go to OUT/services-EXPERIMENT/)")
-    p.add_argument("--attempts", type=int, default=300, help="no-retry: connections per phase")
-    p.add_argument("--hung-attempts", type=int, default=90,
-                   help="no-retry: connections while a backend hangs (each failure waits 1 s)")
-    p.add_argument("--services", default="10,100,1000", help="rule-scaling: Service counts")
-    p.add_argument("--connections", type=int, default=200,
-                   help="rule-scaling: connections per latency figure")
-    p.add_argument("--resyncs", type=int, default=3, help="rule-scaling: timed syncs")
-    args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: clusters tear down
-    modes = [m for m in args.modes.split(",") if m]
-    try:
-        for m in modes:
-            proxy_class(m)
-        counts = [int(c) for c in args.services.split(",")]
-    except (SpecError, ValueError) as exc:
-        print(f"k8stopo: error: {exc}", file=sys.stderr)
-        return 2
-    out = args.out / f"services-{args.experiment}"
-    csv_path = out / f"{args.experiment.replace('-', '_')}.csv"
-    sink = Sink(csv_path, args.experiment)
-    try:
-        if args.experiment == "no-retry":
-            no_retry(sink, args.cni, modes, args.attempts, args.hung_attempts)
-            chart = chart_no_retry(csv_path, out)
-        else:
-            rule_scaling(sink, args.cni, modes, counts, args.connections, args.resyncs)
-            chart = chart_rule_scaling(csv_path, out)
-    finally:
-        sink.close()
-    print(f"{csv_path}\n{chart}")
-    return 0
+# -- the kinds ---------------------------------------------------------------------------
+
+def _needs(clusters: Sequence[Cluster]) -> dict[str, tuple[str, ...]]:
+    return needs_of(*((c.spec.cni, c.requires) for c in clusters))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+EXPERIMENTS = {k.name: k for k in (
+    Kind(name="kube-proxy-no-retry", params=NoRetryParams, columns=COLUMNS, run=no_retry,
+         needs=lambda p: _needs([_no_retry_cluster(p, m) for m in p.modes]),
+         steps=lambda p: p.repeat * len(p.modes) * len(PHASES),
+         charts=(Chart("no_retry", "A backend that stops answering, 3 endpoints, per "
+                       "kube-proxy mode (fraction of new connections that failed)",
+                       (Panel("failed connections (fraction)", "failed_fraction", x="phase",
+                              by="proxy_mode", style="bars"),)),)),
+    Kind(name="kube-proxy-rules", params=RulesParams, columns=COLUMNS, run=rule_scaling,
+         needs=lambda p: _needs([_rules_cluster(p, m, max(p.services)) for m in p.modes]),
+         steps=lambda p: p.repeat * len(p.modes) * len(p.services),
+         charts=(Chart("rule_scaling", "kube-proxy rules: N Services with 2 endpoints each",
+                       (Panel("rule load (resync) on one node, s", "sync_s", x="services",
+                              by="proxy_mode", log=True),
+                        Panel("TCP connect to the last Service, p50, µs", "connect_p50_us",
+                              x="services", by="proxy_mode", where=(("phase", "last-service"),),
+                              log=True),
+                        Panel("TCP connect to the last Service, p99, µs", "connect_p99_us",
+                              x="services", by="proxy_mode", where=(("phase", "last-service"),),
+                              log=True))),)),
+)}
