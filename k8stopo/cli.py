@@ -522,7 +522,7 @@ def _bench_control_plane(args: argparse.Namespace, settings: dict[str, Any]) -> 
     out = args.out or _experiment_out(name)
     plots_dir = args.plots or Path("results", name, "plots")
     results.check_appendable(out)
-    _check_output_dir(plots_dir, "--plots")
+    results.check_output_dir(plots_dir, "--plots")
     resume = _resume_control_plane(k, params, out) if args.resume else None
     _runnable(needs, False)
     _clean_dead_runs()
