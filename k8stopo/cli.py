@@ -288,7 +288,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if workload is not None:
             print(describe(service_ports(workload, cluster.pods)), flush=True)
         if args.cli:
-            _mininet_cli(cluster.net)
+            _mininet_cli(cluster.cli_net())
         else:
             print("cluster is up; Ctrl-C (or SIGTERM) tears it down", flush=True)
             signal.pause()

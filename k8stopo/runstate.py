@@ -29,6 +29,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -236,6 +237,14 @@ class RunState:
         with self._lock:  # processes are stopped from several threads at once
             self.data["pids"] = [p for p in self.data["pids"] if p["pid"] != pid]
         self._append({"op": "unpid", "pid": pid})
+
+    def kill(self, processes: dict[str, subprocess.Popen[str]]) -> None:
+        """Kill daemons of the run (by node name) at once and forget them: the cluster is
+        going, so no daemon's graceful stop has anyone to tell."""
+        proc.kill_all(list(processes.values()))
+        for p in processes.values():
+            self.untrack_pid(p.pid)
+        processes.clear()
 
     def track_link(self, name: str) -> None:
         self.data["links"].append(name)

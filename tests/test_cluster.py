@@ -75,14 +75,14 @@ def test_pod_ips_are_unique_and_inside_their_node_range(cluster: Cluster) -> Non
             if cluster.variant.host_network:
                 assert pod.ip == node.ip
             else:
-                assert pod.ip in node.pod_cidr
+                assert node.pod_cidr is not None and pod.ip in node.pod_cidr
                 assert pod.ip != node.pod_cidr.network_address
 
 
 def test_every_pod_reaches_every_pod_and_node(cluster: Cluster) -> None:
     """Every pair the real datapath allows (the next test tries the others)."""
     a = cluster.pod("pod-n1-0")
-    for other in [*cluster.pods, *cluster.nodes]:
+    for other in cluster.endpoints():
         if other is not a and by_design(cluster, a, other):
             assert ping(a, other), f"{a.name} -> {other.name} ({other.ip})"
     n2, pod = cluster.node("n2"), cluster.pod("pod-n3-1")
@@ -95,7 +95,8 @@ def test_what_the_datapath_rules_out_is_really_out_of_reach(cluster: Cluster) ->
     another node's docker0, a node into Docker's overlay) never reach that very endpoint; a
     pair that is allowed, tried the same way, does (so the probe itself works)."""
     a = cluster.pod("pod-n1-0")
-    candidates = [(a, o) for o in [*cluster.pods, *cluster.nodes] if o is not a]
+    candidates: list[tuple[Node | Pod, Node | Pod]] = [
+        (a, o) for o in cluster.endpoints() if o is not a]
     candidates += [(n, p) for n in cluster.nodes for p in cluster.pods]
     ruled_out = [(s, d) for s, d in candidates if not by_design(cluster, s, d)]
     if not ruled_out:
@@ -175,7 +176,7 @@ def test_same_node_pods_share_the_bridge_or_have_host_routes(cluster: Cluster) -
         assert conf["hairpinMode"] == (not isinstance(cluster.variant, DockerBridge))
         address = ipaddress.IPv4Address(json.loads(node.output(
             ["ip", "-j", "addr", "show", bridge]))[0]["addr_info"][0]["local"])
-        assert address in node.pod_cidr
+        assert node.pod_cidr is not None and address in node.pod_cidr
         for pod in node.pods:
             assert pod.output(["ip", "-4", "route", "show", "default"]).startswith(
                 f"default via {address} dev eth0")

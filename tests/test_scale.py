@@ -86,7 +86,7 @@ def test_teardown_kills_birds_and_leaves_nothing() -> None:
     """A whole cluster's BIRDs are killed at once at teardown (no goodbyes), and nothing of
     the run is left."""
     with Cluster(ClusterSpec(cni="calico-bgp", nodes=3, pods_per_node=1)) as cluster:
-        birds = list(cluster.variant.birds.values())  # type: ignore[union-attr]
+        birds = list(cluster.variant.birds.values())
         assert cluster.state is not None
         prefix, pids = cluster.state.prefix, list(cluster.state.data["pids"])
     assert all(b.returncode == -9 for b in birds), [b.returncode for b in birds]

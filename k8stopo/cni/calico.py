@@ -41,17 +41,22 @@ import ipaddress
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 from .. import proc
+from ..agent import per_node
 from ..errors import RunError
 from ..node import Endpoint, Node, Pod
 from . import felix
-from .base import Variant, render
+from .base import Variant, render, vxlan_peers
+
+if TYPE_CHECKING:
+    from ..context import ClusterContext
 
 log = logging.getLogger("k8stopo.calico")
 
@@ -59,6 +64,7 @@ CALICO_POOL = "192.168.0.0/16"
 GATEWAY = ipaddress.IPv4Address("169.254.1.1")
 RR_CLUSTER_ID = "244.0.0.1"  # Calico docs' example routeReflectorClusterID
 BPF_SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "calico_ipip.c"
+RTPROT_BIRD = 12  # /etc/iproute2/rt_protos: the routes BIRD installs
 
 
 def workload_iface(pod: Pod) -> str:
@@ -89,7 +95,7 @@ class Calico(Variant):
     #: the tunnel device Felix's nat rules name (None: no encapsulation)
     tunnel_device: ClassVar[str | None] = None
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: "ClusterContext") -> None:
         super().__init__(cluster)
         self._pending: dict[str, list[Pod]] = {}  # per node, while its pods are attached
 
@@ -127,8 +133,8 @@ class Calico(Variant):
                           ["addr", "flush", "dev", cali],
                           ["link", "set", cali, "up"],
                           ["route", "replace", f"{pod.ip}/32", "dev", cali, "scope", "link"]])
-        node.run(["sysctl", "-qw", f"net.ipv4.conf.{cali}.proxy_arp=1",
-                  f"net.ipv4.neigh.{cali}.proxy_delay=0"])
+        node.sysctl(f"net.ipv4.conf.{cali}.proxy_arp", 1)
+        node.sysctl(f"net.ipv4.neigh.{cali}.proxy_delay", 0)
         pod.batch("ip", [["addr", "flush", "dev", pod.ifname],  # also drops ptp's routes
                          ["addr", "add", f"{pod.ip}/32", "dev", pod.ifname],
                          ["route", "replace", GATEWAY, "dev", pod.ifname, "scope", "link"],
@@ -190,10 +196,10 @@ class CalicoBird(Calico):
     options = frozenset({"bgp", "route_reflectors"})
     ASN = 64512
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: "ClusterContext") -> None:
         super().__init__(cluster)
-        self.birds: dict[str, Any] = {}
-        self.tor_bird: Any = None  # the routed underlay's router, when there is one
+        self.birds: dict[str, subprocess.Popen[str]] = {}
+        self.tor_bird: subprocess.Popen[str] | None = None  # the routed underlay's router's
         self.started_at: float | None = None  # monotonic time the first BIRD was started
         self.converged_at: float | None = None  # ... and every node held every block
         # (monotonic time, peer blocks held by the witness) per readiness round: how the
@@ -208,7 +214,7 @@ class CalicoBird(Calico):
     def reflectors(self) -> list[Node]:
         """The route reflector nodes (n1, and n2 with two), none for the mesh."""
         spec = self.cluster.spec
-        return self.cluster.nodes[:spec.route_reflectors] if spec.bgp == "rr" else []
+        return list(self.cluster.nodes[:spec.route_reflectors]) if spec.bgp == "rr" else []
 
     def peerings(self, node: Node) -> list[Peering]:
         """confd's peers: every other node in the mesh; with reflectors, a reflector peers
@@ -236,9 +242,9 @@ class CalicoBird(Calico):
 
     def tor_peerings(self, node: Node) -> list[Peering]:
         """On the routed underlay, the node-specific BGPPeer with its subnet's router."""
-        if self.cluster.router is None:
+        if self.cluster.underlay.router is None:
             return []
-        tor = str(self.cluster.gateway(node))
+        tor = str(self.cluster.underlay.gateway(node))
         return [Peering(f"Node_{tor.replace('.', '_')}", tor)]
 
     def bird_config(self, node: Node) -> str:
@@ -254,11 +260,11 @@ class CalicoBird(Calico):
 
     def connect(self) -> None:
         # every node's config checked (at once) before any BIRD starts
-        self.cluster.per_node(self._write_config, self.cluster.nodes)
+        per_node(self._write_config, self.cluster.nodes)
         self.started_at = time.monotonic()
-        self.cluster.per_node(self.start_bird, self.cluster.nodes)  # each spawn joins a cgroup
-        if self.cluster.router is not None:
-            self._start_tor(self.cluster.router)
+        per_node(self.start_bird, self.cluster.nodes)  # each spawn joins a cgroup
+        if self.cluster.underlay.router is not None:
+            self._start_tor(self.cluster.underlay.router)
 
     def _write_config(self, node: Node) -> None:
         conf = self._paths(node)[0]
@@ -279,7 +285,8 @@ class CalicoBird(Calico):
         """The routed underlay's router peers BGP with every node (templates/bird-tor.conf),
         as a fabric must for unencapsulated pod traffic to cross it."""
         conf, ctl, _ = self._paths(router)
-        peers = [{"ip": str(n.ip), "via": str(self.cluster.gateway(n))} for n in self.cluster.nodes]
+        peers = [{"ip": str(n.ip), "via": str(self.cluster.underlay.gateway(n))}
+                 for n in self.cluster.nodes]
         conf.write_text(render("bird-tor.conf", router=router.name, router_id=router.ip,
                                asn=self.ASN, peers=peers))
         router.run(["bird", "-p", "-c", conf])
@@ -296,7 +303,7 @@ class CalicoBird(Calico):
 
     def speakers(self) -> dict[str, Endpoint]:
         """Every BIRD of the run by name: the nodes', and the routed underlay's router's."""
-        router = self.cluster.router
+        router = self.cluster.underlay.router
         return {e.name: e for e in [*self.cluster.nodes, *([router] if router else [])]}
 
     def missing_everywhere(self) -> dict[str, list[str]]:
@@ -318,8 +325,9 @@ class CalicoBird(Calico):
         blocks spread, since every node learns them through the same peers."""
         deadline = time.monotonic() + timeout
         speakers = self.speakers()
-        router = self.cluster.router
-        birds = {**self.birds, **({router.name: self.tor_bird} if router else {})}
+        router = self.cluster.underlay.router
+        birds = {**self.birds, **({router.name: self.tor_bird}
+                                  if router and self.tor_bird else {})}
         pending = list(speakers.values())
         witness, peers = self.cluster.nodes[-1], len(self.cluster.nodes) - 1
         while True:
@@ -332,7 +340,8 @@ class CalicoBird(Calico):
                 return
             for name, proc_ in birds.items():
                 if proc_.poll() is not None:
-                    raise RunError(f"bird on {name} exited: {proc_.stderr.read().strip()}")
+                    why = proc_.stderr.read().strip() if proc_.stderr else ""
+                    raise RunError(f"bird on {name} exited: {why}")
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
@@ -367,8 +376,7 @@ class CalicoBird(Calico):
         return []
 
     def missing_blocks(self, node: Endpoint) -> list[str]:
-        routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])
-        have = {line.split()[0] for line in routes.splitlines() if line.strip()}
+        have = node.netlink.route_dsts(RTPROT_BIRD)  # `ip -4 route show proto bird`
         return [str(p.pod_cidr) for p in self.cluster.nodes
                 if p is not node and str(p.pod_cidr) not in have]
 
@@ -376,9 +384,9 @@ class CalicoBird(Calico):
         """Every BIRD at once, killed: their Ceases would only have the reflectors relay
         withdrawals among nodes that are going too (:meth:`stop_bird` is the graceful
         stop of one node)."""
-        self.cluster.kill_daemons(self.birds)
-        if self.tor_bird is not None and self.cluster.router is not None:
-            self.cluster.router.stop(self.tor_bird)
+        self.cluster.state.kill(self.birds)
+        if self.tor_bird is not None and self.cluster.underlay.router is not None:
+            self.cluster.underlay.router.stop(self.tor_bird)
             self.tor_bird = None
 
 
@@ -410,7 +418,7 @@ class CalicoIPIP(CalicoBird):
     tunnel_device = felix.IPIP_DEVICE
     SINK = "tunl0-sink"
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: "ClusterContext") -> None:
         super().__init__(cluster)
         self.datapath: str | None = None  # "ipip" (kernel module) or "tc-bpf"
         self._bpf_object: Path | None = None
@@ -441,8 +449,8 @@ class CalicoIPIP(CalicoBird):
             obj = self._compile() if self.datapath == "tc-bpf" else None
         if obj is not None:
             self._bpf_tunl0(node, obj)
-        node.run(["ip", "link", "set", "tunl0", "mtu", self.pod_mtu, "up"])
-        node.run(["ip", "addr", "add", f"{tunnel_address(node)}/32", "dev", "tunl0"])
+        node.batch("ip", [["link", "set", "tunl0", "mtu", self.pod_mtu, "up"],
+                          ["addr", "add", f"{tunnel_address(node)}/32", "dev", "tunl0"]])
 
     @staticmethod
     def _kernel_tunl0(node: Node) -> bool:
@@ -494,23 +502,17 @@ class CalicoVXLAN(Calico):
 
     def setup_node(self, node: Node) -> None:
         super().setup_node(node)
-        node.run(["ip", "link", "add", self.DEVICE, "type", "vxlan", "id", self.VNI,
-                  "local", node.ip, "dev", node.intf, "dstport", self.PORT, "nolearning"])
-        node.run(["ip", "link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"])
-        node.run(["ip", "addr", "add", f"{tunnel_address(node)}/32", "dev", self.DEVICE])
-        # Felix's route manager blackholes the local block (BIRD would, were it running).
-        node.run(["ip", "route", "add", "blackhole", node.pod_cidr, "proto", "80"])
+        node.batch("ip", [["link", "add", self.DEVICE, "type", "vxlan", "id", self.VNI,
+                           "local", node.ip, "dev", node.intf, "dstport", self.PORT, "nolearning"],
+                          ["link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"],
+                          ["addr", "add", f"{tunnel_address(node)}/32", "dev", self.DEVICE],
+                          # Felix's route manager blackholes the local block (BIRD would,
+                          # were it running)
+                          ["route", "add", "blackhole", node.pod_cidr, "proto", "80"]])
 
     def connect(self) -> None:
         """vxlan_mgr: per peer a permanent ARP entry for its VTEP, an FDB entry to its node,
         and its block via its VTEP address onlink (calico-node publishes the VTEP MAC)."""
         macs = {n.name: n.link(self.DEVICE)["address"] for n in self.cluster.nodes}
-        for node in self.cluster.nodes:
-            peers = [p for p in self.cluster.nodes if p is not node]
-            node.batch("bridge", [["fdb", "replace", macs[p.name], "dev", self.DEVICE,
-                                   "dst", p.ip, "self", "permanent"] for p in peers])
-            node.batch("ip", [["neigh", "replace", tunnel_address(p), "lladdr", macs[p.name],
-                               "dev", self.DEVICE, "nud", "permanent"] for p in peers] +
-                             [["route", "replace", p.pod_cidr, "via", tunnel_address(p),
-                               "dev", self.DEVICE, "onlink", "mtu", self.pod_mtu]
-                              for p in peers])
+        per_node(lambda node: vxlan_peers(node, self.cluster.nodes, self.DEVICE, macs,
+                                          route_mtu=self.pod_mtu), self.cluster.nodes)
