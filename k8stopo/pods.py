@@ -94,8 +94,9 @@ def hold(state: RunState, name: str) -> int:
     its pid, once the namespaces are its own (``unshare`` makes them, then execs ``sleep``;
     until then the pid still names the parent's, which no plugin may touch). The mount
     namespace is private, so a bind mount in it (DNS's resolv.conf) stays the pod's."""
+    # no cgroup_procs: a fork of this (large) process costs more than the queued move
     holder = proc.spawn(["unshare", "--net", "--mount", "--", "sleep", "infinity"],
-                        stderr=subprocess.DEVNULL, cgroup_procs=state.cgroup_procs)
+                        stderr=subprocess.DEVNULL)
     state.track_pid(holder.pid, f"pause {name}")
     ours = os.stat("/proc/self/ns/net").st_ino
     deadline = time.monotonic() + 10
