@@ -111,7 +111,8 @@ class Namespace:
 
     # -- reading ----------------------------------------------------------------------
     def links(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """Every link (of ``kind``) as ``ip -j link`` names its fields."""
+        """Every link (of ``kind``): its ``ifname``, ``ifindex``, ``mtu``, ``address`` and
+        ``operstate`` as ``ip -j link`` names them, and its ``kind``."""
         with self._lock:
             found = self.ipr.get_links()
         out = []
@@ -119,8 +120,9 @@ class Namespace:
             info = msg.get_attr("IFLA_LINKINFO")
             link_kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
             if kind is None or link_kind == kind:
-                out.append({"ifname": msg.get_attr("IFLA_IFNAME"), "mtu": msg.get_attr("IFLA_MTU"),
-                            "address": msg.get_attr("IFLA_ADDRESS"), "kind": link_kind})
+                out.append({"ifname": msg.get_attr("IFLA_IFNAME"), "ifindex": msg["index"],
+                            "mtu": msg.get_attr("IFLA_MTU"), "address": msg.get_attr("IFLA_ADDRESS"),
+                            "operstate": msg.get_attr("IFLA_OPERSTATE"), "kind": link_kind})
         return out
 
     def link(self, dev: str) -> dict[str, Any]:

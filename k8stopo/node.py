@@ -97,7 +97,7 @@ class Endpoint:
         return self.netlink.batch(tool, commands, check)
 
     def link(self, dev: str) -> dict[str, Any]:
-        """A link of this namespace (``ifname``, ``address``, ``mtu``, ``kind``)."""
+        """A link of this namespace (see :meth:`netlink.Namespace.links` for its fields)."""
         return self.netlink.link(dev)
 
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from k8stopo import measure, proc, runstate
+from k8stopo import measure, netlink, pods, proc, runstate
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
@@ -319,3 +320,28 @@ def test_a_drop_rule_in_the_root_namespace_changes_nothing(cni: str) -> None:
     finally:
         for rule in drops:
             proc.run(["iptables", "-D", *rule], check=False)
+
+
+def test_netlink_steps_reach_the_kernel_and_are_logged_as_ip_commands(caplog) -> None:
+    """A namespace's ip words go over its netlink socket: the kernel holds the result, the
+    debug log shows the command a user would type, and a refused one fails (or, unchecked,
+    is reported) as `ip` reports it."""
+    state = runstate.RunState("test-netlink")
+    try:
+        pid = pods.hold(state, "nl")
+        ns = netlink.at(pid, state.prefix)
+        with caplog.at_level(logging.DEBUG, "k8stopo.netlink"):
+            ns.batch("ip", [["link", "add", "va", "type", "veth", "peer", "name", "vb"],
+                            ["addr", "add", "10.9.0.1/24", "dev", "va"],
+                            ["link", "set", "va", "up"],
+                            ["route", "replace", "10.8.0.0/24", "via", "10.9.0.2", "dev", "va"]])
+        assert "ip route replace 10.8.0.0/24 via 10.9.0.2 dev va" in caplog.text
+        assert "via 10.9.0.2 dev va" in proc.output(["ip", "route", "show", "10.8.0.0/24"], pid)
+        assert ns.link("vb")["kind"] == "veth"
+        unreachable = [["route", "replace", "10.7.0.0/24", "via", "10.99.0.1", "dev", "va"]]
+        with pytest.raises(proc.CommandError, match="Error"):
+            ns.batch("ip", unreachable)
+        assert ns.batch("ip", unreachable, check=False).startswith("Error")
+    finally:
+        netlink.close_run(state.prefix)
+        state.remove_all()

@@ -96,10 +96,10 @@ class DockerBridge(SharedRange):
     def setup_node(self, node: Node) -> None:
         """What dockerd does at start: docker0 with the gateway address, and its rules."""
         assert node.pod_cidr is not None
-        node.run(["ip", "link", "add", DOCKER0, "type", "bridge"])
-        node.run(["ip", "addr", "add", f"{node.pod_cidr[1]}/{node.pod_cidr.prefixlen}",
-                  "dev", DOCKER0])
-        node.run(["ip", "link", "set", DOCKER0, "up"])
+        node.batch("ip", [["link", "add", DOCKER0, "type", "bridge"],
+                          ["addr", "add", f"{node.pod_cidr[1]}/{node.pod_cidr.prefixlen}",
+                           "dev", DOCKER0],
+                          ["link", "set", DOCKER0, "up"]])
         self.install_rules(node, "docker-iptables.rules", bridge=DOCKER0,
                            bridge_subnet=node.pod_cidr, icc=True)
 
