@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -116,6 +117,7 @@ class Cluster:
         self.left_behind: list[str] = []  # what teardown could not remove (kept on record)
         self.timings: dict[str, float] = {}  # seconds per build/teardown phase
         self._pod_shells: set[str] = set()  # pods the CLI has a shell for
+        self._holders: dict[str, subprocess.Popen[str]] = {}  # pods' pause processes
 
     def caveats(self) -> list[str]:
         """One line per thing this run cannot show by design of the real project."""
@@ -309,7 +311,10 @@ class Cluster:
         def attach(entries: list[PodPlan]) -> None:
             with variant.attaching(entries[0][0]):
                 for node, name, namespace, labels in entries:
-                    holder = None if variant.host_network else pods.hold(state, name)
+                    holder = None
+                    if not variant.host_network:
+                        self._holders[name] = pause = pods.hold(state, name)
+                        holder = pause.pid
                     pod = variant.attach_pod(node, holder, name, namespace, labels)
                     pod.ports = self._declared_ports.get(name, ())
                     node.pods.append(pod)
@@ -359,6 +364,9 @@ class Cluster:
             if self._state is not None:  # an open socket would keep its namespace
                 self._stop_step("close netlink sockets", lambda: netlink.close_run(
                     self.state.prefix))
+            if self._state is not None:  # as Mininet stops its hosts: killed and reaped
+                self._stop_step("stop the pods' pause processes",
+                                functools.partial(self._state.kill, self._holders))
             if self._underlay is not None:
                 self._stop_step("stop the underlay", self._underlay.stop)
             if self._state is not None:

@@ -89,9 +89,9 @@ def container_id(pod_name: str, prefix: str) -> str:
     return f"{prefix}-{pod_name}"
 
 
-def hold(state: RunState, name: str) -> int:
-    """A new pod's network and mount namespaces, held by a sleeper (the pause container):
-    its pid, once the namespaces are its own (``unshare`` makes them, then execs ``sleep``;
+def hold(state: RunState, name: str) -> subprocess.Popen[str]:
+    """A new pod's network and mount namespaces, held by a sleeper (the pause container),
+    returned once the namespaces are its own (``unshare`` makes them, then execs ``sleep``;
     until then the pid still names the parent's, which no plugin may touch). The mount
     namespace is private, so a bind mount in it (DNS's resolv.conf) stays the pod's."""
     # no cgroup_procs: a fork of this (large) process costs more than the queued move
@@ -105,7 +105,7 @@ def hold(state: RunState, name: str) -> int:
             raise RunError(f"the pause process of pod {name} did not make its namespaces "
                            f"(exit {holder.poll()})")
         time.sleep(0.0005)
-    return holder.pid
+    return holder
 
 
 def add(node: Node, name: str, netconf: dict[str, Any], holder: int, namespace: str = "default",

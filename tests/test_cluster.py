@@ -328,7 +328,7 @@ def test_netlink_steps_reach_the_kernel_and_are_logged_as_ip_commands(caplog) ->
     is reported) as `ip` reports it."""
     state = runstate.RunState("test-netlink")
     try:
-        pid = pods.hold(state, "nl")
+        pid = pods.hold(state, "nl").pid
         ns = netlink.at(pid, state.prefix)
         with caplog.at_level(logging.DEBUG, "k8stopo.netlink"):
             ns.batch("ip", [["link", "add", "va", "type", "veth", "peer", "name", "vb"],
