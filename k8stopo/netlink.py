@@ -274,9 +274,14 @@ class Namespace:
                     raise Unsupported("veth peer without name")
                 attrs["peer"] = {"ifname": w.next()}
                 rest = list(w)
-                if rest[:1] == ["mtu"] and len(rest) == 2:
-                    attrs["peer"]["mtu"] = int(rest[1])
-                elif rest:
+                for key, value in zip(rest[::2], rest[1::2]):
+                    if key == "mtu":
+                        attrs["peer"]["mtu"] = int(value)
+                    elif key == "netns" and value.isdigit():  # made straight into a pid's
+                        attrs["peer"]["net_ns_pid"] = int(value)
+                    else:
+                        raise Unsupported(f"veth peer {' '.join(rest)}")
+                if len(rest) % 2:
                     raise Unsupported(f"veth peer {' '.join(rest)}")
             elif kind == "bridge" and word in ("stp_state", "forward_delay"):
                 attrs[f"br_{word}"] = int(w.next())

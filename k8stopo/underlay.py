@@ -15,6 +15,7 @@ import resource
 import threading
 from typing import Any, Callable, Sequence
 
+from mininet.link import Intf, Link
 from mininet.net import Mininet
 from mininet.node import Host
 
@@ -40,9 +41,61 @@ class _Tracked:
         self.run_state.track_pid(self.pid, f"mininet shell {self.name}")  # type: ignore[attr-defined]
 
 
+class _NetlinkConfig(Host):
+    """Mixin for Mininet hosts: the loopback brought up over netlink, not ``ifconfig lo up``
+    typed into the shell (a round trip per host)."""
+
+    run_state: RunState
+
+    def config(self, mac: Any = None, ip: Any = None, defaultRoute: Any = None,  # noqa: N803
+               lo: str = "up", **_params: Any) -> dict[str, Any]:
+        r: dict[str, Any] = {}
+        self.setParam(r, "setMAC", mac=mac)
+        self.setParam(r, "setIP", ip=ip)
+        self.setParam(r, "setDefaultRoute", defaultRoute=defaultRoute)
+        netlink.at(self.pid, self.run_state.prefix).batch("ip", [["link", "set", "lo", lo]])
+        return r
+
+
 def tracked(cls: type[Host], state: RunState) -> type[Host]:
-    """``cls`` whose shells are recorded in ``state`` as they start."""
-    return type(f"K8s{cls.__name__}", (_Tracked, cls), {"run_state": state})
+    """``cls`` whose shells are recorded in ``state`` as they start, and whose interfaces
+    are configured over netlink."""
+    bases = (_Tracked, _NetlinkConfig) if cls is Host else (_Tracked, cls, _NetlinkConfig)
+    return type(f"K8s{cls.__name__}", bases, {"run_state": state})
+
+
+class _NetlinkIntf(Intf):
+    """Mininet's interface, its address and state set over its namespace's netlink socket
+    instead of ``ifconfig`` typed into the node's shell."""
+
+    def _ns(self) -> netlink.Namespace:
+        return netlink.at(self.node.pid, self.node.run_state.prefix)
+
+    def setIP(self, ipstr: str, prefixLen: Any = None) -> str:  # noqa: N802,N803
+        address = ipstr if "/" in ipstr else f"{ipstr}/{prefixLen}"
+        self.ip, self.prefixLen = address.split("/")
+        self._ns().batch("ip", [["addr", "add", address, "dev", self.name],
+                                ["link", "set", self.name, "up"]])
+        return ""
+
+    def isUp(self, setUp: bool = False) -> bool:  # noqa: N802,N803
+        if setUp:
+            self._ns().batch("ip", [["link", "set", self.name, "up"]])
+            return True
+        return bool(self._ns().link(self.name)["operstate"] != "DOWN")
+
+
+class _NetlinkLink(Link):
+    """Mininet's veth link, made by one netlink request in the first node's namespace (the
+    peer created straight into the second's) instead of ``ip link add`` in its shell."""
+
+    @classmethod
+    def makeIntfPair(cls, intfname1: str, intfname2: str, addr1: Any = None,  # noqa: N802
+                     addr2: Any = None, node1: Any = None, node2: Any = None,
+                     deleteIntfs: bool = True) -> None:  # noqa: N803
+        netlink.at(node1.pid, node1.run_state.prefix).batch(
+            "ip", [["link", "add", intfname1, "type", "veth", "peer", "name", intfname2,
+                    "netns", node2.pid]])
 
 
 class _Mininet(Mininet):
@@ -107,8 +160,9 @@ class Underlay:
             info = topo.nodeInfo(name)
             if "cls" in info:
                 topo.setNodeInfo(name, {**info, "cls": tracked(info["cls"], self.state)})
-        self._net = _Mininet(topo=topo, host=tracked(Host, self.state), controller=None,
-                             build=False, waitConnected=False)
+        self._net = _Mininet(topo=topo, host=tracked(Host, self.state), link=_NetlinkLink,
+                             intf=_NetlinkIntf, controller=None, build=False,
+                             waitConnected=False)
         self._net.build()
         self._net.start()
         nodes = []
@@ -158,7 +212,7 @@ class Underlay:
         enough requests that BGP sessions fail with "No route to host" for minutes; a
         real underlay's switches and NICs absorb that. Only the underlay's own
         addresses are seeded; pods still resolve their neighbours themselves."""
-        macs = {n.name: n.mn.defaultIntf().MAC() for n in nodes}
+        macs = {n.name: n.link(n.intf)["address"] for n in nodes}
         segment = {n.name: self.gateway(n) for n in nodes}
 
         def seed(node: Node) -> None:

@@ -241,6 +241,23 @@ def test_bird_sessions_establish_and_every_node_learns_every_block(cluster: Clus
         assert (cluster.variant.birds[node.name].poll() is None)
 
 
+def test_the_cli_reaches_every_pod_by_name_in_the_pods_own_namespaces(cluster: Cluster) -> None:
+    """Pods hold their namespaces with a pause process, no shell; the CLI's network gives each
+    a shell when asked, inside the pod's network and mount namespaces, and only once."""
+    net = cluster.cli_net()
+    shells = 0
+    for pod in cluster.pods:
+        if pod.host_network:
+            assert pod.name not in net
+            continue
+        host = net[pod.name]
+        for ns in ("net", "mnt"):
+            assert host.cmd(f"readlink /proc/self/ns/{ns}").strip() == \
+                os.readlink(f"/proc/{pod.pid}/ns/{ns}")
+        shells += 1
+    assert cluster.cli_net() is net and len(net.hosts) == len(cluster.nodes) + 1 + shells
+
+
 @pytest.mark.parametrize("cni", ALL)
 def test_teardown_leaves_nothing(cni: str) -> None:
     with Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=2)) as c:
