@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from mininet.net import Mininet
 from mininet.node import Host
 
 from . import netlink, pods
@@ -195,7 +196,7 @@ class Cluster:
             lines += self._underlay.describe()
         return "\n".join(lines)
 
-    def cli_net(self) -> object:
+    def cli_net(self) -> Mininet:
         """The Mininet network with a shell in every pod (made now: most runs never type
         into a pod), for Mininet's CLI to reach nodes and pods by name."""
         host = tracked(Host, self.state)
