@@ -8,9 +8,11 @@ microseconds. A :class:`Namespace` opens one rtnetlink socket inside a network n
 enters it with setns(2), creates the socket and comes back) and takes the very words a
 user would type (``route replace 10.244.1.0/24 via 172.20.0.2 dev n1-eth0``): each is
 logged at debug level as that ``ip`` command, then sent as its netlink request. Words
-this translation does not know go to the real ``ip``/``bridge`` in one batch, so
-nothing is ever silently dropped. Sysctls are written to /proc/sys by a thread inside
-the namespace.
+this translation does not know, and batches of :data:`TOOL_FROM` commands or more (a
+route per peer: there one ``ip -batch`` process is cheaper than pyroute2's Python per
+request), go to the real ``ip``/``bridge`` in one batch, logged the same way, so nothing
+is ever silently dropped. Sysctls are written to /proc/sys by a thread inside the
+namespace.
 
 Sockets are registered by namespace path, each with the run that opened it, and closed
 by :func:`close_run` at teardown: an open socket holds its namespace (and the links in
@@ -211,19 +213,13 @@ class Namespace:
     def _request(self, tool: str, w: _Words) -> Callable[[], Any]:
         """The netlink request a command's words ask for (not sent yet)."""
         head = (tool, w.next())
-        if head == ("ip", "link"):
-            return self._ip_link(w.next(), w)
-        if head == ("ip", "addr"):
-            return self._ip_addr(w.next(), w)
-        if head == ("ip", "route"):
-            return self._ip_route(w.next(), w)
-        if head == ("ip", "neigh"):
-            return self._ip_neigh(w.next(), w)
-        if head == ("bridge", "fdb"):
-            return self._bridge_fdb(w.next(), w)
-        if head == ("bridge", "link"):
-            return self._bridge_link(w.next(), w)
-        raise Unsupported(" ".join(head))
+        translate = {("ip", "link"): self._ip_link, ("ip", "addr"): self._ip_addr,
+                     ("ip", "route"): self._ip_route, ("ip", "neigh"): self._ip_neigh,
+                     ("bridge", "fdb"): self._bridge_fdb,
+                     ("bridge", "link"): self._bridge_link}.get(head)
+        if translate is None:
+            raise Unsupported(" ".join(head))
+        return translate(w.next(), w)
 
     def _ip_link(self, verb: str, w: _Words) -> Callable[[], Any]:
         if verb == "add":
