@@ -1,8 +1,10 @@
 """The underlay: the switch (or two switches and a router) the nodes' NICs plug into.
 
 Built from :class:`k8stopo.topo.K8sTopo` by Mininet (every host a namespace held by a
-shell, so ``up --cli`` reaches nodes, switches and router by name), then configured as a
-Kubernetes node's host is (MTU, ip_forward, default route). What the cluster's agents ask
+shell, so ``up --cli`` reaches nodes, switches and router by name), its veth pairs,
+addresses and loopbacks made over netlink (:mod:`k8stopo.netlink`) rather than typed into
+those shells, then configured as a Kubernetes node's host is (MTU, ip_forward, default
+route). What the cluster's agents ask
 of the wire lives here too: a segment's gateway, a node's switch port, the neighbour
 entries seeded at scale, offloads. Pods are not the underlay's: see :mod:`k8stopo.pods`.
 """
@@ -41,6 +43,13 @@ class _Tracked:
         self.run_state.track_pid(self.pid, f"mininet shell {self.name}")  # type: ignore[attr-defined]
 
 
+def _netlink(host: Any) -> netlink.Namespace:
+    """A Mininet host's netlink socket, logged under the host's name."""
+    ns = netlink.at(host.pid, host.run_state.prefix)
+    ns.label = host.name
+    return ns
+
+
 class _NetlinkConfig(Host):
     """Mixin for Mininet hosts: the loopback brought up over netlink, not ``ifconfig lo up``
     typed into the shell (a round trip per host)."""
@@ -53,7 +62,7 @@ class _NetlinkConfig(Host):
         self.setParam(r, "setMAC", mac=mac)
         self.setParam(r, "setIP", ip=ip)
         self.setParam(r, "setDefaultRoute", defaultRoute=defaultRoute)
-        netlink.at(self.pid, self.run_state.prefix).batch("ip", [["link", "set", "lo", lo]])
+        _netlink(self).batch("ip", [["link", "set", "lo", lo]])
         return r
 
 
@@ -69,7 +78,7 @@ class _NetlinkIntf(Intf):
     instead of ``ifconfig`` typed into the node's shell."""
 
     def _ns(self) -> netlink.Namespace:
-        return netlink.at(self.node.pid, self.node.run_state.prefix)
+        return _netlink(self.node)
 
     def setIP(self, ipstr: str, prefixLen: Any = None) -> str:  # noqa: N802,N803
         address = ipstr if "/" in ipstr else f"{ipstr}/{prefixLen}"
@@ -93,7 +102,7 @@ class _NetlinkLink(Link):
     def makeIntfPair(cls, intfname1: str, intfname2: str, addr1: Any = None,  # noqa: N802
                      addr2: Any = None, node1: Any = None, node2: Any = None,
                      deleteIntfs: bool = True) -> None:  # noqa: N803
-        netlink.at(node1.pid, node1.run_state.prefix).batch(
+        _netlink(node1).batch(
             "ip", [["link", "add", intfname1, "type", "veth", "peer", "name", intfname2,
                     "netns", node2.pid]])
 
