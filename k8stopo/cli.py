@@ -354,7 +354,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(f"  outside client {agent.client.name} {agent.client.ip}; ARP answered: "
                       + ", ".join(f"{ip} by {n}" for ip, n in agent.owners.items()), flush=True)
         if args.cli:
-            _mininet_cli(cluster.net)
+            _mininet_cli(cluster.cli_net())
         else:
             print("cluster is up; Ctrl-C (or SIGTERM) tears it down", flush=True)
             signal.pause()

@@ -74,7 +74,7 @@ class UnderlayLinkDown(Fault):
     name = "underlay-link-down"
 
     def _port(self, state: str) -> None:
-        port, switch = self.cluster.switch_port(self.node)
+        port, switch = self.cluster.underlay.switch_port(self.node)
         proc.run(["ip", "link", "set", port, state], switch)
 
     def inject(self) -> None:

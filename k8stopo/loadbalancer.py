@@ -125,12 +125,11 @@ class L2Announcer(Agent):
 
     def connect(self) -> None:
         """The outside client: a host with one port on the underlay switch."""
-        cluster = self.cluster
-        assert cluster.net is not None
-        host = cluster.new_pod_host(CLIENT)
-        link = cluster.net.addLink(host, cluster.net[SWITCH])
+        cluster, underlay = self.cluster, self.cluster.underlay
+        host = underlay.add_host(underlay.net.host(CLIENT, ip=None))
+        link = underlay.net.addLink(host, underlay.net[SWITCH])
         port = link.intf2.name
-        cluster.net[SWITCH].cmd(f"ip link set {port} master br0 up")
+        underlay.net[SWITCH].cmd(f"ip link set {port} master br0 up")
         address = client_address(cluster.spec.underlay_cidr)
         host.cmd(f"ip addr add {address} dev {link.intf1.name}")
         host.cmd(f"ip link set {link.intf1.name} up")

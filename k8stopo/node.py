@@ -1,22 +1,23 @@
 """Things that execute: cluster nodes and pods, both seen as network endpoints.
 
-An endpoint is a network namespace named by a process living in it (a Mininet
-host shell). Commands run in it through :mod:`k8stopo.proc`; processes started
-in it are recorded in the run's manifest so that teardown and ``k8stopo clean``
-stop exactly them. A pod whose files differ from its node's (cluster DNS gives
-it its own /etc/resolv.conf) sets ``own_mounts``: its commands then also enter
-the pause shell's mount namespace, as a container's processes see the
-container's files. Nodes never do: CNI plugins need the host's /var/run/netns.
+An endpoint is a network namespace named by a process living in it (a node's
+Mininet shell, a pod's holder). Commands run in it through :mod:`k8stopo.proc`;
+its links, addresses, routes and sysctls are changed over its netlink socket
+(:mod:`k8stopo.netlink`); processes started in it are recorded in the run's
+manifest so that teardown and ``k8stopo clean`` stop exactly them. A pod whose
+files differ from its node's (cluster DNS gives it its own /etc/resolv.conf)
+sets ``own_mounts``: its commands then also enter the holder's mount
+namespace, as a container's processes see the container's files. Nodes never
+do: CNI plugins need the host's /var/run/netns.
 """
 from __future__ import annotations
 
 import ipaddress
-import json
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from . import proc
+from . import netlink, proc
 from .proc import Argv
 from .runstate import RunState
 from .workload import ContainerPort
@@ -75,23 +76,29 @@ class Endpoint:
         finally:
             self.state.untrack_pid(p.pid)
 
+    @property
+    def netlink(self) -> netlink.Namespace:
+        """This namespace's netlink socket (logged under the endpoint's name)."""
+        ns = netlink.at(self.pid, self.state.prefix)
+        ns.label = self.name
+        return ns
+
     def sysctl(self, key: str, value: str | int) -> None:
-        self.run(["sysctl", "-qw", f"{key}={value}"])
+        self.netlink.sysctl(key, value)
 
     def batch(self, tool: str, commands: Sequence[Sequence[object]], check: bool = True) -> str:
-        """Many ``ip``/``bridge`` commands in one process (a node has one per peer).
-        With ``check=False`` every command is tried (``-force``) whatever the others do and
+        """``ip``/``bridge`` commands (their words, e.g. ``["route", "replace", ...]``) over
+        the namespace's netlink socket, each logged as the command (a node has one per
+        peer). With ``check=False`` every command is tried whatever the others do and
         their errors are returned ("" if none), as an agent that logs a refused route and
         goes on."""
         if not commands:
             return ""
-        result = self.run([tool, *([] if check else ["-force"]), "-batch", "-"], check=check,
-                          input="".join(" ".join(str(a) for a in c) + "\n" for c in commands))
-        return result.stderr.strip() if result.returncode else ""
+        return self.netlink.batch(tool, commands, check)
 
     def link(self, dev: str) -> dict[str, Any]:
-        """``ip -j link show dev`` in this namespace (sysfs would show the root's)."""
-        return json.loads(self.output(["ip", "-j", "link", "show", "dev", dev]))[0]
+        """A link of this namespace (see :meth:`netlink.Namespace.links` for its fields)."""
+        return self.netlink.link(dev)
 
 
 @dataclass(eq=False)
@@ -114,7 +121,7 @@ class Pod(Endpoint):
     labels: dict[str, str] = field(default_factory=dict)
     ports: tuple[ContainerPort, ...] = ()  # declared container ports (named ports for policy)
     ready: bool = True  # readiness: kube-proxy's endpoints follow it
-    mn: Any = None  # the mininet Host holding the pod's namespace (None: hostNetwork)
+    host_network: bool = False  # the node's namespace, not one of its own
     ifname: str = "eth0"
     mtu: int = 1500
     netconf: dict = field(default_factory=dict)  # what the CNI plugin was given
@@ -127,7 +134,3 @@ class Pod(Endpoint):
         manifests are named ``name.namespace``, see :func:`k8stopo.workload.pod_handle`)."""
         suffix = f".{self.namespace}"
         return self.name[:-len(suffix)] if self.name.endswith(suffix) else self.name
-
-    @property
-    def host_network(self) -> bool:
-        return self.mn is None

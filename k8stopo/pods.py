@@ -1,7 +1,9 @@
 """Pods, attached by the real CNI reference plugins exactly as kubelet/containerd would.
 
-A pod's network namespace is held by a Mininet host shell (the "pause
-container"), so the Mininet CLI can address pods by name. The plugin binary runs
+A pod's network and mount namespaces are held by a sleeping process (the "pause
+container", :func:`hold`): no shell, no pty, as nobody types into most pods. The
+Mininet CLI still reaches every pod by name: :func:`shell` gives a pod a Mininet
+host whose shell enters its namespaces, made only when the CLI opens. The plugin binary runs
 inside the *node's* network namespace (where it creates cni0 / the host end of
 the veth) with CNI_NETNS=/proc/<pod pid>/ns/net, the config JSON on stdin and
 CNI_COMMAND=ADD/DEL in the environment (CNI spec), after the loopback plugin.
@@ -15,12 +17,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
+import subprocess
+import time
 from typing import Any
 
 from mininet.link import Intf
+from mininet.node import Host
 
+from . import proc
 from .errors import RunError
 from .node import Node, Pod
+from .runstate import RunState
 
 log = logging.getLogger("k8stopo.pods")
 
@@ -81,46 +89,79 @@ def container_id(pod_name: str, prefix: str) -> str:
     return f"{prefix}-{pod_name}"
 
 
-def add(node: Node, name: str, netconf: dict[str, Any], pause: Any, namespace: str = "default",
+def hold(state: RunState, name: str) -> subprocess.Popen[str]:
+    """A new pod's network and mount namespaces, held by a sleeper (the pause container),
+    returned once the namespaces are its own (``unshare`` makes them, then execs ``sleep``;
+    until then the pid still names the parent's, which no plugin may touch). The mount
+    namespace is private, so a bind mount in it (DNS's resolv.conf) stays the pod's."""
+    # no cgroup_procs: a fork of this (large) process costs more than the queued move
+    holder = proc.spawn(["unshare", "--net", "--mount", "--", "sleep", "infinity"],
+                        stderr=subprocess.DEVNULL)
+    state.track_pid(holder.pid, f"pause {name}")
+    ours = os.stat("/proc/self/ns/net").st_ino
+    deadline = time.monotonic() + 10
+    while os.stat(f"/proc/{holder.pid}/ns/net").st_ino == ours:
+        if holder.poll() is not None or time.monotonic() > deadline:
+            raise RunError(f"the pause process of pod {name} did not make its namespaces "
+                           f"(exit {holder.poll()})")
+        time.sleep(0.0005)
+    return holder
+
+
+def add(node: Node, name: str, netconf: dict[str, Any], holder: int, namespace: str = "default",
         labels: dict[str, str] | None = None,
         runtime_config: dict[str, Any] | None = None) -> Pod:
-    """Attach a new pod whose namespace is held by ``pause`` (a Mininet host);
+    """Attach a new pod whose namespaces are held by pid ``holder`` (see :func:`hold`);
     ``runtime_config`` holds what kubelet passes at run time (``portMappings``)."""
-    netns = f"/proc/{pause.pid}/ns/net"
+    netns = f"/proc/{holder}/ns/net"
     cid = container_id(name, node.state.prefix)
     node.state.path("cni", node.name, f"{name}.json").write_text(json.dumps(netconf, indent=2))
     invoke(node, "ADD", LOOPBACK_CONF, cid, netns, "lo")
     runtime_config = dict(runtime_config or {})
     result = _add(node, netconf, runtime_config, cid, netns)
     address = ipaddress.IPv4Interface(result["ips"][0]["address"])
-    register_interface(pause)
-    pod = Pod(name=name, ip=address.ip, pid=pause.pid, state=node.state, node=node, mn=pause,
-              mtu=int(plugin_confs(netconf, {})[0].get("mtu", 1500)), netconf=netconf,
-              cni_result=result, runtime_config=runtime_config, namespace=namespace,
-              labels=dict(labels or {}))
-    node.pods.append(pod)
     log.info("pod %s on %s: %s", name, node.name, address)
-    return pod
-
-
-def register_interface(pause: Any) -> None:
-    """Let Mininet know the pod's eth0 so that its CLI can substitute pod names by IPs."""
-    Intf(POD_IFNAME, node=pause, moveIntfFn=lambda *_: True)
+    return Pod(name=name, ip=address.ip, pid=holder, state=node.state, node=node,
+               mtu=int(plugin_confs(netconf, {})[0].get("mtu", 1500)), netconf=netconf,
+               cni_result=result, runtime_config=runtime_config, namespace=namespace,
+               labels=dict(labels or {}))
 
 
 def host_network(node: Node, name: str, namespace: str = "default",
                  labels: dict[str, str] | None = None) -> Pod:
     """A hostNetwork pod: the node's own namespace and address."""
-    pod = Pod(name=name, ip=node.ip, pid=node.pid, state=node.state, node=node, mn=None,
-              mtu=int(node.link(node.intf)["mtu"]), namespace=namespace,
-              labels=dict(labels or {}))
-    node.pods.append(pod)
-    return pod
+    return Pod(name=name, ip=node.ip, pid=node.pid, state=node.state, node=node,
+               host_network=True, mtu=int(node.link(node.intf)["mtu"]), namespace=namespace,
+               labels=dict(labels or {}))
+
+
+class _PodShell(Host):
+    """A Mininet host for a pod that already exists: its shell enters the pod's network
+    and mount namespaces (``nsenter``) instead of making new ones (``mnexec -n``)."""
+
+    holder: int
+
+    def _popen(self, cmd: list[str], **params: Any) -> Any:
+        if cmd[0] == "mnexec":  # the shell: mnexec's -n would unshare; enter the pod's instead
+            cmd = ["nsenter", f"--net=/proc/{self.holder}/ns/net",
+                   f"--mount=/proc/{self.holder}/ns/mnt", "--",
+                   "mnexec", cmd[1].replace("n", ""), *cmd[2:]]
+        return super()._popen(cmd, **params)
+
+
+def shell(pod: Pod, host_class: type[Host]) -> Host:
+    """A Mininet host whose shell runs in ``pod`` (for the CLI), its eth0 known to Mininet
+    so that the CLI substitutes pod names by their IPs. ``host_class`` adds the run's own
+    behaviour (its shells are recorded)."""
+    cls = type("PodShell", (host_class, _PodShell), {"holder": pod.pid})
+    host = cls(pod.name, ip=None)
+    Intf(POD_IFNAME, node=host, moveIntfFn=lambda *_: True)
+    return host
 
 
 def delete(pod: Pod) -> None:
     """CNI DEL, as kubelet does when a pod goes (releases the IPAM lease)."""
-    if pod.node is None or pod.mn is None:
+    if pod.node is None or pod.host_network:
         raise ValueError(f"{pod.name} is a hostNetwork pod: there is nothing to CNI DEL")
     cid = container_id(pod.name, pod.state.prefix)
     netns = f"/proc/{pod.pid}/ns/net"

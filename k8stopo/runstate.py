@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -239,6 +240,14 @@ class RunState:
         with self._lock:  # processes are stopped from several threads at once
             self.data["pids"] = [p for p in self.data["pids"] if p["pid"] != pid]
         self._append({"op": "unpid", "pid": pid})
+
+    def kill(self, processes: dict[str, subprocess.Popen[str]]) -> None:
+        """Kill processes of the run (by name) at once and forget them: the cluster is going,
+        so none has anyone to tell (the pods' pause processes)."""
+        proc.kill_all(list(processes.values()))
+        for p in processes.values():
+            self.untrack_pid(p.pid)
+        processes.clear()
 
     def track_netns(self, name: str) -> None:
         self.data["netns"].append(name)

@@ -25,6 +25,7 @@ ip_forward on and the second-to-last address of each half (172.20.127.254,
 from __future__ import annotations
 
 import ipaddress
+import tempfile
 from typing import Any
 
 from mininet.node import Host
@@ -83,11 +84,16 @@ class UnderlaySwitch(Host):
         # bridge-nf sysctls are per namespace; absent when br_netfilter is not loaded.
         for table in ("iptables", "ip6tables", "arptables"):
             self.cmd(f"sysctl -qw net.bridge.bridge-nf-call-{table}=0 2>/dev/null")
-        self.cmd(f"ip link add {BRIDGE} type bridge stp_state 0 forward_delay 0")
-        self.cmd(f"ip link set {BRIDGE} up")
-        for intf in self.intfList():
-            if intf.name != "lo":
-                self.cmd(f"ip link set {intf.name} master {BRIDGE} up")
+        # one `ip -batch` for the bridge and every port: a thousand ports typed one by one
+        # into the shell are a thousand round trips
+        commands = [f"link add {BRIDGE} type bridge stp_state 0 forward_delay 0",
+                    f"link set {BRIDGE} up",
+                    *(f"link set {i.name} master {BRIDGE} up" for i in self.intfList()
+                      if i.name != "lo")]
+        with tempfile.NamedTemporaryFile("w", prefix=f"{self.name}-", suffix=".ip") as batch:
+            batch.write("\n".join(commands) + "\n")
+            batch.flush()
+            self.cmd(f"ip -batch {batch.name}")
         return r
 
 

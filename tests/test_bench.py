@@ -352,8 +352,7 @@ def test_a_variant_that_fails_to_build_is_recorded_failed_and_the_others_measure
 @pytest.mark.requires_root
 def test_offloads_off_on_every_veth_of_the_wire() -> None:
     with Cluster(ClusterSpec("flannel-vxlan", offloads="off")) as cluster:
-        assert cluster.net is not None
-        holders = [cluster.net["ul"].pid, *(n.pid for n in cluster.nodes),
+        holders = [cluster.underlay.net["ul"].pid, *(n.pid for n in cluster.nodes),
                    *(p.pid for p in cluster.pods)]
         checked = 0
         for pid in holders:

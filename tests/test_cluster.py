@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from k8stopo import measure, proc, runstate
+from k8stopo import measure, netlink, pods, proc, runstate
 from k8stopo.capture import Capture
 from k8stopo.cluster import Cluster
 from k8stopo.cni import VARIANTS
@@ -78,15 +79,15 @@ def test_pod_ips_are_unique_and_inside_their_node_range(cluster: Cluster) -> Non
             if cluster.variant.host_network:
                 assert pod.ip == node.ip
             else:
-                assert pod.ip in node.pod_cidr
+                assert node.pod_cidr is not None and pod.ip in node.pod_cidr
                 assert pod.ip != node.pod_cidr.network_address
 
 
 def test_every_pod_reaches_every_pod_and_node(cluster: Cluster) -> None:
     """Every pair the real datapath allows, from every pod and node (the next test tries
     the others); pinged eight at a time."""
-    pairs = [(src, dst) for src in [*cluster.pods, *cluster.nodes]
-             for dst in [*cluster.pods, *cluster.nodes]
+    ends: list[Node | Pod] = [*cluster.pods, *cluster.nodes]
+    pairs = [(src, dst) for src in ends for dst in ends
              if dst is not src and not (isinstance(src, Node) and isinstance(dst, Node))
              and by_design(cluster, src, dst)]
     assert len(pairs) >= len(cluster.pods)  # every pod reaches at least its own node's others
@@ -100,7 +101,8 @@ def test_what_the_datapath_rules_out_is_really_out_of_reach(cluster: Cluster) ->
     another node's docker0, a node into Docker's overlay) never reach that very endpoint; a
     pair that is allowed, tried the same way, does (so the probe itself works)."""
     a = cluster.pod("pod-n1-0")
-    candidates = [(a, o) for o in [*cluster.pods, *cluster.nodes] if o is not a]
+    candidates: list[tuple[Node | Pod, Node | Pod]] = [
+        (a, o) for o in cluster.endpoints() if o is not a]
     candidates += [(n, p) for n in cluster.nodes for p in cluster.pods]
     ruled_out = [(s, d) for s, d in candidates if not by_design(cluster, s, d)]
     if not ruled_out:
@@ -184,7 +186,7 @@ def test_same_node_pods_share_the_bridge_or_have_host_routes(cluster: Cluster) -
         assert conf["hairpinMode"] == (not isinstance(cluster.variant, DockerBridge))
         address = ipaddress.IPv4Address(json.loads(node.output(
             ["ip", "-j", "addr", "show", bridge]))[0]["addr_info"][0]["local"])
-        assert address in node.pod_cidr
+        assert node.pod_cidr is not None and address in node.pod_cidr
         for pod in node.pods:
             assert pod.output(["ip", "-4", "route", "show", "default"]).startswith(
                 f"default via {address} dev eth0")
@@ -246,6 +248,23 @@ def test_bird_sessions_establish_and_every_node_learns_every_block(cluster: Clus
         peers = {line.split()[-1].rsplit(":", 1)[0] for line in bgp.splitlines()}
         assert peers == {str(p.ip) for p in cluster.nodes if p is not node}, bgp
         assert (cluster.variant.birds[node.name].poll() is None)
+
+
+def test_the_cli_reaches_every_pod_by_name_in_the_pods_own_namespaces(cluster: Cluster) -> None:
+    """Pods hold their namespaces with a pause process, no shell; the CLI's network gives each
+    a shell when asked, inside the pod's network and mount namespaces, and only once."""
+    net = cluster.cli_net()
+    shells = 0
+    for pod in cluster.pods:
+        if pod.host_network:
+            assert pod.name not in net
+            continue
+        host = net[pod.name]
+        for ns in ("net", "mnt"):
+            assert host.cmd(f"readlink /proc/self/ns/{ns}").strip() == \
+                os.readlink(f"/proc/{pod.pid}/ns/{ns}")
+        shells += 1
+    assert cluster.cli_net() is net and len(net.hosts) == len(cluster.nodes) + 1 + shells
 
 
 @pytest.mark.parametrize("cni", ALL)
@@ -327,3 +346,28 @@ def test_a_drop_rule_in_the_root_namespace_changes_nothing(cni: str) -> None:
     finally:
         for rule in drops:
             proc.run(["iptables", "-D", *rule], check=False)
+
+
+def test_netlink_steps_reach_the_kernel_and_are_logged_as_ip_commands(caplog) -> None:
+    """A namespace's ip words go over its netlink socket: the kernel holds the result, the
+    debug log shows the command a user would type, and a refused one fails (or, unchecked,
+    is reported) as `ip` reports it."""
+    state = runstate.RunState("test-netlink")
+    try:
+        pid = pods.hold(state, "nl").pid
+        ns = netlink.at(pid, state.prefix)
+        with caplog.at_level(logging.DEBUG, "k8stopo.netlink"):
+            ns.batch("ip", [["link", "add", "va", "type", "veth", "peer", "name", "vb"],
+                            ["addr", "add", "10.9.0.1/24", "dev", "va"],
+                            ["link", "set", "va", "up"],
+                            ["route", "replace", "10.8.0.0/24", "via", "10.9.0.2", "dev", "va"]])
+        assert "ip route replace 10.8.0.0/24 via 10.9.0.2 dev va" in caplog.text
+        assert "via 10.9.0.2 dev va" in proc.output(["ip", "route", "show", "10.8.0.0/24"], pid)
+        assert ns.link("vb")["kind"] == "veth"
+        unreachable = [["route", "replace", "10.7.0.0/24", "via", "10.99.0.1", "dev", "va"]]
+        with pytest.raises(proc.CommandError, match="Error"):
+            ns.batch("ip", unreachable)
+        assert ns.batch("ip", unreachable, check=False).startswith("Error")
+    finally:
+        netlink.close_run(state.prefix)
+        state.remove_all()

@@ -169,7 +169,7 @@ def test_getent_in_a_pod_resolves_a_short_service_name(cluster: Cluster) -> None
 @pytest.mark.requires_root
 def test_dnsmasq_never_forwards_outside_the_run(cluster: Cluster) -> None:
     client, dns_pod = cluster.pod("client"), cluster.pod("kube-dns")
-    inside = [cluster.pod_cidr, cluster.underlay, ipaddress.IPv4Network(f"{SERVICE_IP}/32")]
+    inside = [cluster.pod_cidr, cluster.underlay.cidr, ipaddress.IPv4Network(f"{SERVICE_IP}/32")]
     pcap = cluster.state.path("dns", "no-forward.pcap")
     with Capture(dns_pod.node, dns_pod.node.intf, pcap, ["port", "53"]) as wire, \
             Capture(dns_pod, "eth0", pcap.with_suffix(".pod.pcap"), ["port", "53"]) as eth0:

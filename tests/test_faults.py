@@ -72,10 +72,10 @@ def test_faults_fail_what_they_cut_and_the_cluster_measures_normally_after(
 def test_node_stopped_freezes_the_nodes_daemons_and_lifting_restores_them() -> None:
     with Cluster(ClusterSpec("calico-bgp", pods_per_node=1)) as cluster:
         n2 = cluster.nodes[1]
-        bird = cluster.variant.birds[n2.name]  # type: ignore[union-attr]
+        bird = cluster.variant.birds[n2.name]
         assert cluster.state is not None and cluster.state.cgroup is not None
         frozen = cluster.state.cgroup / f"stopped-{n2.name}"
-        port, switch = cluster.switch_port(n2)
+        port, switch = cluster.underlay.switch_port(n2)
         with faults.injected("node-stopped", cluster, n2.pods[0]):
             assert "frozen 1" in (frozen / "cgroup.events").read_text()
             members = set((frozen / "cgroup.procs").read_text().split())

@@ -231,7 +231,7 @@ def test_routed_underlay_calico_bgp_crosses_because_the_router_peers_bgp(tmp_pat
     traffic then crosses the router unencapsulated, pod IPs on the wire."""
     with Cluster(ClusterSpec(cni="calico-bgp", nodes=3, pods_per_node=1,
                              underlay="routed")) as c:
-        n1, n3, r1 = c.node("n1"), c.node("n3"), c.router
+        n1, n3, r1 = c.node("n1"), c.node("n3"), c.underlay.router
         assert r1 is not None and c.variant.birds[r1.name].poll() is None
         protocols = c.variant.birdc(n1, "show", "protocols")
         assert any(l.startswith("Node_172_20_127_254") and "Established" in l
@@ -246,7 +246,7 @@ def test_routed_underlay_calico_bgp_crosses_because_the_router_peers_bgp(tmp_pat
         assert [p for p in cap.packets if (p.src, p.dst) == (str(a.ip), str(b.ip))]
         assert c.caveats() == []
     with Cluster(ClusterSpec(cni="calico-bgp", nodes=2, pods_per_node=1)) as c:
-        assert c.router is None and "Node_" not in c.variant.bird_config(c.node("n1"))
+        assert c.underlay.router is None and "Node_" not in c.variant.bird_config(c.node("n1"))
 
 
 @pytest.mark.requires_root

@@ -10,7 +10,8 @@ wait_ready, stop) plus what only the pod network has::
 
     check(spec)            before anything exists: bad input -> SpecError; node ranges
     netconf(node)          CNI config handed to the plugins for each pod
-    attach_pod(node, ...)  make a pod's namespace and attach it (default: CNI ADD)
+    attach_pod(node, holder, ...)  attach a pod whose namespace the cluster made (CNI ADD);
+                           the cluster lists it on its node and calls every pod_added
     detach_pod(pod)        undo it at teardown (default: CNI DEL)
     detach_all(node)       undo all of a node's pods at once (a large cluster's teardown)
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
 from .. import ipam, native, pods
@@ -33,7 +33,25 @@ from ..spec import MIN_MTU, ClusterSpec, SpecError, ipv4_network
 from ..templates import render
 
 if TYPE_CHECKING:
+    from ..context import ClusterContext
     from ..node import Endpoint, Node, Pod
+
+def vxlan_peers(node: "Node", nodes: Sequence["Node"], device: str, macs: dict[str, str],
+                route_mtu: int | None = None) -> None:
+    """What flanneld's vxlan backend and Felix's vxlan_mgr both program on ``node`` for
+    every peer: an FDB entry (the peer's VTEP MAC via its node IP), a permanent neighbour
+    entry (its VTEP address, the first of its block) and its block via that address,
+    onlink (``macs``: each node's VTEP MAC, by name, as published in the datastore)."""
+    peers = [p for p in nodes if p is not node]
+    blocks = {p.name: p.pod_cidr for p in peers if p.pod_cidr is not None}
+    node.batch("bridge", [["fdb", "replace", macs[p.name], "dev", device, "dst", p.ip, "self",
+                           "permanent"] for p in peers])
+    node.batch("ip", [["neigh", "replace", blocks[p.name].network_address, "lladdr",
+                       macs[p.name], "dev", device, "nud", "permanent"] for p in peers] +
+                     [["route", "replace", blocks[p.name], "via", blocks[p.name].network_address,
+                       "dev", device, "onlink", *(["mtu", route_mtu] if route_mtu else [])]
+                      for p in peers])
+
 
 class Variant(Agent):
     """Base class: a hostNetwork-free variant with no encapsulation."""
@@ -139,15 +157,14 @@ class Variant(Agent):
         """The CNI network configuration for pods on ``node``."""
         raise NotImplementedError
 
-    def attach_pod(self, node: "Node", name: str, namespace: str = "default",
-                   labels: dict[str, str] | None = None) -> "Pod":
-        """Make the pod's namespace and attach it as kubelet would: CNI ADD with
-        :meth:`netconf`, then the agent's :meth:`pod_added`."""
-        pause = self.cluster.new_pod_host(name)
-        pod = pods.add(node, name, self.netconf(node), pause, namespace=namespace,
-                       labels=labels or {}, runtime_config=self.runtime_config(node))
-        self.pod_added(pod)
-        return pod
+    def attach_pod(self, node: "Node", holder: int | None, name: str, namespace: str,
+                   labels: dict[str, str]) -> "Pod":
+        """Attach a pod whose namespaces ``holder`` holds (None with hostNetwork) as
+        kubelet would: CNI ADD with :meth:`netconf`. Only the attachment: the cluster lists
+        the pod on its node and then calls :meth:`pod_added` (this agent's and the others')."""
+        assert holder is not None
+        return pods.add(node, name, self.netconf(node), holder, namespace=namespace,
+                        labels=labels, runtime_config=self.runtime_config(node))
 
     def dials(self, node: "Node") -> list["Node"]:
         """The nodes whose underlay addresses ``node``'s agent contacts as soon as it
@@ -173,8 +190,8 @@ class Variant(Agent):
     def detach_all(self, node: "Node") -> None:
         """Undo every pod of ``node`` at once (a large cluster's teardown): delete every veth
         in the node's namespace but its NIC, which takes each pod's pair whole."""
-        links = json.loads(node.output(["ip", "-j", "link", "show", "type", "veth"]) or "[]")
-        delete_links(node.pid, [link["ifname"] for link in links if link["ifname"] != node.intf])
+        delete_links(node.pid, [link["ifname"] for link in node.netlink.links("veth")
+                                if link["ifname"] != node.intf])
 
 
 class ForwardingVariant(Variant):
@@ -184,7 +201,7 @@ class ForwardingVariant(Variant):
 
     program: ClassVar[str]  # the k8stopo.native program
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: "ClusterContext") -> None:
         super().__init__(cluster)
         self.forwarders: dict[str, native.Forwarder] = {}
         self.daemons = Daemons()

@@ -45,15 +45,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 from .. import proc
+from ..agent import per_node
 from ..daemon import Daemon, Daemons, per_daemon, socket_answers
 from ..errors import NotReady
 from ..node import Endpoint, Node, Pod
 from ..templates import render
 from . import felix
-from .base import Variant
+from .base import Variant, vxlan_peers
+
+if TYPE_CHECKING:
+    from ..context import ClusterContext
 
 log = logging.getLogger("k8stopo.calico")
 
@@ -67,6 +71,7 @@ BPF_SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "calico_ipip.c"
 NETLINK_RX_BUFFER = 16 * 1024 * 1024
 #: BIRDs started (and waited for) per batch after the route reflectors
 START_BATCH = 64
+RTPROT_BIRD = 12  # /etc/iproute2/rt_protos: the routes BIRD installs
 
 
 def workload_iface(pod: Pod) -> str:
@@ -97,7 +102,7 @@ class Calico(Variant):
     #: the tunnel device Felix's nat rules name (None: no encapsulation)
     tunnel_device: ClassVar[str | None] = None
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: "ClusterContext") -> None:
         super().__init__(cluster)
         self._pending: dict[str, list[Pod]] = {}  # per node, while its pods are attached
 
@@ -135,8 +140,8 @@ class Calico(Variant):
                           ["addr", "flush", "dev", cali],
                           ["link", "set", cali, "up"],
                           ["route", "replace", f"{pod.ip}/32", "dev", cali, "scope", "link"]])
-        node.run(["sysctl", "-qw", f"net.ipv4.conf.{cali}.proxy_arp=1",
-                  f"net.ipv4.neigh.{cali}.proxy_delay=0"])
+        node.sysctl(f"net.ipv4.conf.{cali}.proxy_arp", 1)
+        node.sysctl(f"net.ipv4.neigh.{cali}.proxy_delay", 0)
         pod.batch("ip", [["addr", "flush", "dev", pod.ifname],  # also drops ptp's routes
                          ["addr", "add", f"{pod.ip}/32", "dev", pod.ifname],
                          ["route", "replace", GATEWAY, "dev", pod.ifname, "scope", "link"],
@@ -235,7 +240,7 @@ class CalicoBird(Calico):
     options = frozenset({"bgp", "route_reflectors"})
     ASN = 64512
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: "ClusterContext") -> None:
         super().__init__(cluster)
         self.daemons = Daemons()
         self.birds: dict[str, Bird] = {}  # the nodes' (the router's too, on a routed underlay)
@@ -253,7 +258,7 @@ class CalicoBird(Calico):
     def reflectors(self) -> list[Node]:
         """The route reflector nodes (n1, and n2 with two), none for the mesh."""
         spec = self.cluster.spec
-        return self.cluster.nodes[:spec.route_reflectors] if spec.bgp == "rr" else []
+        return list(self.cluster.nodes[:spec.route_reflectors]) if spec.bgp == "rr" else []
 
     def peerings(self, node: Node) -> list[Peering]:
         """confd's peers: every other node in the mesh; with reflectors, a reflector peers
@@ -281,9 +286,9 @@ class CalicoBird(Calico):
 
     def tor_peerings(self, node: Node) -> list[Peering]:
         """On the routed underlay, the node-specific BGPPeer with its subnet's router."""
-        if self.cluster.router is None:
+        if self.cluster.underlay.router is None:
             return []
-        tor = str(self.cluster.gateway(node))
+        tor = str(self.cluster.underlay.gateway(node))
         return [Peering(f"Node_{tor.replace('.', '_')}", tor)]
 
     def bird(self, node: Node) -> Bird:
@@ -302,9 +307,9 @@ class CalicoBird(Calico):
         (every client dials them) and the clients, a batch of nodes at once, each batch
         waited for until its control sockets answer; the routed underlay's router last."""
         birds = {node.name: self.bird(node) for node in self.cluster.nodes}
-        router = self.cluster.router
+        router = self.cluster.underlay.router
         if router is not None:
-            peers = [{"ip": str(n.ip), "via": str(self.cluster.gateway(n))}
+            peers = [{"ip": str(n.ip), "via": str(self.cluster.underlay.gateway(n))}
                      for n in self.cluster.nodes]
             birds[router.name] = TorBird(router, router=router.name, router_id=router.ip,
                                          asn=self.ASN, peers=peers)
@@ -343,7 +348,7 @@ class CalicoBird(Calico):
 
     def speakers(self) -> dict[str, Endpoint]:
         """Every BIRD of the run by name: the nodes', and the routed underlay's router's."""
-        router = self.cluster.router
+        router = self.cluster.underlay.router
         return {e.name: e for e in [*self.cluster.nodes, *([router] if router else [])]}
 
     def missing_everywhere(self) -> dict[str, list[str]]:
@@ -365,7 +370,7 @@ class CalicoBird(Calico):
         blocks spread, since every node learns them through the same peers."""
         deadline = time.monotonic() + timeout
         speakers = self.speakers()
-        router = self.cluster.router
+        router = self.cluster.underlay.router
         pending = list(speakers.values())
         witness, peers = self.cluster.nodes[-1], len(self.cluster.nodes) - 1
         while True:
@@ -411,8 +416,7 @@ class CalicoBird(Calico):
         return []
 
     def missing_blocks(self, node: Endpoint) -> list[str]:
-        routes = node.output(["ip", "-4", "route", "show", "proto", "bird"])
-        have = {line.split()[0] for line in routes.splitlines() if line.strip()}
+        have = node.netlink.route_dsts(RTPROT_BIRD)  # `ip -4 route show proto bird`
         return [str(p.pod_cidr) for p in self.cluster.nodes
                 if p is not node and str(p.pod_cidr) not in have]
 
@@ -451,7 +455,7 @@ class CalicoIPIP(CalicoBird):
     tunnel_device = felix.IPIP_DEVICE
     SINK = "tunl0-sink"
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: "ClusterContext") -> None:
         super().__init__(cluster)
         self.datapath: str | None = None  # "ipip" (kernel module) or "tc-bpf"
         self._bpf_object: Path | None = None
@@ -482,8 +486,8 @@ class CalicoIPIP(CalicoBird):
             obj = self._compile() if self.datapath == "tc-bpf" else None
         if obj is not None:
             self._bpf_tunl0(node, obj)
-        node.run(["ip", "link", "set", "tunl0", "mtu", self.pod_mtu, "up"])
-        node.run(["ip", "addr", "add", f"{tunnel_address(node)}/32", "dev", "tunl0"])
+        node.batch("ip", [["link", "set", "tunl0", "mtu", self.pod_mtu, "up"],
+                          ["addr", "add", f"{tunnel_address(node)}/32", "dev", "tunl0"]])
 
     @staticmethod
     def _kernel_tunl0(node: Node) -> bool:
@@ -535,23 +539,17 @@ class CalicoVXLAN(Calico):
 
     def setup_node(self, node: Node) -> None:
         super().setup_node(node)
-        node.run(["ip", "link", "add", self.DEVICE, "type", "vxlan", "id", self.VNI,
-                  "local", node.ip, "dev", node.intf, "dstport", self.PORT, "nolearning"])
-        node.run(["ip", "link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"])
-        node.run(["ip", "addr", "add", f"{tunnel_address(node)}/32", "dev", self.DEVICE])
-        # Felix's route manager blackholes the local block (BIRD would, were it running).
-        node.run(["ip", "route", "add", "blackhole", node.pod_cidr, "proto", "80"])
+        node.batch("ip", [["link", "add", self.DEVICE, "type", "vxlan", "id", self.VNI,
+                           "local", node.ip, "dev", node.intf, "dstport", self.PORT, "nolearning"],
+                          ["link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"],
+                          ["addr", "add", f"{tunnel_address(node)}/32", "dev", self.DEVICE],
+                          # Felix's route manager blackholes the local block (BIRD would,
+                          # were it running)
+                          ["route", "add", "blackhole", node.pod_cidr, "proto", "80"]])
 
     def connect(self) -> None:
         """vxlan_mgr: per peer a permanent ARP entry for its VTEP, an FDB entry to its node,
         and its block via its VTEP address onlink (calico-node publishes the VTEP MAC)."""
         macs = {n.name: n.link(self.DEVICE)["address"] for n in self.cluster.nodes}
-        for node in self.cluster.nodes:
-            peers = [p for p in self.cluster.nodes if p is not node]
-            node.batch("bridge", [["fdb", "replace", macs[p.name], "dev", self.DEVICE,
-                                   "dst", p.ip, "self", "permanent"] for p in peers])
-            node.batch("ip", [["neigh", "replace", tunnel_address(p), "lladdr", macs[p.name],
-                               "dev", self.DEVICE, "nud", "permanent"] for p in peers] +
-                             [["route", "replace", p.pod_cidr, "via", tunnel_address(p),
-                               "dev", self.DEVICE, "onlink", "mtu", self.pod_mtu]
-                              for p in peers])
+        per_node(lambda node: vxlan_peers(node, self.cluster.nodes, self.DEVICE, macs,
+                                          route_mtu=self.pod_mtu), self.cluster.nodes)

@@ -39,14 +39,16 @@ kernel; see ``k8stopo doctor``).
 from __future__ import annotations
 
 import ipaddress
-import json
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .. import ipam, pods
+from .. import ipam, netlink
 from ..node import Node, Pod, delete_links
 from ..spec import ClusterSpec, SpecError, ipv4_network
 from .base import Variant
+
+if TYPE_CHECKING:
+    from ..context import ClusterContext
 
 DOCKER0 = "docker0"
 DOCKER0_CIDR = "172.17.0.0/16"
@@ -94,10 +96,10 @@ class DockerBridge(SharedRange):
     def setup_node(self, node: Node) -> None:
         """What dockerd does at start: docker0 with the gateway address, and its rules."""
         assert node.pod_cidr is not None
-        node.run(["ip", "link", "add", DOCKER0, "type", "bridge"])
-        node.run(["ip", "addr", "add", f"{node.pod_cidr[1]}/{node.pod_cidr.prefixlen}",
-                  "dev", DOCKER0])
-        node.run(["ip", "link", "set", DOCKER0, "up"])
+        node.batch("ip", [["link", "add", DOCKER0, "type", "bridge"],
+                          ["addr", "add", f"{node.pod_cidr[1]}/{node.pod_cidr.prefixlen}",
+                           "dev", DOCKER0],
+                          ["link", "set", DOCKER0, "up"]])
         self.install_rules(node, "docker-iptables.rules", bridge=DOCKER0,
                            bridge_subnet=node.pod_cidr, icc=True)
 
@@ -136,12 +138,12 @@ class DockerOverlay(SharedRange):
     VNI = 4096  # ovmanager's vxlanIDStart
     PORT = 4789
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: "ClusterContext") -> None:
         super().__init__(cluster)
         assert cluster.pod_cidr is not None
         self._free = iter(cluster.pod_cidr.hosts())
         next(self._free)  # .1 is the network's gateway, on br0
-        self._gw_free: dict[str, Any] = {}
+        self._gw_free: dict[str, Iterator[ipaddress.IPv4Address]] = {}
         # pods of different nodes are attached at once: the swarm's one address pool, and
         # peerdb programming every node, are shared between them
         self._lock = threading.Lock()
@@ -154,12 +156,9 @@ class DockerOverlay(SharedRange):
         """The network's sandbox namespace on ``node``."""
         return f"{self.cluster.state.prefix}-ov-{node.name}"
 
-    def _ov(self, node: Node, *commands: list[object], check: bool = True) -> None:
-        """``ip`` commands inside the network's namespace on ``node`` (``check=False``:
-        every one tried whatever the others do)."""
-        node.run(["ip", "-n", self.netns(node), *([] if check else ["-force"]), "-batch", "-"],
-                 input="".join(" ".join(str(a) for a in c) + "\n" for c in commands),
-                 check=check)
+    def _ov(self, node: Node, *commands: list[object], tool: str = "ip") -> None:
+        """``ip``/``bridge`` commands inside the network's namespace on ``node``."""
+        netlink.at(self.netns(node), self.cluster.state.prefix).batch(tool, commands)
 
     def setup_node(self, node: Node) -> None:
         """libnetwork's setupSubnetSandbox, then the docker_gwbridge network."""
@@ -169,42 +168,43 @@ class DockerOverlay(SharedRange):
         node.run(["ip", "netns", "add", ns])
         gw = f"{node.pod_cidr[1]}/{node.pod_cidr.prefixlen}"
         temp = f"vx-{self.VNI:06x}-{self.cluster.state.prefix[:5]}"  # createVxlan's name
-        node.run(["ip", "link", "add", temp, "mtu", self.pod_mtu, "type", "vxlan", "id", self.VNI,
-                  "dstport", self.PORT, "learning", "proxy", "l2miss", "l3miss"])
-        node.run(["ip", "link", "set", temp, "netns", ns])
+        node.batch("ip", [["link", "add", temp, "mtu", self.pod_mtu, "type", "vxlan", "id",
+                           self.VNI, "dstport", self.PORT, "learning", "proxy", "l2miss", "l3miss"],
+                          ["link", "set", temp, "netns", ns]])
         self._ov(node, ["link", "add", "br0", "type", "bridge"], ["addr", "add", gw, "dev", "br0"],
                  ["link", "set", temp, "name", "vxlan0"], ["link", "set", "vxlan0", "master", "br0"],
                  ["link", "set", "lo", "up"], ["link", "set", "br0", "up"],
                  ["link", "set", "vxlan0", "up"])
-        node.run(["ip", "link", "add", GWBRIDGE, "type", "bridge"])
-        node.run(["ip", "addr", "add", f"{GWBRIDGE_CIDR[1]}/{GWBRIDGE_CIDR.prefixlen}",
-                  "dev", GWBRIDGE])
-        node.run(["ip", "link", "set", GWBRIDGE, "up"])
+        node.batch("ip", [["link", "add", GWBRIDGE, "type", "bridge"],
+                          ["addr", "add", f"{GWBRIDGE_CIDR[1]}/{GWBRIDGE_CIDR.prefixlen}",
+                           "dev", GWBRIDGE],
+                          ["link", "set", GWBRIDGE, "up"]])
         self.install_rules(node, "docker-iptables.rules", bridge=GWBRIDGE,
                            bridge_subnet=GWBRIDGE_CIDR, icc=False)
         hosts = GWBRIDGE_CIDR.hosts()
         next(hosts)  # .1 is docker_gwbridge's own
         self._gw_free[node.name] = hosts
 
-    def attach_pod(self, node: Node, name: str, namespace: str = "default",
-                   labels: dict[str, str] | None = None) -> Pod:
+    def attach_pod(self, node: Node, holder: int | None, name: str, namespace: str,
+                   labels: dict[str, str]) -> Pod:
         """What libnetwork's Join does for a container on the overlay and docker_gwbridge."""
-        assert node.pod_cidr is not None
-        pause = self.cluster.new_pod_host(name)
+        assert node.pod_cidr is not None and holder is not None
         with self._lock:
             ip = next(self._free)
         gw_ip = next(self._gw_free[node.name])
         slot = len(node.pods)
-        ov_end, gw_end = f"ov{slot}-{pause.pid}", f"gw{slot}-{pause.pid}"  # node-side names
-        for host_end in (ov_end, gw_end):
-            node.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", f"c{host_end}"])
-            node.run(["ip", "link", "set", f"c{host_end}", "netns", pause.pid])
-        node.run(["ip", "link", "set", ov_end, "mtu", self.pod_mtu, "netns", self.netns(node)])
+        ov_end, gw_end = f"ov{slot}-{holder}", f"gw{slot}-{holder}"  # node-side names
+        pairs: list[Sequence[object]] = [
+            c for end in (ov_end, gw_end)
+            for c in (["link", "add", end, "type", "veth", "peer", "name", f"c{end}"],
+                      ["link", "set", f"c{end}", "netns", holder])]
+        node.batch("ip", [*pairs,
+                          ["link", "set", ov_end, "mtu", self.pod_mtu, "netns", self.netns(node)],
+                          ["link", "set", gw_end, "master", GWBRIDGE, "up"]])
         self._ov(node, ["link", "set", ov_end, "name", f"veth{slot}"],
                  ["link", "set", f"veth{slot}", "master", "br0", "up"])
-        node.run(["ip", "link", "set", gw_end, "master", GWBRIDGE, "up"])
-        pod = Pod(name=name, ip=ip, pid=pause.pid, state=node.state, node=node, mn=pause,
-                  mtu=self.pod_mtu, namespace=namespace, labels=dict(labels or {}))
+        pod = Pod(name=name, ip=ip, pid=holder, state=node.state, node=node,
+                  mtu=self.pod_mtu, namespace=namespace, labels=dict(labels))
         pod.batch("ip", [
             ["link", "set", "lo", "up"],
             ["link", "set", f"c{ov_end}", "name", "eth0"],
@@ -214,9 +214,6 @@ class DockerOverlay(SharedRange):
             ["link", "set", "eth1", "address", docker_mac(gw_ip), "up"],
             ["addr", "add", f"{gw_ip}/{GWBRIDGE_CIDR.prefixlen}", "dev", "eth1"],
             ["route", "add", "default", "via", GWBRIDGE_CIDR[1], "dev", "eth1"]])
-        pods.register_interface(pause)
-        node.pods.append(pod)
-        self.pod_added(pod)
         return pod
 
     def pod_added(self, pod: Pod) -> None:
@@ -234,21 +231,20 @@ class DockerOverlay(SharedRange):
         mac = docker_mac(remote.ip)
         self._ov(node, ["neigh", "replace", remote.ip, "lladdr", mac, "dev", "vxlan0",
                         "nud", "permanent"])
-        node.run(["bridge", "-n", self.netns(node), "fdb", "replace", mac, "dev", "vxlan0",
-                  "dst", remote.node.ip, "self", "permanent"])
+        self._ov(node, ["fdb", "replace", mac, "dev", "vxlan0", "dst", remote.node.ip, "self",
+                        "permanent"], tool="bridge")
 
     def detach_pod(self, pod: Pod) -> None:
         """libnetwork's Leave: delete the container's veth pairs (the peers' entries go with
         the network's namespaces)."""
         assert pod.node is not None
         slot = pod.node.pods.index(pod)
-        pod.node.run(["ip", "link", "del", f"gw{slot}-{pod.pid}"], check=False)
+        pod.node.batch("ip", [["link", "del", f"gw{slot}-{pod.pid}"]], check=False)
         self._ov(pod.node, ["link", "del", f"veth{slot}"])
 
     def detach_all(self, node: Node) -> None:
         """Every container's pairs at once: docker_gwbridge's in the node's namespace, the
         overlay's in the network's (the namespace itself goes with the run's manifest)."""
         super().detach_all(node)
-        links = json.loads(node.output(["ip", "-n", self.netns(node), "-j", "link", "show",
-                                        "type", "veth"]) or "[]")
+        links = netlink.at(self.netns(node), self.cluster.state.prefix).links("veth")
         delete_links(self.netns(node), [link["ifname"] for link in links])

@@ -31,8 +31,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..agent import per_node
 from ..node import Node
-from .base import ForwardingVariant, Variant
+from .base import ForwardingVariant, Variant, vxlan_peers
 
 log = logging.getLogger("k8stopo.flannel")
 
@@ -87,24 +88,18 @@ class FlannelVXLAN(Flannel):
 
     def setup_node(self, node: Node) -> None:
         super().setup_node(node)
-        node.run(["ip", "link", "add", self.DEVICE, "type", "vxlan", "id", self.VNI,
-                  "local", node.ip, "dev", node.intf, "dstport", self.PORT, "nolearning"])
-        node.run(["ip", "link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"])
-        node.run(["ip", "addr", "add", f"{node.pod_cidr.network_address}/32",
-                  "dev", self.DEVICE])
+        assert node.pod_cidr is not None
+        node.batch("ip", [["link", "add", self.DEVICE, "type", "vxlan", "id", self.VNI,
+                           "local", node.ip, "dev", node.intf, "dstport", self.PORT, "nolearning"],
+                          ["link", "set", self.DEVICE, "mtu", self.pod_mtu, "up"],
+                          ["addr", "add", f"{node.pod_cidr.network_address}/32",
+                           "dev", self.DEVICE]])
 
     def connect(self) -> None:
         # flanneld publishes its VTEP MAC as a node annotation; peers read it there.
         macs = {n.name: n.link(self.DEVICE)["address"] for n in self.cluster.nodes}
-        for node in self.cluster.nodes:
-            peers = [p for p in self.cluster.nodes if p is not node]
-            node.batch("bridge", [["fdb", "replace", macs[p.name], "dev", self.DEVICE,
-                                   "dst", p.ip, "self", "permanent"] for p in peers])
-            node.batch("ip", [["neigh", "replace", p.pod_cidr.network_address,
-                               "lladdr", macs[p.name], "dev", self.DEVICE, "nud", "permanent"]
-                              for p in peers] +
-                             [["route", "replace", p.pod_cidr, "via", p.pod_cidr.network_address,
-                               "dev", self.DEVICE, "onlink"] for p in peers])
+        per_node(lambda node: vxlan_peers(node, self.cluster.nodes, self.DEVICE, macs),
+                 self.cluster.nodes)
 
 
 class FlannelHostGW(Flannel):
@@ -117,13 +112,14 @@ class FlannelHostGW(Flannel):
     def connect(self) -> None:
         """A route per peer; like flanneld, log the ones the kernel refuses (a peer that is not
         on-link, across a router) and go on."""
-        for node in self.cluster.nodes:
+        def program(node: Node) -> None:
             errors = node.batch("ip", [["route", "replace", p.pod_cidr, "via", p.ip, "dev",
                                         node.intf] for p in self.cluster.nodes if p is not node],
                                 check=False)
             if errors:  # the run's one-line caveat says it to the user (Cluster.caveats)
                 log.info("flanneld on %s: error adding routes: %s", node.name,
                          "; ".join(l for l in errors.splitlines() if l.startswith("Error")))
+        per_node(program, self.cluster.nodes)
 
 
 class FlannelUDP(ForwardingVariant, Flannel):

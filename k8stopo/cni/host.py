@@ -14,6 +14,6 @@ class HostNetwork(Variant):
     host_network = True
     masquerades = False  # node to node: the node's own address, nothing to rewrite
 
-    def attach_pod(self, node: Node, name: str, namespace: str = "default",
-                   labels: dict[str, str] | None = None) -> Pod:
-        return pods.host_network(node, name, namespace=namespace, labels=labels or {})
+    def attach_pod(self, node: Node, holder: int | None, name: str, namespace: str,
+                   labels: dict[str, str]) -> Pod:
+        return pods.host_network(node, name, namespace=namespace, labels=labels)

@@ -58,11 +58,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import threading
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..agent import per_node
 from ..node import Node, Pod
 from ..spec import ClusterSpec, SpecError
 from .base import ForwardingVariant, Variant
+
+if TYPE_CHECKING:
+    from ..context import ClusterContext
 
 WEAVE_RANGE = "10.32.0.0/12"
 BRIDGE = "weave"
@@ -122,7 +126,7 @@ class Weave(Variant):
     #: weave's CNI plugin switches TX checksum offload off on the pod end unless fastdp
     pod_tx_off: ClassVar[bool] = False
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: "ClusterContext") -> None:
         super().__init__(cluster)
         self.namespaces: set[str] = set()
         # pods of different nodes are attached at once; the DefaultAllow sets span all nodes
@@ -171,19 +175,21 @@ class Weave(Variant):
     def setup_node(self, node: Node) -> None:
         """weave-kube's init.sh (bridge netfilter on), then weaver's EnsureBridge,
         ConfigureIPTables and expose."""
+        assert self.cluster.pod_cidr is not None
         node.sysctl("net.bridge.bridge-nf-call-iptables", 1)
-        node.run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-        node.run(["ip", "link", "set", BRIDGE, "address", peer_name(node), "mtu", self.pod_mtu])
+        node.batch("ip", [["link", "add", BRIDGE, "type", "bridge"],
+                          ["link", "set", BRIDGE, "address", peer_name(node),
+                           "mtu", self.pod_mtu]])
         self.attach_overlay(node)
         for key, value in (("base_reachable_time", 5), ("delay_first_probe_time", 2),
                            ("ucast_solicit", 1)):  # net/arp.go configureARPCache
             node.sysctl(f"net.ipv4.neigh.{BRIDGE}.{key}", value)
-        node.run(["ip", "link", "set", BRIDGE, "up"])
+        node.batch("ip", [["link", "set", BRIDGE, "up"]])
         node.run(["ipset", "create", NO_MASQ_LOCAL, "hash:net"])
         node.run(["ipset", "add", NO_MASQ_LOCAL, node.pod_cidr])
         self.install_rules(node, "weave-iptables.rules", weave_range=self.cluster.pod_cidr,
                            overlay_port=self.overlay_port)
-        node.run(["ip", "addr", "add", self.bridge_ip(node), "dev", BRIDGE])
+        node.batch("ip", [["addr", "add", self.bridge_ip(node), "dev", BRIDGE]])
 
     def attach_overlay(self, node: Node) -> None:
         """Create what links the bridge to the other nodes (before the bridge is up)."""
@@ -219,8 +225,8 @@ class Weave(Variant):
         host_end = next(i["name"] for i in pod.cni_result["interfaces"]
                         if not i.get("sandbox") and i["name"] != BRIDGE)
         cid = hashlib.sha1(f"{pod.namespace}/{pod.name}".encode()).hexdigest()[:7]
-        node.run(["ip", "link", "set", host_end, "down"])
-        node.run(["ip", "link", "set", host_end, "name", f"vethwepl{cid}", "up"])
+        node.batch("ip", [["link", "set", host_end, "down"],
+                          ["link", "set", host_end, "name", f"vethwepl{cid}", "up"]])
         for key, value in (("base_reachable_time", 5), ("delay_first_probe_time", 2),
                            ("ucast_solicit", 1)):
             pod.sysctl(f"net.ipv4.neigh.{pod.ifname}.{key}", value)
@@ -264,18 +270,21 @@ class WeaveFastDP(Weave):
         return (src.index + 1) | (dst.index + 1) << 12
 
     def connect(self) -> None:
-        for node in self.cluster.nodes:
-            for peer in self.cluster.nodes:
-                if peer is node:
-                    continue
-                dev = f"vx{self.PORT}-{peer.name}"
-                node.run(["ip", "link", "add", dev, "type", "vxlan", "id", self.vni(peer, node),
-                          "local", node.ip, "dev", node.intf, "dstport", self.PORT, "ttl", 64,
-                          "df", "set", "noudpcsum", "nolearning"])
-                node.run(["ip", "link", "set", dev, "mtu", self.pod_mtu, "master", BRIDGE, "up"])
-                node.run(["bridge", "link", "set", "dev", dev, "isolated", "on"])
-                node.run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", dev,
-                          "dst", peer.ip, "vni", self.vni(node, peer), "self", "permanent"])
+        per_node(self._connect, self.cluster.nodes)
+
+    def _connect(self, node: Node) -> None:
+        """One VXLAN port per peer in the bridge, isolated from the others (nothing heard
+        from one peer is sent on to another), its tunnel ID and destination fixed."""
+        peers = [(f"vx{self.PORT}-{p.name}", p) for p in self.cluster.nodes if p is not node]
+        node.batch("ip", [c for dev, peer in peers for c in (
+            ["link", "add", dev, "type", "vxlan", "id", self.vni(peer, node), "local", node.ip,
+             "dev", node.intf, "dstport", self.PORT, "ttl", 64, "df", "set", "noudpcsum",
+             "nolearning"],
+            ["link", "set", dev, "mtu", self.pod_mtu, "master", BRIDGE, "up"])])
+        node.batch("bridge", [c for dev, peer in peers for c in (
+            ["link", "set", "dev", dev, "isolated", "on"],
+            ["fdb", "append", "00:00:00:00:00:00", "dev", dev, "dst", peer.ip,
+             "vni", self.vni(node, peer), "self", "permanent"])])
 
 
 class WeaveSleeve(ForwardingVariant, Weave):
@@ -291,10 +300,10 @@ class WeaveSleeve(ForwardingVariant, Weave):
 
     def attach_overlay(self, node: Node) -> None:
         """bridgeImpl.init: vethwe-bridge in the bridge, vethwe-pcap for the router, TX off."""
-        node.run(["ip", "link", "add", self.overlay_port, "mtu", self.pod_mtu, "type", "veth",
-                  "peer", "name", self.CAPTURE, "mtu", self.pod_mtu])
-        node.run(["ip", "link", "set", self.overlay_port, "master", BRIDGE, "up"])
-        node.run(["ip", "link", "set", self.CAPTURE, "up"])
+        node.batch("ip", [["link", "add", self.overlay_port, "mtu", self.pod_mtu, "type", "veth",
+                           "peer", "name", self.CAPTURE, "mtu", self.pod_mtu],
+                          ["link", "set", self.overlay_port, "master", BRIDGE, "up"],
+                          ["link", "set", self.CAPTURE, "up"]])
         node.run(["ethtool", "-K", BRIDGE, "tx", "off"])
 
     def connect(self) -> None:

@@ -173,7 +173,9 @@ class WeaveNPC(PolicyAgent):
         sets: dict[str, IPSet] = {}
         namespaces = self.default_allow(sets)
         ingress, egress = self.rules(sets)
-        text = render("weave-npc.rules", overlay_port=self.cluster.variant.overlay_port,
+        variant = self.cluster.variant
+        assert isinstance(variant, Weave)
+        text = render("weave-npc.rules", overlay_port=variant.overlay_port,
                       mark=EGRESS_MARK, namespaces=namespaces, ingress=ingress, egress=egress,
                       egress_drop=any("Egress" in p.policy_types for p in self.policies))
         # list:set members must exist first
