@@ -64,7 +64,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 # -- the files (no root, nothing built) ------------------------------------------------
 
-@pytest.mark.rootless
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_control_plane_experiments_load_as_their_kind(path: Path) -> None:
     loaded = experiment.load(path)
@@ -73,7 +72,6 @@ def test_shipped_control_plane_experiments_load_as_their_kind(path: Path) -> Non
     assert {p.stem for p in SHIPPED} >= set(controlplane.KINDS)  # one file per kind
 
 
-@pytest.mark.rootless
 @pytest.mark.parametrize(("text", "needle"), [
     ("kind: bogus\n", "unknown kind 'bogus' (known: bench, kube-proxy-rules"),
     ("kind: [dns]\n", "kind must be a string"),
@@ -98,7 +96,6 @@ def test_bad_kind_or_parameter_is_one_line_naming_the_file(tmp_path: Path, text:
     assert message.startswith(f"{path}: ") and needle in message and "\n" not in message
 
 
-@pytest.mark.rootless
 def test_flags_override_parameters_the_kind_has_and_refuse_the_others() -> None:
     rules = controlplane.kind("kube-proxy-rules")
     p = rules.params()
@@ -115,7 +112,6 @@ def test_flags_override_parameters_the_kind_has_and_refuse_the_others() -> None:
         controlplane.with_flags(cost, cost.params(), {"cni": "flannel-vxlan"})
 
 
-@pytest.mark.rootless
 def test_percentile_is_the_nearest_observed_rank() -> None:
     values = [5.0, 1.0, 4.0, 2.0, 3.0]  # unsorted on purpose
     assert [measure.percentile(values, p) for p in (1, 20, 21, 50, 99, 100)] == \
@@ -125,6 +121,7 @@ def test_percentile_is_the_nearest_observed_rank() -> None:
         measure.percentile([], 50)
 
 
+@pytest.mark.requires_root
 def test_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "exp.yaml"
     path.write_text("kind: dns\nnodes: 0\n")
@@ -143,6 +140,7 @@ def test_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path: Path) -> N
 
 # -- real runs -------------------------------------------------------------------------
 
+@pytest.mark.requires_root
 @pytest.mark.parametrize("kind", SMALL)
 def test_a_run_appends_sigterm_keeps_every_row_leaves_nothing_and_resume_completes(
         kind: str, tmp_path: Path) -> None:
@@ -218,6 +216,7 @@ def test_a_run_appends_sigterm_keeps_every_row_leaves_nothing_and_resume_complet
     assert count(run2), sorted(identities)
 
 
+@pytest.mark.requires_root
 def test_a_broken_cluster_is_a_failed_row_and_the_others_are_measured(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(self: NftablesProxy, node: object, ports: object) -> float:

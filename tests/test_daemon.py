@@ -20,6 +20,8 @@ from k8stopo.node import Endpoint
 
 from conftest import REPO
 
+pytestmark = pytest.mark.requires_root  # daemons in a namespace of their own
+
 
 @pytest.fixture
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -261,7 +261,6 @@ def test_ndots_search_expansion_costs_queries_a_trailing_dot_saves(cluster: Clus
                     "web.default.svc.cluster.local.": 1}
 
 
-@pytest.mark.rootless
 def test_experiment_file_refuses_unknown_keys_and_bad_values(tmp_path: Path) -> None:
     bad = tmp_path / "dns.yaml"
     bad.write_text("kind: dns\ncni: flannel-vxlan\nservice: 10\n")
