@@ -159,7 +159,7 @@ def test_load_balancer_ip_from_outside_the_cluster(cluster: Cluster) -> None:
     assert all(r.connected for r in results), results
     assert {r.answered_by for r in results} <= {f"{NS}/frontend-0", f"{NS}/frontend-1"}
     neigh = json.loads(lb.client.output(["ip", "-j", "neigh", "show", str(ip)]))
-    assert neigh and neigh[0]["lladdr"] == owner.mn.defaultIntf().MAC(), neigh
+    assert neigh and neigh[0]["lladdr"] == owner.link(owner.intf)["address"], neigh
     assert f"answered {ip}" in lb.answered(owner)
     for other in cluster.nodes:
         if other is not owner:

@@ -247,6 +247,7 @@ def test_route_reflectors_carry_every_block(reflectors: int, sessions: list[int]
         assert c.variant.netlink_drops() == []
 
 
+@pytest.mark.requires_root
 def test_birds_start_reflectors_first_then_in_batches_each_ready_before_the_next(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Every config is checked before the first BIRD starts; the reflector starts alone,
