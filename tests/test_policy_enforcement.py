@@ -24,6 +24,7 @@ from netpol import (
 
 from k8stopo.cni import VARIANTS
 from k8stopo.policy import agents_for, not_enforced_notice
+from k8stopo.policy.agent import PolicyAgent
 from k8stopo.spec import ClusterSpec, SpecError
 
 ENFORCING = [name for name, cls in VARIANTS.items() if cls.enforces_policy]
@@ -49,6 +50,7 @@ def check_enforcement(cni: str) -> None:
     try:
         start_servers(cluster)
         agent = cluster.agents[-1]
+        assert isinstance(agent, PolicyAgent)
         ips = pod_ips(cluster)
         open_table = measure(cluster)
         assert all(all(t.values()) for t in open_table.values()), "no policy: all must connect"
@@ -82,7 +84,8 @@ def enforcement(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[Non
     check mostly waits out the timeouts of blocked probes, which clusters can do side by side
     (each in its own namespaces: own conntrack, ipsets and chains)."""
     selected = [item.callspec.params["cni"] for item in request.session.items
-                if getattr(item, "originalname", "") == "test_measured_tables_equal_the_api_semantics"]
+                if isinstance(item, pytest.Function)
+                and item.originalname == "test_measured_tables_equal_the_api_semantics"]
     with ThreadPoolExecutor(max_workers=max(len(selected), 1)) as pool:
         yield {cni: pool.submit(check_enforcement, cni) for cni in selected}
 
