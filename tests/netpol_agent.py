@@ -2,10 +2,13 @@
 
 ``serve NAME PORT/PROTO...``: answer every TCP connection and UDP datagram on the given ports
 with NAME (the pod's ``ns/pod``), as the e2e suite's agnhost does.
-``probe JSON``: JSON is a list of [key, ip, port, proto, source_port]; try each once, all at
-the same time, and print {key: answered-name-or-null}. A UDP probe sends from the source port
-it is given: the caller never reuses one, so no probe rides on an earlier case's conntrack
-entry (which Felix's and weave-npc's ESTABLISHED rules accept, as on a real node).
+``probe JSON``: JSON is a list of [key, ip, port, proto, [source_port, source_port]]; try
+all at the same time, each a second time once its first try timed out (as the e2e suite
+retries, so a lost datagram does not read as a policy), and print {key: answered-name-or-null}.
+A UDP try sends from the source port it is given: the caller never reuses one, so no probe
+rides on an earlier case's conntrack entry (which Felix's and weave-npc's ESTABLISHED rules
+accept, as on a real node). The retry is made here, not by a second round of the caller's,
+so that a blocked probe costs two timeouts and no second start of this program in every pod.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import sys
 import threading
 
 # As the e2e suite's probes: `agnhost connect --timeout=1s`, `nc -w 1 -u` (a blocked probe is
-# tried once more by the caller, so a slow answer under load does not read as a policy).
+# tried once more, so a slow answer under load does not read as a policy).
 TIMEOUT = 1.0
 
 
@@ -67,8 +70,13 @@ def probe_one(ip: str, port: int, proto: str, source_port: int) -> str | None:
 def probe(targets: list[list]) -> None:
     out: dict[str, str | None] = {}
 
-    def run(key: str, ip: str, port: int, proto: str, source_port: int) -> None:
-        out[key] = probe_one(ip, port, proto, source_port)
+    def run(key: str, ip: str, port: int, proto: str, source_ports: list[int]) -> None:
+        answer = None
+        for source_port in source_ports:
+            answer = probe_one(ip, port, proto, source_port)
+            if answer is not None:
+                break
+        out[key] = answer
 
     threads = [threading.Thread(target=run, args=t) for t in targets]
     for t in threads:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clusters import shared
 
 from k8stopo import measure
 from k8stopo.capture import Capture
@@ -19,10 +20,7 @@ from k8stopo.spec import ClusterSpec, SpecError
 CALICO = ["calico-bgp", "calico-ipip", "calico-vxlan"]
 
 
-@pytest.fixture(scope="module", params=CALICO)
-def cluster(request: pytest.FixtureRequest):
-    with Cluster(ClusterSpec(cni=request.param, nodes=2, pods_per_node=2)) as c:
-        yield c
+cluster = shared(*CALICO, nodes=2, pods_per_node=2)
 
 
 def ping(src: Node | Pod, dst: Node | Pod, *args: str) -> bool:
@@ -113,33 +111,32 @@ def test_workload_rules_take_policy_chains_with_felixs_mark_contract() -> None:
     assert len(long) == 28 and long.startswith("cali-pri-_")
 
 
-# -- IP-in-IP --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ipip():
-    with Cluster(ClusterSpec(cni="calico-ipip", nodes=2, pods_per_node=1)) as c:
-        yield c
+# -- IP-in-IP: the calico-ipip cluster of the tests above ---------------------------------
+only_ipip = pytest.mark.parametrize("cluster", ["calico-ipip"], indirect=True)
 
 
 @pytest.mark.requires_root
-def test_ipip_tunl0_routes_and_mtu(ipip: Cluster) -> None:
-    n1, n2 = ipip.node("n1"), ipip.node("n2")
-    assert ipip.variant.datapath in ("ipip", "tc-bpf")
+@only_ipip
+def test_ipip_tunl0_routes_and_mtu(cluster: Cluster) -> None:
+    n1, n2 = cluster.node("n1"), cluster.node("n2")
+    assert cluster.variant.datapath in ("ipip", "tc-bpf")
     assert f"{tunnel_address(n1)}/32" in n1.output(["ip", "-4", "-o", "addr", "show", "tunl0"])
     assert n1.link("tunl0")["mtu"] == 1480
     route = n1.output(["ip", "-4", "route", "show", str(n2.pod_cidr)])
     assert f"via {n2.ip} dev tunl0" in route and "onlink" in route and "proto bird" in route
-    a, b = ipip.pod("pod-n1-0"), ipip.pod("pod-n2-0")
+    a, b = cluster.pod("pod-n1-0"), cluster.pod("pod-n2-0")
     assert a.link("eth0")["mtu"] == 1480
     assert ping(a, b, "-M", "do", "-s", "1452")  # 1480 - 20 (IP) - 8 (ICMP)
     assert not ping(a, b, "-M", "do", "-s", "1453")
 
 
 @pytest.mark.requires_root
-def test_ipip_tcp_crosses_as_protocol_4_between_node_ips(ipip: Cluster, tmp_path: Path) -> None:
+@only_ipip
+def test_ipip_tcp_crosses_as_protocol_4_between_node_ips(cluster: Cluster, tmp_path: Path) -> None:
     """Large TCP (GSO super-packets included) is carried in IP protocol 4 from node to node,
     with the pods' own addresses inside."""
-    n1, n2 = ipip.node("n1"), ipip.node("n2")
-    a, b = ipip.pod("pod-n1-0"), ipip.pod("pod-n2-0")
+    n1, n2 = cluster.node("n1"), cluster.node("n2")
+    a, b = cluster.pod("pod-n1-0"), cluster.pod("pod-n2-0")
     with Capture(n1, n1.intf, tmp_path / "ipip.pcap", ["-s", "128", "not", "arp"]) as cap:
         m = measure.measure(a, b.ip, b, "tcp")
     assert m.peer_seen_by_server == str(a.ip)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from clusters import shared
 
 from k8stopo import measure
 from k8stopo.capture import Capture, Packet
@@ -17,19 +18,8 @@ from k8stopo.spec import ClusterSpec, SpecError
 ETH_P_ARP, ETH_P_IP = 0x0806, 0x0800
 
 
-def build(cni: str):
-    with Cluster(ClusterSpec(cni=cni, nodes=3, pods_per_node=1)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def flannel_udp():
-    yield from build("flannel-udp")
-
-
-@pytest.fixture(scope="module", params=["weave-fastdp", "weave-sleeve"])
-def weave(request: pytest.FixtureRequest):
-    yield from build(request.param)
+flannel_udp = shared("flannel-udp", nodes=3, pods_per_node=1)
+weave = shared("weave-fastdp", "weave-sleeve", nodes=3, pods_per_node=1)
 
 
 def threads(pid: int) -> int:

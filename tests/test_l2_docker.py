@@ -5,9 +5,11 @@ import csv
 import ipaddress
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from clusters import shared
 
 from k8stopo import pods, runstate
 from k8stopo.bench import not_measured
@@ -31,20 +33,21 @@ def mac(endpoint: Pod | Node, dev: str) -> str:
 
 
 # -- macvlan ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def macvlan():
-    with Cluster(ClusterSpec(cni="macvlan", nodes=3, pods_per_node=2)) as c:
-        yield c
+macvlan = shared("macvlan", nodes=3, pods_per_node=2)
 
 
 @pytest.mark.requires_root
 def test_macvlan_a_node_cannot_reach_its_own_pods_but_other_nodes_can(macvlan: Cluster) -> None:
-    """The kernel keeps a macvlan parent and its children apart (libnetwork docs/macvlan.md)."""
+    """The kernel keeps a macvlan parent and its children apart (libnetwork docs/macvlan.md).
+    The pings run side by side: each one that must fail waits out its whole timeout."""
     n1, n2 = macvlan.node("n1"), macvlan.node("n2")
+    pairs = [(a, b) for pod in n1.pods for a, b in ((n1, pod), (pod, n1), (n2, pod), (pod, n2))]
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        reached = dict(zip(pairs, pool.map(lambda pair: ping(*pair), pairs)))
     for pod in n1.pods:
-        assert not ping(n1, pod), f"n1 reached its own macvlan pod {pod.name}"
-        assert not ping(pod, n1)
-        assert ping(n2, pod) and ping(pod, n2)
+        assert not reached[(n1, pod)], f"n1 reached its own macvlan pod {pod.name}"
+        assert not reached[(pod, n1)]
+        assert reached[(n2, pod)] and reached[(pod, n2)]
 
 
 @pytest.mark.requires_root
@@ -81,10 +84,7 @@ def test_macvlan_refuses_a_pod_cidr_off_the_underlay() -> None:
 
 
 # -- docker-bridge ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def bridge():
-    with Cluster(ClusterSpec(cni="docker-bridge", nodes=3, pods_per_node=2)) as c:
-        yield c
+bridge = shared("docker-bridge", nodes=3, pods_per_node=2)
 
 
 @pytest.mark.requires_root
@@ -197,15 +197,17 @@ def test_routed_underlay_puts_nodes_on_two_subnets_behind_a_router() -> None:
     assert_gone(prefix, pids)
 
 
+routed = shared("flannel-vxlan", "docker-overlay", "macvlan", "calico-bgp", nodes=3,
+                pods_per_node=1, underlay="routed")
+
+
 @pytest.mark.requires_root
-@pytest.mark.parametrize("cni", ["flannel-vxlan", "docker-overlay", "macvlan", "calico-bgp"])
-def test_routed_underlay_variants_cross_the_router(cni: str) -> None:
-    with Cluster(ClusterSpec(cni=cni, nodes=3, pods_per_node=1, underlay="routed")) as c:
-        a = c.pod("pod-n1-0")
-        assert ping(a, c.pod("pod-n3-0"))  # across the router
-        assert ping(a, c.pod("pod-n2-0"))  # on the same subnet
-        assert c.caveats() == []
-        assert not not_measured(VARIANTS[cni], ("pod-to-pod-cross-node",), 3, "routed")
+def test_routed_underlay_variants_cross_the_router(routed: Cluster) -> None:
+    a = routed.pod("pod-n1-0")
+    assert ping(a, routed.pod("pod-n3-0"))  # across the router
+    assert ping(a, routed.pod("pod-n2-0"))  # on the same subnet
+    assert routed.caveats() == []
+    assert not not_measured(VARIANTS[routed.spec.cni], ("pod-to-pod-cross-node",), 3, "routed")
 
 
 @pytest.mark.requires_root
@@ -225,26 +227,26 @@ def test_routed_underlay_host_gw_cannot_reach_pods_on_the_other_subnet() -> None
 
 
 @pytest.mark.requires_root
-def test_routed_underlay_calico_bgp_crosses_because_the_router_peers_bgp(tmp_path: Path) -> None:
+@pytest.mark.parametrize("routed", ["calico-bgp"], indirect=True)
+def test_routed_underlay_calico_bgp_crosses_because_the_router_peers_bgp(routed: Cluster,
+                                                                         tmp_path: Path) -> None:
     """Calico's L3-fabric model: every node peers with its subnet's router (a route reflector
     in AS 64512), which learns each block with the node's own address as next hop; pod
     traffic then crosses the router unencapsulated, pod IPs on the wire."""
-    with Cluster(ClusterSpec(cni="calico-bgp", nodes=3, pods_per_node=1,
-                             underlay="routed")) as c:
-        n1, n3, r1 = c.node("n1"), c.node("n3"), c.underlay.router
-        assert r1 is not None and c.variant.birds[r1.name].poll() is None
-        protocols = c.variant.birdc(n1, "show", "protocols")
-        assert any(l.startswith("Node_172_20_127_254") and "Established" in l
-                   for l in protocols.splitlines()), protocols
-        routes = r1.output(["ip", "route", "show", "proto", "bird"])
-        for node in c.nodes:
-            assert f"{node.pod_cidr} via {node.ip}" in routes
-        assert f"{n3.pod_cidr} via 172.20.127.254" in n1.output(["ip", "route"])
-        a, b = c.pod("pod-n1-0"), c.pod("pod-n3-0")
-        with Capture(n3, n3.intf, tmp_path / "routed.pcap", ["icmp"]) as cap:
-            assert ping(a, b)
-        assert [p for p in cap.packets if (p.src, p.dst) == (str(a.ip), str(b.ip))]
-        assert c.caveats() == []
+    n1, n3, r1 = routed.node("n1"), routed.node("n3"), routed.underlay.router
+    assert r1 is not None and routed.variant.birds[r1.name].poll() is None
+    protocols = routed.variant.birdc(n1, "show", "protocols")
+    assert any(l.startswith("Node_172_20_127_254") and "Established" in l
+               for l in protocols.splitlines()), protocols
+    routes = r1.output(["ip", "route", "show", "proto", "bird"])
+    for node in routed.nodes:
+        assert f"{node.pod_cidr} via {node.ip}" in routes
+    assert f"{n3.pod_cidr} via 172.20.127.254" in n1.output(["ip", "route"])
+    a, b = routed.pod("pod-n1-0"), routed.pod("pod-n3-0")
+    with Capture(n3, n3.intf, tmp_path / "routed.pcap", ["icmp"]) as cap:
+        assert ping(a, b)
+    assert [p for p in cap.packets if (p.src, p.dst) == (str(a.ip), str(b.ip))]
+    assert routed.caveats() == []
     with Cluster(ClusterSpec(cni="calico-bgp", nodes=2, pods_per_node=1)) as c:
         assert c.underlay.router is None and "Node_" not in c.variant.bird_config(c.node("n1"))
 

@@ -3,6 +3,10 @@ nodes, every case's truth table measured with real connections equal to the hand
 table for the enforcing variants, and every pair reachable where the project enforces nothing."""
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
+
 import pytest
 from netpol import (
     CASES,
@@ -20,6 +24,7 @@ from netpol import (
 
 from k8stopo.cni import VARIANTS
 from k8stopo.policy import agents_for, not_enforced_notice
+from k8stopo.policy.agent import PolicyAgent
 from k8stopo.spec import ClusterSpec, SpecError
 
 ENFORCING = [name for name, cls in VARIANTS.items() if cls.enforces_policy]
@@ -33,12 +38,19 @@ def _diff(case_name: str, got: dict, want: dict) -> list[str]:
             for port, proto in PROBES if got[(port, proto)] != want[(port, proto)]]
 
 
-@pytest.mark.requires_root
-@pytest.mark.parametrize("cni", ENFORCING)
-def test_measured_tables_equal_the_api_semantics(cni):
-    with e2e_cluster(cni) as cluster:
+# Builds and teardowns take turns: only the measuring runs side by side.
+_BUILDING = threading.Lock()
+
+
+def check_enforcement(cni: str) -> None:
+    """Every case's measured truth tables on a cluster of ``cni``, then the open table again
+    and nothing left of the last policies in the nodes' ipsets and chains."""
+    with _BUILDING:
+        cluster = e2e_cluster(cni).__enter__()
+    try:
         start_servers(cluster)
         agent = cluster.agents[-1]
+        assert isinstance(agent, PolicyAgent)
         ips = pod_ips(cluster)
         open_table = measure(cluster)
         assert all(all(t.values()) for t in open_table.values()), "no policy: all must connect"
@@ -61,6 +73,28 @@ def test_measured_tables_equal_the_api_semantics(cni):
             chains = [line for line in node.output(["iptables-save", "-t", "filter"]).splitlines()
                       if line.startswith((":cali-pi-", ":cali-po-"))]
             assert chains == [], chains
+    finally:
+        with _BUILDING:
+            cluster.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def enforcement(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[None]]]:
+    """The check of every enforcing variant selected, all on their own clusters at once: a
+    check mostly waits out the timeouts of blocked probes, which clusters can do side by side
+    (each in its own namespaces: own conntrack, ipsets and chains)."""
+    selected = [item.callspec.params["cni"] for item in request.session.items
+                if isinstance(item, pytest.Function)
+                and item.originalname == "test_measured_tables_equal_the_api_semantics"]
+    with ThreadPoolExecutor(max_workers=max(len(selected), 1)) as pool:
+        yield {cni: pool.submit(check_enforcement, cni) for cni in selected}
+
+
+@pytest.mark.requires_root
+@pytest.mark.parametrize("cni", ENFORCING)
+def test_measured_tables_equal_the_api_semantics(cni: str,
+                                                 enforcement: dict[str, Future[None]]) -> None:
+    enforcement[cni].result()  # its first failed assertion, raised here
 
 
 @pytest.mark.requires_root
