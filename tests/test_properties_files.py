@@ -282,6 +282,7 @@ def bad_dns_experiments(draw: st.DrawFn) -> str:
     return _dump(doc)
 
 
+@pytest.mark.requires_root  # through `k8stopo bench`, which checks for root first
 @SETTINGS
 @example(text="duration: '5'\n")  # TypeError comparing str and int
 @example(text="a: [")  # the YAML error's own lines: several lines
