@@ -52,6 +52,7 @@ HOW_TO_READ = "bar = median over repeats, whisker = 95% CI of the median, dot = 
 GBIT = 1e-9
 US_PER_MS = 1e3
 PUBLISHED_NAME = "published_comparison.md"
+AGREEMENT_NAME = "tiers_by_run.csv"  # with rows of several runs: each run's own tiers
 
 
 def _tick(scenario: str) -> str:
@@ -342,7 +343,7 @@ CHARTS: dict[str, Callable[[pd.DataFrame], Figure | None]] = {
 FORMATS = ("png", "svg")
 #: every file name plot_all may write: those it did not write this time are removed
 OUTPUTS = tuple(f"{stem}.{ext}" for stem in CHARTS for ext in FORMATS) + (
-    "summary.csv", "summary.md", "verdict.csv", "pairs.csv", PUBLISHED_NAME)
+    "summary.csv", "summary.md", "verdict.csv", "pairs.csv", PUBLISHED_NAME, AGREEMENT_NAME)
 
 
 def figure(df: pd.DataFrame, name: str) -> Figure | None:
@@ -547,6 +548,9 @@ def plot_all(df: pd.DataFrame, out_dir: Path,
     pair_table.to_csv(out_dir / "pairs.csv", index=False)
     verdict.verdict(df, pair_table=pair_table).to_csv(out_dir / "verdict.csv", index=False)
     written += [out_dir / n for n in ("summary.csv", "summary.md", "verdict.csv", "pairs.csv")]
+    if df["run_id"].nunique() > 1:  # several runs: does each run's own verdict agree?
+        verdict.agreement(df).to_csv(out_dir / AGREEMENT_NAME, index=False)
+        written.append(out_dir / AGREEMENT_NAME)
     if published is not None:
         from . import published as pub
         path = out_dir / PUBLISHED_NAME

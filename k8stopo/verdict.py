@@ -270,6 +270,32 @@ def verdict(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS, margin: 
     return pd.DataFrame(out, columns=VERDICT_COLUMNS)
 
 
+AGREEMENT_COLUMNS = ["setup", "metric", "cni", "runs", "tiers", "identical"]
+
+
+def agreement(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS) -> pd.DataFrame:
+    """Each run's own verdict side by side (rows of several runs of one experiment): per
+    setup, metric and variant, the tier every run gave it on its own (``tiers``, in run order,
+    "-" where a run has no tier for it) and whether all runs gave the same. A run's letters
+    are its own display, so equal letters mean the same grouping only because every run
+    letters its groups best first."""
+    runs = sorted(df["run_id"].dropna().unique())
+    per_run = {r: verdict(df[df["run_id"] == r], metrics) for r in runs}
+    keys = sorted({(v.setup, v.metric, v.cni) for t in per_run.values()
+                   for v in t.itertuples()})
+    rows = []
+    for setup, metric, cni in keys:
+        got = []
+        for r in runs:
+            t = per_run[r]
+            hit = t[(t["setup"] == setup) & (t["metric"] == metric) & (t["cni"] == cni)]
+            got.append(str(hit["tier"].iloc[0]) if len(hit) and hit["tier"].iloc[0] else "-")
+        rows.append({"setup": setup, "metric": metric, "cni": cni, "runs": len(runs),
+                     "tiers": " ".join(got),
+                     "identical": "-" not in got and len(set(got)) == 1})
+    return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
 def tally(pair_table: pd.DataFrame) -> dict[str, int]:
     """How many pairs got each decision."""
     counts = pair_table["decision"].value_counts()

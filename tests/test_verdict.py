@@ -27,7 +27,7 @@ USER = {"flannel-udp": 0.03, "weave-sleeve": 0.03}
 
 
 def rows_for(truth: dict[str, float], rounds: range, noise: float, seed: int,
-             drift: float = 0.15) -> list[dict[str, object]]:
+             drift: float = 0.15, run: str = RUN) -> list[dict[str, object]]:
     """Host-to-host and cross-node TCP rows (with CPU per Gbit) of each round: the host
     throughput drifts per round and variant (cancelled by the pairing); the ratio is the
     truth times log-normal noise of SD ``noise``."""
@@ -42,7 +42,7 @@ def rows_for(truth: dict[str, float], rounds: range, noise: float, seed: int,
                 samples = [Sample("throughput_bps", gbps * 1e9, "bit/s")]
                 if scenario != "host-to-host":
                     samples.append(Sample("cpu_s_per_gbit", cpu, "s/Gbit"))
-                out += results.rows(context(cni, scenario, "tcp", r, RUN), f"2026-12-04T00:{r % 60:02d}:00Z",
+                out += results.rows(context(cni, scenario, "tcp", r, run), f"2026-12-04T00:{r % 60:02d}:00Z",
                                     samples)
     return out
 
@@ -204,6 +204,33 @@ def test_plot_writes_pairs_and_verdict_csv(tmp_path: Path) -> None:
     assert "1." not in md.split("Verdict")[1].split("\n")[0]  # no ranks
     lines = plots.closing_lines(df, out)
     assert len(lines) == 2 and "pairs resolved" in lines[0] and "undecided" in lines[0]
+
+
+def test_each_runs_own_tiers_are_compared_when_several_runs_are_plotted(tmp_path: Path
+                                                                        ) -> None:
+    """Three runs of one experiment: user space is tier b in each (identical), a tie between
+    two kernel variants stays one tier in each; a variant missing from one run is not
+    counted as identical."""
+    truth = {"calico-bgp": 0.9, "flannel-host-gw": 0.9, "flannel-udp": 0.03}
+    rows = [row for i in range(3)
+            for row in rows_for(truth if i < 2 else {k: v for k, v in truth.items()
+                                                     if k != "flannel-host-gw"},
+                                range(6), 0.05, seed=20 + i, run=f"20261204T00000{i}Z-000{i}")]
+    df = results.load([write_csv(tmp_path / "three.csv", rows)])
+    written = {p.name for p in plots.plot_all(df, tmp_path / "plots")}
+    assert plots.AGREEMENT_NAME in written
+    table = pd.read_csv(tmp_path / "plots" / plots.AGREEMENT_NAME, keep_default_na=False)
+    ratio = table[table["metric"] == "tcp_ratio_to_host"].set_index("cni")
+    assert (ratio["runs"] == 3).all()
+    assert ratio.loc["flannel-udp", "tiers"] == "b b b"
+    assert bool(ratio.loc["flannel-udp", "identical"]) is True
+    assert ratio.loc["calico-bgp", "tiers"] == "a a a"
+    assert ratio.loc["flannel-host-gw", "tiers"] == "a a -"
+    assert bool(ratio.loc["flannel-host-gw", "identical"]) is False
+    one = {p.name for p in plots.plot_all(df[df["run_id"] == df["run_id"].iloc[0]],
+                                          tmp_path / "plots")}
+    assert plots.AGREEMENT_NAME not in one  # one run: nothing to compare (stale file removed)
+    assert not (tmp_path / "plots" / plots.AGREEMENT_NAME).exists()
 
 
 def test_separation_prefers_the_metric_with_less_noise(tmp_path: Path) -> None:
