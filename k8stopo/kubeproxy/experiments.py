@@ -120,11 +120,12 @@ def no_retry(p: NoRetryParams, rec: Recorder) -> None:
             what = f"{mode} r{repeat}"
             if not rec.todo(what, len(PHASES)):
                 continue
-            common = {"cni": p.cni, "scenario": SCENARIO, "protocol": "tcp", "repeat": repeat,
-                      "nodes": 3, "proxy_mode": mode, "services": 1, "endpoints_per_service": 3}
-            with rec.attempt(what, **common), _no_retry_cluster(p, mode) as cluster:
+            write = functools.partial(rec.write, cni=p.cni, scenario=SCENARIO, protocol="tcp",
+                                      repeat=repeat, nodes=3, proxy_mode=mode, services=1,
+                                      endpoints_per_service=3)
+            with rec.attempt(what, **write.keywords), _no_retry_cluster(p, mode) as cluster:
                 _phases(cluster, rec, functools.partial(
-                    rec.write, client=cluster.pod(pod_handle("client", "default")), **common),
+                    write, client=cluster.pod(pod_handle("client", "default"))),
                     mode, p.attempts, p.hung_attempts)
 
 
