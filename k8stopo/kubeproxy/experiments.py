@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 from .. import probe
 from ..cluster import Cluster
 from ..cni import names as cni_names
+from ..cni import variant
 from ..controlplane import Chart, Kind, Panel, Recorder, needs_of
 from ..measure import MeasurementError, Sample, percentile
 from ..servers import PodServers
@@ -62,7 +63,7 @@ def workload(services: int, backends: int, backend_nodes: Sequence[str]) -> Work
 def _cluster(cni: str, mode: str, wl: Workload, nodes: int) -> Cluster:
     """Validated, not built."""
     return Cluster(ClusterSpec(cni=cni, nodes=nodes, pods_per_node=0, workload=wl),
-                   agents=[PodServers, proxy_class(mode)])
+                   agents=[PodServers, proxy_class(mode)], variant=variant(cni))
 
 
 def _one_cni(cni: str) -> None:

@@ -126,7 +126,9 @@ class Params:
 
 def _cluster(cni: str) -> Cluster:
     """Validated, not built: one pod on each of two nodes, the variant's policy agent."""
-    return Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=1), agents=agents_for(variant(cni)))
+    cls = variant(cni)
+    return Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=1), agents=agents_for(cls),
+                   variant=cls)
 
 
 def run(p: Params, rec: Recorder) -> None:
