@@ -19,7 +19,7 @@ import platform
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__, probe, yamlfile
 from .cluster import Cluster
@@ -29,6 +29,10 @@ from .kubeproxy.model import service_ports
 from .results import Context, CsvSink, new_run_id, rows, utc_now
 from .spec import ClusterSpec, SpecError
 from .workload import Workload, pod_handle
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .cni.base import Variant
 
 SCENARIO = "app-to-service"
 KEYS = ("description", "manifests", "cni", "nodes", "client", "proxy_modes", "policies",
@@ -115,11 +119,13 @@ def measure(cluster: Cluster, client: str,
     return out
 
 
-def run(exp: AppExperiment, workload: Workload, agents: Any, out: Path, command: str) -> str:
+def run(exp: AppExperiment, variant: type[Variant], workload: Workload,
+        agents: Callable[[Workload, str], Sequence[type[Agent]]], out: Path, command: str) -> str:
     """Every repeat x mode x policy setting into ``out``; returns the run id.
 
-    ``agents(workload, mode)`` gives the agent classes of one cluster (the command line's
-    choice, so that this module holds no policy of its own about them)."""
+    ``variant`` is ``exp.cni``'s class and ``agents(workload, mode)`` the agent classes of
+    one cluster (the command line's choice, so that this module holds no policy of its own
+    about them)."""
     client = client_of(workload, exp.client)
     sink = CsvSink(out)
     run_id, env = new_run_id(), Environment.here(command)
@@ -128,7 +134,7 @@ def run(exp: AppExperiment, workload: Workload, agents: Any, out: Path, command:
             for policy_on in exp.policies:
                 wl = workload if policy_on else dataclasses.replace(workload, network_policies=())
                 spec = ClusterSpec(cni=exp.cni, nodes=exp.nodes, pods_per_node=0, workload=wl)
-                with Cluster(spec, agents=agents(wl, mode)) as cluster:
+                with Cluster(spec, agents=agents(wl, mode), variant=variant) as cluster:
                     started = utc_now()
                     measured = measure(cluster, client, exp.count)
                     source = cluster.pod(client)

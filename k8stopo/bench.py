@@ -282,12 +282,11 @@ def clusters(spec: BenchSpec, workload: Workload | None = None,
     kube-proxy) beside those the scenarios need."""
     from . import policy
     enforce = workload is not None and bool(workload.network_policies)
-    return {cluster_key(cni, point): Cluster(
-                dataclasses.replace(point.cluster(cni, variant_class(cni).options),
-                                    workload=workload),
-                [*extra, *(policy.agents_for(variant_class(cni)) if enforce else []),
-                 *agents(spec)])
-            for cni in spec.cnis for point in spec.points()}
+    return {cluster_key(cls.name, point): Cluster(
+                dataclasses.replace(point.cluster(cls.name, cls.options), workload=workload),
+                [*extra, *(policy.agents_for(cls) if enforce else []), *agents(spec)],
+                variant=cls)
+            for cls in map(variant_class, spec.cnis) for point in spec.points()}
 
 
 # --- running it -----------------------------------------------------------------------

@@ -202,35 +202,35 @@ class Capture:
     def __enter__(self) -> Capture:
         argv = ["tcpdump", "-U", "--immediate-mode", "-n", "-i", self.iface,
                 "-w", str(self.path), *self.bpf_filter]
-        self._proc = self.endpoint.spawn(argv, what=f"tcpdump {self.iface}@{self.endpoint.name}")
+        self._proc = p = self.endpoint.spawn(argv, what=f"tcpdump {self.iface}@{self.endpoint.name}")
         try:
-            self._wait_listening()
+            self._wait_listening(p, argv)
         except BaseException:
-            self.endpoint.stop(self._proc)
+            self.endpoint.stop(p)
             raise
         return self
 
-    def _wait_listening(self) -> None:
+    def _wait_listening(self, p: subprocess.Popen[str], argv: list[str]) -> None:
         """Read tcpdump's stderr until it says "listening on"; CommandError if it dies or stalls.
 
         Raw reads on the descriptor: a buffered readline could block past the deadline.
         """
-        p = self._proc
+        assert p.stderr is not None  # spawn pipes stderr unless told otherwise
         fd = p.stderr.fileno()
         seen = b""
         deadline = time.monotonic() + self.ready_timeout
         while b"listening on" not in seen:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise CommandError(p.args, -1, "", seen.decode(errors="replace")
+                raise CommandError(argv, -1, "", seen.decode(errors="replace")
                                    + f"\nnot listening after {self.ready_timeout}s")
             if select.select([fd], [], [], left)[0]:
                 chunk = os.read(fd, 4096)
                 if not chunk:  # tcpdump exited: bad interface, filter, ...
-                    raise CommandError(p.args, p.wait(), "", seen.decode(errors="replace"))
+                    raise CommandError(argv, p.wait(), "", seen.decode(errors="replace"))
                 seen += chunk
 
-    def _wait_drained(self, timeout: float = 2.0) -> None:
+    def _wait_drained(self, pid: int, timeout: float = 2.0) -> None:
         """Wait until tcpdump sleeps, i.e. it is blocked in poll() on an empty ring.
 
         On SIGTERM tcpdump breaks its loop and drops whatever is still queued,
@@ -240,7 +240,7 @@ class Capture:
         writes per packet; ``--immediate-mode`` hands over every packet at once
         instead of in blocks).
         """
-        stat = Path(f"/proc/{self._proc.pid}/stat")
+        stat = Path(f"/proc/{pid}/stat")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -253,7 +253,8 @@ class Capture:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._wait_drained()
+        assert self._proc is not None, "a Capture is left only after it was entered"
+        self._wait_drained(self._proc.pid)
         self.endpoint.stop(self._proc)
         if exc_type is None:  # on failure the pcap stays on disk; don't mask the error
             self.packets = read_pcap(self.path, self.vxlan_ports, self.ip_in_udp_ports,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pandas is imported only by the commands that read results
     from . import bench, controlplane
     from .agent import Agent
     from .cluster import Cluster
+    from .cni.base import Variant
     from .workload import Workload
 
 log = logging.getLogger("k8stopo")
@@ -186,16 +187,16 @@ def _lb_pool_arg(p: argparse.ArgumentParser) -> None:
                    "layer-2 mode does (docs/apps.md)")
 
 
-def _policy_agents(cni: str, workload: Workload | None) -> list[type[Agent]]:
+def _policy_agents(variant: type[Variant], workload: Workload | None) -> list[type[Agent]]:
     """The variant's NetworkPolicy agent when the manifests hold policies; a variant whose
     project enforces nothing says so once."""
     from . import policy
     if workload is None or not workload.network_policies:
         return []
-    notice = policy.not_enforced_notice(variant_class(cni))
+    notice = policy.not_enforced_notice(variant)
     if notice:
         print(f"k8stopo: {notice}", file=sys.stderr)
-    return policy.agents_for(variant_class(cni))
+    return policy.agents_for(variant)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -267,12 +268,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_cni(value: str, why: str) -> str:
-    """The one variant a command that builds one cluster at a time was given."""
+def _one_variant(value: str, why: str) -> type[Variant]:
+    """The class of the one variant a command that builds one cluster at a time was given
+    (looked up here, once: the cluster and the agents are handed the class)."""
     names = cni_names(value)
     if len(names) != 1 or value.strip() == "all":
         raise SpecError(f"{why}: give exactly one --cni variant")
-    return names[0]
+    return variant_class(names[0])
 
 
 def _require_root() -> None:
@@ -330,7 +332,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from .cluster import Cluster
     _require_root()
-    cni = _one_cni(args.cni, "up builds one cluster")
+    variant = _one_variant(args.cni, "up builds one cluster")
+    cni = variant.name
     workload = _workload(args, args.nodes)
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=args.pods_per_node,
                                   mtu=args.mtu, bgp=args.bgp,
@@ -338,8 +341,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                                   ipip_mode=args.ipip_mode, underlay=args.underlay,
                                   workload=workload),
                       agents=[*_agents(args, workload, dns=True),
-                              *_policy_agents(cni, workload)],
-                      keep_on_failure=args.keep_on_failure)
+                              *_policy_agents(variant, workload)],
+                      keep_on_failure=args.keep_on_failure, variant=variant)
     _runnable({cni: cluster.requires}, False)
     _say_caveats(cluster)
     _clean_dead_runs()
@@ -607,7 +610,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from . import probe
     from .cluster import Cluster
     _require_root()
-    cni = _one_cni(args.cni, "probe builds one cluster")
+    variant = _one_variant(args.cni, "probe builds one cluster")
+    cni = variant.name
     if args.manifests is None:
         raise SpecError("probe needs --manifests PATH (the pods and Services to probe)")
     protocols = pick(args.protocols, ("tcp", "udp"), "protocol")
@@ -621,7 +625,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     cluster = Cluster(ClusterSpec(cni=cni, nodes=args.nodes, pods_per_node=0, mtu=args.mtu,
                                   workload=workload),
                       agents=[*_agents(args, workload, dns=True),
-                              *_policy_agents(cni, workload)])
+                              *_policy_agents(variant, workload)], variant=variant)
     _runnable({cni: cluster.requires}, False)
     with cluster:
         started = time.monotonic()
@@ -652,18 +656,19 @@ def cmd_app(args: argparse.Namespace) -> int:
     results.check_appendable(out)
     results.check_output_dir(plots_dir, "--plots")
     probe_args = argparse.Namespace(proxy_mode=exp.proxy_modes[0])
+    variant = _one_variant(exp.cni, f"{args.experiment}: an app experiment builds one cluster")
+    cni = variant.name
 
     def agents(wl: Workload, mode: str) -> list[type[Agent]]:
         probe_args.proxy_mode = mode
-        return [*_agents(probe_args, wl), *_policy_agents(exp.cni, wl)]
+        return [*_agents(probe_args, wl), *_policy_agents(variant, wl)]
 
-    cni = _one_cni(exp.cni, f"{args.experiment}: an app experiment builds one cluster")
     spec = ClusterSpec(cni=cni, nodes=exp.nodes, pods_per_node=0, workload=workload)
-    needs = [Cluster(spec, agents=agents(workload, mode)).requires  # each mode checked now
-             for mode in exp.proxy_modes]
+    needs = [Cluster(spec, agents=agents(workload, mode), variant=variant).requires
+             for mode in exp.proxy_modes]  # each mode checked now
     _runnable({cni: tuple(r for reqs in needs for r in reqs)}, False)
     _clean_dead_runs()
-    run_id = apppaths.run(exp, workload, agents, out, args.command_line)
+    run_id = apppaths.run(exp, variant, workload, agents, out, args.command_line)
     print(f"run {run_id}: rows in {out}")
     for path in apppaths.chart(out, run_id, plots_dir):
         print(f"  {path}")
@@ -679,7 +684,8 @@ def _port_arg(value: str) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     from . import environment, plots, results, scale
     _require_root()
-    cni = _one_cni(args.cni, "scale measures one variant at a time")
+    variant = _one_variant(args.cni, "scale measures one variant at a time")
+    cni = variant.name
     sizes = tuple(_count_arg(v, "--nodes") for v in args.nodes.split(",") if v.strip())
     spec = scale.ScaleSpec(cni=cni, nodes=sizes, pods_per_node=args.pods_per_node,
                            modes=pick(args.bgp_modes, tuple(scale.MODES), "BGP mode"),
@@ -688,7 +694,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     results.check_appendable(args.out)
     if args.plots:
         results.check_output_dir(args.plots, "--plots")
-    _runnable({cni: variant_class(cni).requires}, False)
+    _runnable({cni: variant.requires}, False)
     _clean_dead_runs()
     run_id, failures = scale.run(spec, args.out, environment.Environment.here(args.command_line))
     print(f"run {run_id}: rows in {args.out}")

@@ -83,8 +83,10 @@ class Cluster:
     """An emulated Kubernetes cluster running one CNI variant (a
     :class:`~k8stopo.context.ClusterContext` for its agents).
 
-    ``variant`` is the variant's class, looked up by the caller from ``spec.cni``
-    (:func:`k8stopo.cni.variant`); left out, the registry is asked here."""
+    ``variant`` is the variant's class, looked up once by the caller from ``spec.cni``
+    (:func:`k8stopo.cni.variant`): the commands and experiments pass it, so this module
+    never needs the registry (which imports every variant, and they the agents). Left
+    out (the tests' short form), the registry is asked here."""
 
     def __init__(self, spec: ClusterSpec, agents: Sequence[type[Agent]] = (),
                  keep_on_failure: bool = False, variant: type[Variant] | None = None) -> None:

@@ -24,11 +24,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, ParamSpec
 
 from . import native, proc
 from .proc import CommandError
 from .runstate import RunState
+
+P = ParamSpec("P")  # a probe's parameters, passed through _guarded
 
 FEATURES = ("netns", "veth", "bridge", "vxlan", "macvlan", "tun", "ipip", "gre", "netem",
             "htb", "tbf", "ovs", "ipvs", "wireguard", "iptables-nat", "conntrack", "tc-bpf",
@@ -254,10 +256,10 @@ def _probe_features(wanted: frozenset[str] | None = None) -> dict[str, Probe]:
     return {name: probes[name] for name in FEATURES if name in probes}
 
 
-def _guarded(name: str, probe: Callable[..., Probe], *args: str | _Steps) -> Probe:
+def _guarded(name: str, probe: Callable[P, Probe], *args: P.args, **kwargs: P.kwargs) -> Probe:
     """Run one probe; an unexpected error fails that probe only."""
     try:
-        return probe(*args)
+        return probe(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - one broken probe must not hide the others
         return Probe(name, False, f"probe error: {exc}")
 

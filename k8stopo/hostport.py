@@ -17,7 +17,7 @@ from .pods import POD_IFNAME, container_id, invoke
 from .workload import pod_handle
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from .context import ClusterContext
     from .node import Pod
 
 
@@ -27,7 +27,7 @@ class HostPorts(Agent):
     name = "hostport"
     requires: ClassVar[tuple[str, ...]] = ("cni:portmap",)
 
-    def __init__(self, cluster: "Cluster") -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         workload = cluster.spec.workload
         self.mappings = {

@@ -34,7 +34,7 @@ from .topo import SWITCH, UNDERLAY_CIDR, node_ips, subnets
 from .workload import ServiceSpec, Workload
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from .context import ClusterContext
     from .node import Node, Pod
     from .runstate import RunState
     from .spec import ClusterSpec
@@ -103,7 +103,7 @@ class L2Announcer(Agent):
     name = "metallb-l2"
     requires: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, cluster: "Cluster") -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         self.client: Endpoint | None = None
         self.speakers: dict[str, subprocess.Popen[str]] = {}  # node -> its speaker

@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 from .errors import RunError
 
@@ -41,6 +41,7 @@ class CommandError(RunError):
 #: a command: program and arguments; numbers, addresses and paths are turned into strings
 Argv = Sequence[object]
 Netns = int | str | None  # a pid living in the namespace, a named netns, or None (here)
+Stream = int | IO[Any] | None  # what Popen takes for a child's stdout/stderr
 
 
 def in_netns(argv: Argv, netns: Netns, mount: bool = False) -> list[str]:
@@ -108,8 +109,8 @@ def spawn(
     netns: Netns = None,
     *,
     mount: bool = False,
-    stdout: int | object = subprocess.DEVNULL,
-    stderr: int | object = subprocess.PIPE,
+    stdout: Stream = subprocess.DEVNULL,
+    stderr: Stream = subprocess.PIPE,
     env: Mapping[str, str] | None = None,
     cgroup_procs: Path | None = None,
 ) -> subprocess.Popen[str]:

@@ -32,7 +32,7 @@ from .servers import build
 from .workload import Probe, pod_handle
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from .context import ClusterContext
     from .node import Pod
 
 log = logging.getLogger("k8stopo.readiness")
@@ -68,7 +68,7 @@ class Readiness(Agent):
     name = "readiness"
     requires = ("gcc", "curl")
 
-    def __init__(self, cluster: "Cluster") -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         workload = cluster.spec.workload
         self.probes = {pod_handle(p.name, p.namespace): p.readiness

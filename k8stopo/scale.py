@@ -37,6 +37,8 @@ from pathlib import Path
 
 from . import __version__, results
 from .cluster import Cluster
+from .cni import variant
+from .cni.base import Variant
 from .cni.calico import CalicoBird
 from .environment import Environment
 from .errors import NotReady, RunError
@@ -60,6 +62,11 @@ class ScaleSpec:
     modes: tuple[str, ...] = ("mesh",)
     repeat: int = 1
 
+    @property
+    def variant_cls(self) -> type[Variant]:
+        """The variant's class, from the registry (SpecError if unknown)."""
+        return variant(self.cni)
+
     def clusters(self) -> Iterator[tuple[int, str, ClusterSpec]]:
         for size in self.nodes:
             for mode in self.modes:
@@ -75,17 +82,13 @@ class ScaleSpec:
             raise SpecError(f"unknown BGP mode {unknown[0]!r} (known: {', '.join(MODES)})")
         if not 1 <= self.repeat <= 20:
             raise SpecError(f"--repeat must be between 1 and 20, not {self.repeat}")
-        if self.modes != ("mesh",) and not _bird(self.cni):
+        cls = self.variant_cls
+        if self.modes != ("mesh",) and not issubclass(cls, CalicoBird):
             raise SpecError(f"BGP modes apply to Calico's BIRD variants, not {self.cni}")
         for size, mode, spec in self.clusters():
             if mode != "mesh" and size < 3:
                 raise SpecError(f"BGP mode {mode} needs 3 nodes or more, not {size}")
-            Cluster(spec)  # the variant's and the spec's own checks (SpecError)
-
-
-def _bird(cni: str) -> bool:
-    from .cni import variant
-    return issubclass(variant(cni), CalicoBird)
+            Cluster(spec, variant=cls)  # the variant's and the spec's own checks (SpecError)
 
 
 def _ms(seconds: float) -> Sample:
@@ -165,10 +168,11 @@ def bgp_samples(cluster: Cluster) -> list[tuple[str, Sample]]:
     return out
 
 
-def measure_one(spec: ClusterSpec) -> list[tuple[str, str, Sample]]:
-    """Build one cluster, measure it, tear it down: (scenario, metric, sample) triples."""
+def measure_one(spec: ClusterSpec, cls: type[Variant]) -> list[tuple[str, str, Sample]]:
+    """Build one cluster of variant ``cls``, measure it, tear it down: (scenario, metric,
+    sample) triples."""
     started = time.monotonic()
-    cluster = Cluster(spec)
+    cluster = Cluster(spec, variant=cls)
     with cluster:
         build = time.monotonic() - started
         found = [("bring-up", f"{phase}_ms", _ms(secs)) for phase, secs in cluster.timings.items()]
@@ -209,6 +213,8 @@ def run(spec: ScaleSpec, out: Path, env: Environment) -> tuple[str, int]:
     run_id = results.new_run_id()
     sink = results.CsvSink(out)
     failures = 0
+    cls = spec.variant_cls
+    bird = issubclass(cls, CalicoBird)
     for repeat in range(spec.repeat):
         for size, mode, cluster_spec in spec.clusters():
             waited = wait_netns_cleanup()
@@ -220,7 +226,7 @@ def run(spec: ScaleSpec, out: Path, env: Environment) -> tuple[str, int]:
             started_at = results.utc_now()
             error = ""
             try:
-                found = measure_one(cluster_spec)
+                found = measure_one(cluster_spec, cls)
             except RunError as exc:
                 failures += 1
                 log.error("%d nodes %s: %s", size, mode, exc)
@@ -234,7 +240,7 @@ def run(spec: ScaleSpec, out: Path, env: Environment) -> tuple[str, int]:
                     duration_s=0, mtu=cluster_spec.mtu, kernel=env.kernel,
                     k8stopo_version=__version__, client="", server="", client_ip="",
                     server_ip="", raw_file="",
-                    extra={"bgp_mode": mode if _bird(spec.cni) else "", **env.columns(),
+                    extra={"bgp_mode": mode if bird else "", **env.columns(),
                            "experiment": "scale", "error": error})
                 sink.write(results.rows(ctx, started_at,
                                         [dataclasses.replace(sample, metric=metric)]))

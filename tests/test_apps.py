@@ -274,7 +274,7 @@ def test_readiness_thresholds_and_period() -> None:
             "tcpSocket", 80, initial_delay_s=0, period_s=5, success_threshold=2,
             failure_threshold=3)),))),
         set_ready=set_ready)
-    prober = Readiness(stub)  # type: ignore[arg-type]
+    prober = Readiness(stub)
     pod = SimpleNamespace(name=pod_handle("p", "default"), ready=True)
     prober.pod_added(pod)  # type: ignore[arg-type]
     assert pod.ready is False  # not ready until the probe passes

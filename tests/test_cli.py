@@ -72,6 +72,7 @@ def test_clean_removes_what_a_killed_run_left() -> None:
     before = run_dirs()
     proc = subprocess.Popen([sys.executable, "-m", "k8stopo", "up", "--cni", "calico-bgp"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
     try:
         for line in proc.stdout:
             if "cluster is up" in line:
@@ -94,6 +95,7 @@ def test_sigterm_tears_the_cluster_down() -> None:
     before = run_dirs()
     proc = subprocess.Popen([sys.executable, "-m", "k8stopo", "up", "--cni", "flannel-vxlan"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
     for line in proc.stdout:
         if "cluster is up" in line:
             break
@@ -126,6 +128,8 @@ def test_a_daemon_that_fails_to_start_is_one_line_and_exit_1(
     failed = [line for line in err if line.startswith("k8stopo: failed: ")]
     assert failed == err[-1:], err  # one line, the last
     assert failed[0].startswith("k8stopo: failed: bird on n") and "syntax error" in failed[0]
-    log = Path(re.search(r"; log: (\S+)", failed[0]).group(1))
+    named = re.search(r"; log: (\S+)", failed[0])
+    assert named, failed[0]
+    log = Path(named.group(1))
     assert log.is_file() and "syntax error" in log.read_text()
     assert run_dirs() <= dirs

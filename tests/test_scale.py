@@ -12,6 +12,7 @@ import pytest
 
 from k8stopo import environment, node, plots, proc, results, scale
 from k8stopo.cluster import Cluster
+from k8stopo.cni.base import Variant
 from k8stopo.cni.calico import CalicoBird
 from k8stopo.errors import NotReady
 from k8stopo.spec import ClusterSpec
@@ -57,13 +58,12 @@ def test_a_cluster_that_fails_is_a_failed_row(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A size that does not converge is a result too: a ``failed`` row with the reason,
     and the sizes after it are still measured."""
-    def measure_one(spec: ClusterSpec) -> list[tuple[str, str, scale.Sample]]:
+    def measure_one(spec: ClusterSpec, cls: type[Variant]) -> list[tuple[str, str, scale.Sample]]:
         if spec.nodes == 300:
             raise NotReady("BGP did not converge in 90s: 12 of 300 nodes\nstill lack")
         return [("bring-up", "build_ms", scale.Sample("", 5.0, "ms"))]
 
     monkeypatch.setattr(scale, "measure_one", measure_one)
-    monkeypatch.setattr(scale, "_bird", lambda cni: True)
     out = tmp_path / "scale.csv"
     env = environment.Environment("k8stopo scale (test)", "k", "cpu", "nf_tables", "c")
     _, failures = scale.run(scale.ScaleSpec("calico-bgp", (300, 10), 0, ("mesh",)), out, env)

@@ -42,6 +42,7 @@ from .perf import QUERIES_FILE
 from .zone import DOMAIN, REVERSE_ZONES, records
 
 if TYPE_CHECKING:
+    from ..context import ClusterContext
     from ..node import Node, Pod
 
 SERVICE_IP = ipaddress.IPv4Address("10.96.0.10")
@@ -139,7 +140,7 @@ class ClusterDNS(Agent):
     name = "kube-dns"
     requires: ClassVar[tuple[str, ...]] = ("dnsmasq", "nsenter", "iptables-nat", "curl")
 
-    def __init__(self, cluster) -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         self.pod: Pod | None = None
         self.daemons = Daemons()

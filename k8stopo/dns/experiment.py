@@ -35,6 +35,7 @@ from typing import Any
 
 from ..cluster import Cluster
 from ..cni import names as cni_names
+from ..cni import variant
 from ..controlplane import Chart, Kind, Panel, Recorder
 from ..measure import Sample, percentile
 from ..node import Pod
@@ -112,7 +113,7 @@ def lookup(client: Pod, name: str, count: int) -> dict[str, Any]:
 def _cluster(p: Params) -> Cluster:
     """Validated, not built: the client pod on n1, kube-dns on the last node."""
     return Cluster(ClusterSpec(cni=p.cni, nodes=p.nodes, pods_per_node=0, workload=workload(p)),
-                   agents=[ClusterDNS])
+                   agents=[ClusterDNS], variant=variant(p.cni))
 
 
 def _steps(p: Params) -> int:

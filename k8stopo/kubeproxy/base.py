@@ -16,7 +16,7 @@ from ..agent import Agent
 from .model import ServicePortInfo, ports_of
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..context import ClusterContext
     from ..node import Node, Pod
 
 
@@ -26,7 +26,7 @@ class KubeProxy(Agent):
     mode: ClassVar[str]
     serves_services = True
 
-    def __init__(self, cluster: "Cluster") -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         self.synced = False
         self.sync_seconds: dict[str, float] = {}  # node -> seconds its last load took

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 from .. import probe
 from ..cluster import Cluster
 from ..cni import names as cni_names
+from ..cni import variant
 from ..controlplane import Chart, Kind, Panel, Recorder, needs_of
 from ..measure import MeasurementError, Sample, percentile
 from ..servers import PodServers
@@ -62,7 +63,7 @@ def workload(services: int, backends: int, backend_nodes: Sequence[str]) -> Work
 def _cluster(cni: str, mode: str, wl: Workload, nodes: int) -> Cluster:
     """Validated, not built."""
     return Cluster(ClusterSpec(cni=cni, nodes=nodes, pods_per_node=0, workload=wl),
-                   agents=[PodServers, proxy_class(mode)])
+                   agents=[PodServers, proxy_class(mode)], variant=variant(cni))
 
 
 def _one_cni(cni: str) -> None:
@@ -120,11 +121,12 @@ def no_retry(p: NoRetryParams, rec: Recorder) -> None:
             what = f"{mode} r{repeat}"
             if not rec.todo(what, len(PHASES)):
                 continue
-            common = {"cni": p.cni, "scenario": SCENARIO, "protocol": "tcp", "repeat": repeat,
-                      "nodes": 3, "proxy_mode": mode, "services": 1, "endpoints_per_service": 3}
-            with rec.attempt(what, **common), _no_retry_cluster(p, mode) as cluster:
+            write = functools.partial(rec.write, cni=p.cni, scenario=SCENARIO, protocol="tcp",
+                                      repeat=repeat, nodes=3, proxy_mode=mode, services=1,
+                                      endpoints_per_service=3)
+            with rec.attempt(what, **write.keywords), _no_retry_cluster(p, mode) as cluster:
                 _phases(cluster, rec, functools.partial(
-                    rec.write, client=cluster.pod(pod_handle("client", "default")), **common),
+                    write, client=cluster.pod(pod_handle("client", "default"))),
                     mode, p.attempts, p.hung_attempts)
 
 

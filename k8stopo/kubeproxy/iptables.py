@@ -31,7 +31,7 @@ from .base import KubeProxy
 from .model import ServicePortInfo
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..context import ClusterContext
     from ..node import Node
 
 MASQ_MARK = "0x4000"  # kube-proxy's default --iptables-masquerade-bit 14
@@ -42,7 +42,7 @@ class IptablesProxy(KubeProxy):
     mode = "iptables"
     requires = ("iptables-nat", "conntrack")
 
-    def __init__(self, cluster: "Cluster") -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         self.chains: dict[str, set[str]] = {}  # node -> per-service chains it holds
 

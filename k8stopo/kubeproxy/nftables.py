@@ -23,7 +23,7 @@ from .iptables import MASQ_MARK
 from .model import ServicePortInfo, refuse_local
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..context import ClusterContext
     from ..node import Node
     from ..spec import ClusterSpec
 
@@ -37,7 +37,7 @@ class NftablesProxy(KubeProxy):
     def validate(cls, spec: "ClusterSpec") -> None:
         refuse_local(spec, cls.mode)
 
-    def __init__(self, cluster: "Cluster") -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         self.held: dict[str, tuple[set[str], set[str]]] = {}  # node -> (chains, sets)
 

@@ -28,6 +28,7 @@ JSON line ``{"ports": {name/protocol: port}}`` on stdout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import sys
@@ -131,6 +132,7 @@ class Proxier:
             async def open(self, addr: tuple[str, int], ep: tuple[str, int], data: bytes) -> None:
                 front = self.transport
                 clients = self.clients
+                handle: asyncio.TimerHandle  # the idle timer, re-armed by every reply
 
                 class Back(asyncio.DatagramProtocol):
                     def datagram_received(self, reply: bytes, _: Any) -> None:
@@ -171,7 +173,7 @@ class Proxier:
             if key not in self.servers:
                 if s["protocol"] == "tcp":
                     server = await asyncio.start_server(
-                        lambda r, w, k=key: self.tcp_client(k, r, w), self.bind, 0, backlog=512)
+                        functools.partial(self.tcp_client, key), self.bind, 0, backlog=512)
                     self.servers[key] = server
                     self.ports[key] = server.sockets[0].getsockname()[1]
                 else:

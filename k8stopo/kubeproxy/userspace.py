@@ -20,7 +20,7 @@ from .base import KubeProxy
 from .model import ServicePortInfo, refuse_local
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster
+    from ..context import ClusterContext
     from ..node import Node
     from ..spec import ClusterSpec
 
@@ -36,7 +36,7 @@ class UserspaceProxy(KubeProxy):
     def validate(cls, spec: "ClusterSpec") -> None:
         refuse_local(spec, cls.mode)
 
-    def __init__(self, cluster: "Cluster") -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         self.procs: dict[str, subprocess.Popen[str]] = {}
 

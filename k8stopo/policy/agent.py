@@ -17,6 +17,7 @@ from .semantics import Host, namespace_labels
 
 if TYPE_CHECKING:
     from ..cni.base import Variant
+    from ..context import ClusterContext
     from ..node import Node, Pod
     from ..spec import ClusterSpec
 
@@ -57,7 +58,7 @@ class PolicyAgent(Agent):
 
     requires: ClassVar[tuple[str, ...]] = ("conntrack", "ipset")
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         self.policies = policies_of(cluster.spec)
         workload = cluster.spec.workload

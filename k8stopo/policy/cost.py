@@ -41,7 +41,7 @@ from ..cluster import Cluster
 from ..cni import names as cni_names
 from ..cni import variant
 from ..controlplane import Chart, Kind, Panel, Recorder, needs_of
-from ..node import Pod
+from ..node import Node, Pod
 from ..results import utc_now
 from ..spec import ClusterSpec, SpecError
 from . import agents_for
@@ -99,8 +99,9 @@ def syn_rtts(client: Pod, server: Pod, pcap: Path) -> tuple[list[measure.Sample]
             measure.Sample("syn_rtt_avg_us", statistics.fmean(rtts), "us")], printed
 
 
-def rule_count(cluster: Cluster, node: str) -> int:
-    out = cluster.node(node).output(["iptables-save", "-t", "filter"])
+def rule_count(node: Node) -> int:
+    """The filter rules on ``node`` (the policy agent's chains among them)."""
+    out = node.output(["iptables-save", "-t", "filter"])
     return sum(line.startswith("-A ") for line in out.splitlines())
 
 
@@ -125,7 +126,9 @@ class Params:
 
 def _cluster(cni: str) -> Cluster:
     """Validated, not built: one pod on each of two nodes, the variant's policy agent."""
-    return Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=1), agents=agents_for(variant(cni)))
+    cls = variant(cni)
+    return Cluster(ClusterSpec(cni=cni, nodes=2, pods_per_node=1), agents=agents_for(cls),
+                   variant=cls)
 
 
 def run(p: Params, rec: Recorder) -> None:
@@ -139,6 +142,7 @@ def run(p: Params, rec: Recorder) -> None:
             agent = cluster.agents[-1]
             assert isinstance(agent, PolicyAgent)
             client, server = cluster.pod("pod-n1-0"), cluster.pod("pod-n2-0")
+            server_node = cluster.node("n2")
             for count in p.policies:
                 started = time.monotonic()
                 agent.update(policies(count))
@@ -149,7 +153,7 @@ def run(p: Params, rec: Recorder) -> None:
                     duration_s=p.duration, mtu=cluster.spec.mtu, client=client, server=server,
                     policies=count)
                 write([measure.Sample("program_s", round(programmed, 4), "s"),
-                       measure.Sample("rules", rule_count(cluster, server.node.name), "count")],
+                       measure.Sample("rules", rule_count(server_node), "count")],
                       protocol="control")
                 for r in range(p.repeat):
                     for protocol in PROTOCOLS:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..cni import felix as dataplane
 from ..cni.calico import Calico, workload_iface
@@ -38,6 +38,7 @@ from .semantics import peer_matches
 
 if TYPE_CHECKING:
     from ..cni.base import Variant
+    from ..context import ClusterContext
     from ..node import Node
 
 IPSET_MAX = 31  # ipset's IPSET_MAXNAMELEN - 1
@@ -87,7 +88,7 @@ class FelixPolicy(PolicyAgent):
 
     name = "felix-policy"
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         self.chains: dict[str, set[str]] = {}  # node -> policy chains loaded there
 

@@ -11,7 +11,7 @@ so nothing outlives the run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import proc
 from ..agent import Agent
@@ -19,6 +19,7 @@ from ..daemon import Daemon, Daemons
 from ..workload import pod_ref
 
 if TYPE_CHECKING:
+    from ..context import ClusterContext
     from ..node import Pod
     from ..runstate import RunState
 
@@ -55,7 +56,7 @@ class PodServers(Agent):
     name = "pod-servers"
     requires = ("gcc",)
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: ClusterContext) -> None:
         super().__init__(cluster)
         self.servers: dict[str, PodServer] = {}
         self.daemons = Daemons()
