@@ -51,7 +51,7 @@ plots: $(STAMP)
 # Execute every notebook headless over results/**/*.csv; executed copies, charts
 # included, go to results/notebooks/ (the notebooks in git stay without outputs).
 notebooks: $(STAMP)
-	$(PY) experiments/notebooks/run.py --results results --out results/notebooks
+	$(K8STOPO) notebooks --results results --out results/notebooks
 
 # Remove what crashed runs left behind (by their recorded prefix and pids only).
 clean: $(STAMP)

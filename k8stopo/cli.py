@@ -262,6 +262,14 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--plots", type=Path,
                        help="also draw scale.png of every row of --out (earlier runs' too) into DIR")
 
+    notebooks = sub.add_parser("notebooks", help="execute the notebooks headless over "
+                               "results CSVs (what `make notebooks` runs)")
+    notebooks.add_argument("notebook", type=Path, nargs="*",
+                           help="default: every notebook in experiments/notebooks/")
+    notebooks.add_argument("--results", type=Path, default=Path("results"),
+                           help="folder of results CSVs, searched recursively (default results)")
+    notebooks.add_argument("--out", type=Path, help="write the executed notebooks here")
+
     clean = sub.add_parser("clean", help="remove what crashed k8stopo runs left behind")
     clean.add_argument("--force", action="store_true",
                        help="also remove runs whose k8stopo process still runs (a stuck run)")
@@ -714,6 +722,18 @@ def _count_arg(value: str, flag: str) -> int:
     return int(value)
 
 
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from . import notebooks, results
+    for path in args.notebook:
+        if not path.is_file():
+            raise SpecError(f"no such notebook: {path}")
+    if not args.results.is_dir():
+        raise SpecError(f"--results {args.results} is not a directory")
+    if args.out is not None:
+        results.check_output_dir(args.out, "--out")
+    return 1 if notebooks.run(args.notebook, args.results, args.out) else 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import runstate
     _require_root()
@@ -748,8 +768,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.setLevel(logging.NOTSET)  # a MininetLogger's own level (25) hid -v's INFO
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe, "app": cmd_app,
-               "plot": cmd_plot, "scale": cmd_scale, "clean": cmd_clean}[args.command]
+    handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe,
+               "app": cmd_app, "plot": cmd_plot, "scale": cmd_scale,
+               "notebooks": cmd_notebooks, "clean": cmd_clean}[args.command]
     try:
         return handler(args)
     except SpecError as exc:

@@ -23,7 +23,7 @@ FAMILIES = {"default.ipynb", "streams.ipynb", "mtu.ipynb", "offloads.ipynb", "rr
 
 
 def run_notebooks(results: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "experiments" / "notebooks" / "run.py"),
+    return subprocess.run([sys.executable, "-m", "k8stopo", "notebooks",
                            "--results", str(results), "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=1200)
 
@@ -110,7 +110,7 @@ def test_a_broken_notebook_fails_the_run(tmp_path: Path) -> None:
     broken = tmp_path / "broken.ipynb"
     broken.write_text(json.dumps(nb))
     (tmp_path / "results").mkdir()
-    done = subprocess.run([sys.executable, str(REPO / "experiments" / "notebooks" / "run.py"),
+    done = subprocess.run([sys.executable, "-m", "k8stopo", "notebooks",
                            "--results", str(tmp_path / "results"), str(broken)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 1 and "broken.ipynb: FAILED" in done.stderr

@@ -1,6 +1,7 @@
-"""Execute the notebooks headless (``make notebooks``; the notebook test runs it too).
+"""Execute the notebooks headless: ``k8stopo notebooks`` (``make notebooks``; the notebook
+test runs it too).
 
-    python experiments/notebooks/run.py [--results DIR] [--out DIR] [NOTEBOOK.ipynb ...]
+    k8stopo notebooks [--results DIR] [--out DIR] [NOTEBOOK.ipynb ...]
 
 Each notebook runs top to bottom in a fresh kernel of *this* Python (so the kernel sees
 the same k8stopo, pandas and matplotlib), with its own folder as working directory and
@@ -10,7 +11,6 @@ included, are written there; the notebooks in git stay without outputs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +22,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-HERE = Path(__file__).resolve().parent
+#: the notebooks of a checkout (experiments/notebooks/); k8stopo is installed editable from it
+HERE = Path(__file__).resolve().parent.parent / "experiments" / "notebooks"
 KERNEL = "k8stopo-python"
 TIMEOUT_S = 600
 
@@ -48,30 +49,21 @@ def execute(notebook: Path, results: Path, out: Path | None) -> None:
         nbformat.write(nb, out / notebook.name)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook here")
-    p.add_argument("--results", type=Path, default=HERE.parent.parent / "results",
-                   help="folder of results CSVs (searched recursively)")
-    p.add_argument("--out", type=Path, help="write the executed notebooks here")
-    args = p.parse_args(argv)
-    notebooks = args.notebooks or sorted(HERE.glob("*.ipynb"))
+def run(notebooks: Sequence[Path], results: Path, out: Path | None) -> int:
+    """Execute ``notebooks`` (default: every one in experiments/notebooks/) over the CSVs
+    under ``results``; print one line each; return the number that failed."""
     failed = 0
     with tempfile.TemporaryDirectory(prefix="k8stopo-kernel-") as tmp:
         _kernel_spec(Path(tmp))
         os.environ["JUPYTER_PATH"] = os.pathsep.join(
             [tmp, *filter(None, [os.environ.get("JUPYTER_PATH")])])
-        for notebook in notebooks:
+        for notebook in notebooks or sorted(HERE.glob("*.ipynb")):
             try:
-                execute(notebook, args.results, args.out)
+                execute(notebook, results, out)
             except CellExecutionError as exc:
                 failed += 1
                 last = [line for line in str(exc).splitlines() if line.strip()][-1:]
                 print(f"{notebook}: FAILED: {' '.join(last)}", file=sys.stderr)
             else:
                 print(f"{notebook}: ok")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return failed
