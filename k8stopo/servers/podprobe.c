@@ -6,10 +6,12 @@
  *   PROTO IP PORT RESULT CONNECT_US ANSWER PEER
  *
  * RESULT is ok, refused, timeout, unreachable, or closed (TCP connected but closed
- * without a word, as a userspace proxy with no backend does); CONNECT_US the microseconds
- * connect() took (TCP: SYN to SYN-ACK, the "first packet" latency; UDP: to the
- * answer); ANSWER the first line the server sent, PEER the source address the
- * server says it saw (podserver's "peer" line), each "-" when absent.
+ * or reset without a word, as a userspace proxy with no backend does: it accepts and
+ * closes with our "probe" line unread, so its kernel answers with a RST; an answer
+ * already read stays ok); CONNECT_US the microseconds connect() took (TCP: SYN to
+ * SYN-ACK, the "first packet" latency; UDP: to the answer); ANSWER the first line the
+ * server sent, PEER the source address the server says it saw (podserver's "peer"
+ * line), each "-" when absent.
  *
  * A TCP probe sends "probe\n" once connected (podserver answers without waiting to
  * see whether an HTTP request comes). Targets are probed at the same time, up to PARALLEL sockets at once, each with its
@@ -59,6 +61,7 @@ static const char *why(int err) {
     case ECONNREFUSED: return "refused";
     case EHOSTUNREACH: case ENETUNREACH: case EACCES: case EPERM: return "unreachable";
     case ETIMEDOUT: return "timeout";
+    case ECONNRESET: case EPIPE: return "closed";  /* only once connected */
     default: return "unreachable";
     }
 }
@@ -104,7 +107,7 @@ static void step(struct attempt *a, short revents) {
     }
     {
         ssize_t r = recv(a->fd, a->answer + a->got, sizeof a->answer - 1 - a->got, 0);
-        if (r < 0) { if (errno != EAGAIN) finish(a, why(errno)); return; }
+        if (r < 0) { if (errno != EAGAIN) finish(a, a->got ? NULL : why(errno)); return; }
         if (r == 0) { finish(a, a->got ? NULL : "closed"); return; }
         if (a->udp) a->took = now_us() - a->start;
         a->result = "ok";
