@@ -297,7 +297,7 @@ def _verdict(df: pd.DataFrame) -> Figure | None:
     common, own = analysis.setup_labels(names)
     height = max(1.6, 0.36 * int(table.groupby(["metric", "setup"]).size().max()) + 0.9)
     fig, axes = _new_figure(len(panels), 11.0, "Verdict: pod-to-pod-cross-node, tiers from paired "
-                            "tests (a = best; a shared letter = not told apart)",
+                            "tests (a shared letter = not told apart; no letter in common = told apart)",
                             f"{common} · {_how_decided(table)} · dot = geometric mean of the "
                             "rounds, whisker = its 95% CI · right: the classic write-up's "
                             f"order, {analysis.CLASSIC_ORDER}", height)
@@ -492,9 +492,10 @@ def _verdict_markdown(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     names = list(dict.fromkeys(tiers["setup"]))
     _, own = analysis.setup_labels(names)
     count = verdict.tally(pair_table)
-    lines = ["", "Verdict (pod-to-pod-cross-node): tiers from paired tests, a = best; variants "
-             "sharing a letter were not told apart, variants with no letter in common were, "
-             f"and the order of the list is not a ranking. {_how_decided(tiers)}. Pairs: "
+    lines = ["", "Verdict (pod-to-pod-cross-node): tiers from paired tests; variants "
+             "sharing a letter were not told apart, variants with no letter in common were "
+             "(pairs.csv says which way), and neither the letters nor the order of the list "
+             f"is a ranking. {_how_decided(tiers)}. Pairs: "
              f"{count['faster'] + count['slower']} ordered, "
              f"{count['equivalent']} equivalent within the margin, "
              f"{count['undecided']} undecided (pairs.csv). Classic order: "

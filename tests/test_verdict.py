@@ -68,20 +68,18 @@ def decision(table: pd.DataFrame, a: str, b: str, metric: str = "tcp_ratio_to_ho
 
 
 def assert_tiers_follow_decisions(pairs: pd.DataFrame, tiers: pd.DataFrame) -> None:
-    """Two variants share a letter exactly when the tests did not order them; without one in
-    common, the variant whose letters come first was decided the better."""
+    """Two variants share a letter exactly when the tests did not order them (the letters
+    are not a ranking: which way a pair was decided is in pairs.csv only)."""
     for (metric, setup), mine in tiers.groupby(["metric", "setup"]):
         letters = dict(zip(mine["cni"], mine["tier"]))
         got = pairs[(pairs["metric"] == metric) & (pairs["setup"] == setup)]
-        better = {(r.a, r.b) if r.decision == "faster" else (r.b, r.a)
-                  for r in got.itertuples() if r.decision in ("faster", "slower")}
-        for x, y in itertools.permutations(letters, 2):
-            if not (letters[x] and letters[y]):
-                continue
-            if set(letters[x]) & set(letters[y]):
-                assert (x, y) not in better, f"{x} ({letters[x]}) and {y} ({letters[y]})"
-            elif min(letters[x]) < min(letters[y]):
-                assert (x, y) in better, f"{x} ({letters[x]}) above {y} ({letters[y]})"
+        apart = {frozenset((r.a, r.b)) for r in got.itertuples()
+                 if r.decision in ("faster", "slower")}
+        for x, y in itertools.combinations(letters, 2):
+            if letters[x] and letters[y]:
+                shared = bool(set(letters[x]) & set(letters[y]))
+                assert shared != (frozenset((x, y)) in apart), \
+                    f"{x} ({letters[x]}) and {y} ({letters[y]})"
 
 
 def test_a_tie_is_never_ordered(tmp_path: Path) -> None:
