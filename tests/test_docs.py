@@ -90,7 +90,7 @@ def test_readme_quotes_the_run_its_csv_recorded() -> None:
     CSV's own (its ``started_at`` and ``commit`` columns)."""
     text = README.read_text()
     path = re.search(r"`(results/[^`]+\.csv)`", text)
-    stated = re.search(r"(\d{4}-\d\d-\d\d), commit\s+([0-9a-f]{7,40})", text)
+    stated = re.search(r"(\d{4}-\d\d-\d\d), commit\s+([0-9a-f]{7,40}(?:-dirty)?)", text)
     assert path and stated, "the README must name its results CSV, their date and commit"
     with open(REPO / path.group(1), newline="") as f:
         rows = list(csv.DictReader(f))
