@@ -61,7 +61,7 @@ import pandas as pd
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import __version__, faults, measure, results, verdict
+from . import __version__, faults, measure, results, runstate, verdict
 from .agent import Agent
 from .cluster import Cluster
 from .cni import variant as variant_class
@@ -400,6 +400,7 @@ def run(spec: BenchSpec, out: Path, pending: dict[ClusterKey, Cluster], env: Env
                 bar.total = bar.n + len(todo)
                 bar.refresh()
             for cell in _cells(todo):
+                runstate.raise_delivered()  # a signal whose exception was swallowed
                 bar.set_description(f"{cell[0].cni} {cell[0].scenario} r{cell[0].repeat}")
                 cluster = built[cluster_key(cell[0].cni, cell[0].point)]
                 (_measure_faulted if cell[0].fault else _measure_cell)(cluster, cell, writer)

@@ -767,7 +767,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.handlers.clear()
             logger.setLevel(logging.NOTSET)  # a MininetLogger's own level (25) hid -v's INFO
     # SIGTERM unwinds like Ctrl-C, so every cluster's teardown runs.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from . import runstate
+    runstate.forget_delivered()
+    signal.signal(signal.SIGTERM, lambda *_: runstate.deliver(SystemExit(143)))
+    signal.signal(signal.SIGINT, lambda *_: runstate.deliver(KeyboardInterrupt()))
     handler = {"doctor": cmd_doctor, "up": cmd_up, "bench": cmd_bench, "probe": cmd_probe,
                "app": cmd_app, "plot": cmd_plot, "scale": cmd_scale,
                "notebooks": cmd_notebooks, "clean": cmd_clean}[args.command]

@@ -34,7 +34,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 from . import proc
 
@@ -45,6 +45,30 @@ STATE_ROOT = Path(os.environ.get("K8STOPO_STATE_DIR", "/run/k8stopo"))
 JOURNAL = "manifest.jsonl"
 LOGS = "logs"  # where a failed run's daemon logs are kept: STATE_ROOT/logs/<prefix>/
 GONE_TIMEOUT_S = 5.0
+
+
+#: the exception of the last SIGINT/SIGTERM delivered to this process (see :func:`deliver`)
+_delivered: list[BaseException] = []
+
+
+def deliver(exc: BaseException) -> NoReturn:
+    """A signal handler's body: remember ``exc``, then raise it. Python runs a handler at the
+    next bytecode, which may be inside a callback whose exceptions it only prints (an at-fork
+    hook of ``logging``: a Ctrl-C that lands as a subprocess forks); the run then calls
+    :func:`raise_delivered` between its steps, so such a signal still ends it."""
+    _delivered.append(exc)
+    raise exc
+
+
+def raise_delivered() -> None:
+    """Raise the exception of a signal delivered earlier (once), if there was one."""
+    if _delivered:
+        raise _delivered.pop()
+
+
+def forget_delivered() -> None:
+    """A new command starts: signals of an earlier one in this process are none of its own."""
+    _delivered.clear()
 
 
 def start_time(pid: int) -> int | None:

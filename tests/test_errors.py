@@ -83,3 +83,23 @@ def test_a_variant_that_failed_to_build_is_counted_and_the_others_charted(
     summary = pd.read_csv(tmp_path / "plots" / "summary.csv")
     assert set(summary.loc[summary["cni"] == "flannel-vxlan", "repeats"]) == {3}
     assert "3× bird on n1: config check failed" in (tmp_path / "plots" / "summary.md").read_text()
+
+
+def test_a_signal_whose_exception_was_swallowed_still_ends_the_run() -> None:
+    """Python may run a signal handler inside a callback whose exceptions it only prints (an
+    at-fork hook): the run raises the delivered signal's exception at its next step."""
+    from k8stopo import runstate
+    runstate.forget_delivered()
+    try:
+        runstate.deliver(KeyboardInterrupt())
+    except KeyboardInterrupt:
+        pass  # swallowed, as in an at-fork hook
+    with pytest.raises(KeyboardInterrupt):
+        runstate.raise_delivered()
+    runstate.raise_delivered()  # once only
+    try:
+        runstate.deliver(SystemExit(143))
+    except SystemExit:
+        pass
+    runstate.forget_delivered()  # a new command starts clean
+    runstate.raise_delivered()
