@@ -27,6 +27,7 @@ import sys
 from typing import TYPE_CHECKING, ClassVar
 
 from .agent import Agent
+from .errors import DaemonError
 from .kubeproxy.model import selects
 from .node import Endpoint
 from .spec import SpecError
@@ -175,7 +176,8 @@ class L2Announcer(Agent):
         assert p.stdout is not None
         ready, _, _ = select.select([p.stdout], [], [], START_TIMEOUT)
         if not ready or p.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the ARP speaker on {node.name} did not start (exit {p.poll()})")
+            raise DaemonError("arpspeaker", node.name, f"did not start (exit {p.poll()})",
+                              self.state.path(node.name, "arpspeaker.log"))
 
     def _stop_speaker(self, node: "Node") -> None:
         p = self.speakers.pop(node.name, None)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .agent import Agent
+from .errors import NotReady
 from .servers import build
 from .workload import Probe, pod_handle
 
@@ -76,6 +77,9 @@ class Readiness(Agent):
         self.states: dict[str, _State] = {}
         self.due: list[_Due] = []
         self.lock = threading.Lock()
+        # held while a probe runs and its verdict reaches the agents (kube-proxy's sync, the
+        # speakers' election), so a first verdict counts once the cluster acts on it
+        self.applying = threading.Lock()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -111,6 +115,10 @@ class Readiness(Agent):
 
     def step(self) -> float | None:
         """Run the probe that is due, if any; the seconds until the next one (None: none)."""
+        with self.applying:
+            return self._step()
+
+    def _step(self) -> float | None:
         with self.lock:
             if not self.due:
                 return None
@@ -137,8 +145,9 @@ class Readiness(Agent):
         return 0.0
 
     def decided(self) -> bool:
-        """Every probed pod has been checked often enough for its first verdict."""
-        with self.lock:
+        """Every probed pod has been checked often enough for its first verdict, and the
+        agents have acted on it."""
+        with self.applying, self.lock:
             return all(s.pod.ready or s.checks >= s.probe.success_threshold
                        for s in self.states.values())
 
@@ -163,7 +172,7 @@ class Readiness(Agent):
         deadline = time.monotonic() + timeout
         while not self.decided():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"readiness probes gave no verdict in {timeout:.0f}s")
+                raise NotReady(f"readiness probes gave no verdict in {timeout:.0f}s")
             time.sleep(0.1)
 
     def stop(self) -> None:
