@@ -26,6 +26,7 @@ from .cluster import Cluster
 from .environment import Environment
 from .kubeproxy import MODES, proxy_class
 from .kubeproxy.model import service_ports
+from .measure import Sample, percentile
 from .results import Context, CsvSink, new_run_id, rows, utc_now
 from .spec import ClusterSpec, SpecError
 from .workload import Workload, pod_handle
@@ -50,13 +51,6 @@ class AppExperiment:
     policies: tuple[bool, ...]
     count: int
     repeat: int
-
-
-@dataclass(frozen=True)
-class Value:
-    metric: str
-    value: float
-    unit: str
 
 
 def load(path: Path) -> AppExperiment:
@@ -99,7 +93,7 @@ def client_of(workload: Workload, ref: str) -> str:
 
 
 def measure(cluster: Cluster, client: str,
-            count: int) -> dict[str, tuple[str, list[Value]]]:
+            count: int) -> dict[str, tuple[str, list[Sample]]]:
     """Per Service port (``ns/svc:port``): its ClusterIP, and the answered share and the
     connect time's median and p99."""
     pod = cluster.pod(client)
@@ -110,11 +104,10 @@ def measure(cluster: Cluster, client: str,
         target = probe.Target(f"svc:{s.namespace}/{s.service}", str(s.cluster_ip), s.port, "tcp")
         results = probe.probe_from(cluster, pod, [target], count)
         ok = sorted(r.connect_us / 1000 for r in results if r.connected)
-        values = [Value("answered_ratio", len(ok) / len(results), "ratio")]
+        values = [Sample("answered_ratio", len(ok) / len(results), "ratio")]
         if ok:
-            values += [Value("connect_median_ms", statistics.median(ok), "ms"),
-                       Value("connect_p99_ms", ok[min(len(ok) - 1, round(0.99 * len(ok)))],
-                             "ms")]
+            values += [Sample("connect_median_ms", statistics.median(ok), "ms"),
+                       Sample("connect_p99_ms", percentile(ok, 99), "ms")]
         out[f"{s.namespace}/{s.service}:{s.port}"] = (str(s.cluster_ip), values)
     return out
 
